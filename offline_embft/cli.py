@@ -1,0 +1,353 @@
+"""The ``offline-embft`` command line: one command per stage, plus ``all``, ``download`` and ``doctor``.
+
+No logic lives here: each command builds the stage config (defaults < ``--config`` YAML < ``--set`` < flags) and
+calls the stage's ``run``. Heavy libraries are imported inside the commands so ``--help`` is instant, and the
+offline environment is set (by importing the package) before any of them.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any, Callable, Optional
+
+import typer
+
+from offline_embft import offline
+from offline_embft.errors import UserError
+
+offline.enable()
+
+app = typer.Typer(
+    name="offline-embft",
+    help=(
+        "Fine-tune embedding models for Chinese RAG, fully offline.\n\n"
+        "Pipeline: ingest (documents → chunks) → generate (local LLM → questions) → convert (HF → "
+        "sentence-transformers) → train (MNRL) → evaluate (vs base model and BM25). "
+        "`offline-embft all --config configs/default.yaml` runs everything; `doctor` checks a machine first."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+logger = logging.getLogger("offline_embft")
+
+
+class Backend(str, Enum):
+    vllm = "vllm"
+    transformers = "transformers"
+    openai = "openai"
+    ict = "ict"
+
+
+class Engine(str, Enum):
+    native = "native"
+    llamaindex = "llamaindex"
+
+
+class Pooling(str, Enum):
+    cls = "cls"
+    mean = "mean"
+
+
+class Loss(str, Enum):
+    mnrl = "mnrl"
+    cached_mnrl = "cached-mnrl"
+
+
+class ExtendVocab(str, Enum):
+    auto = "auto"
+    on = "on"
+    off = "off"
+
+
+ConfigOpt = Annotated[
+    Optional[Path], typer.Option("--config", "-c", help="YAML config (configs/default.yaml, configs/cpu.yaml).")
+]
+SetOpt = Annotated[
+    Optional[list[str]],
+    typer.Option("--set", help="Override any config key, e.g. --set train.lr=2e-5 (repeatable)."),
+]
+
+
+def _value(option: Any) -> Any:
+    """Enum members to their plain values; everything else unchanged."""
+    return option.value if isinstance(option, Enum) else option
+
+
+def _load(config: Path | None, overrides: list[str] | None):
+    from offline_embft.config import load_config
+
+    return load_config(config, overrides).resolve()
+
+
+def _guard(action: Callable[[], Any]) -> Any:
+    """Run a command body; a user error becomes one line on stderr and exit code 2."""
+    try:
+        return action()
+    except UserError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    except KeyboardInterrupt:
+        typer.echo("interrupted: finished work is kept; run the same command again to resume", err=True)
+        raise typer.Exit(130) from None
+
+
+@app.callback()
+def main(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Warnings and errors only.")] = False,
+) -> None:
+    level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    # Third-party libraries are chatty at INFO; keep our own messages readable.
+    for name in ("httpx", "urllib3", "sentence_transformers", "transformers", "jieba", "modelscope", "filelock"):
+        logging.getLogger(name).setLevel(max(level, logging.WARNING))
+
+
+@app.command()
+def ingest(
+    input_dir: Annotated[Optional[Path], typer.Argument(help="Directory of PDF/MD/TXT documents.")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Output directory for chunks.")] = None,
+    tokenizer: Annotated[Optional[str], typer.Option(help="Embedding model dir whose tokenizer sizes chunks.")] = None,
+    chunk_size: Annotated[Optional[int], typer.Option(help="Chunk size in tokens (default 300).")] = None,
+    chunk_overlap: Annotated[Optional[int], typer.Option(help="Chunk overlap in tokens (default 30).")] = None,
+    val_ratio: Annotated[Optional[float], typer.Option(help="Share of files held out for validation (0.3).")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Seed of the train/val split (42).")] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Documents → clean Chinese text → token-aware chunks → train.jsonl / val.jsonl / stats.json (split by file)."""
+
+    def body() -> None:
+        from offline_embft import ingest as stage
+        from offline_embft.config import apply_overrides
+
+        cfg = _load(config, set_).ingest
+        apply_overrides(
+            cfg,
+            input_dir=input_dir and str(input_dir),
+            out_dir=out and str(out),
+            tokenizer=tokenizer,
+            chunk_size=chunk_size,
+            chunk_overlap=chunk_overlap,
+            val_ratio=val_ratio,
+            seed=seed,
+        )
+        stage.run(cfg)
+
+    _guard(body)
+
+
+@app.command()
+def generate(
+    chunks: Annotated[
+        Optional[Path], typer.Argument(help="Chunks JSONL (default: both train and val chunks of the config).")
+    ] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Output dataset JSON.")] = None,
+    backend: Annotated[Optional[Backend], typer.Option(help="Question generator backend.")] = None,
+    model: Annotated[Optional[str], typer.Option(help="Qwen3 preset (Qwen3-8B) or local model directory.")] = None,
+    base_url: Annotated[Optional[str], typer.Option(help="OpenAI-compatible server URL (backend openai).")] = None,
+    questions_per_chunk: Annotated[Optional[int], typer.Option(help="Questions per chunk (1).")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Prompts per engine call.")] = None,
+    prompt: Annotated[Optional[Path], typer.Option(help="Prompt template file with {context}, {num_questions}.")] = None,
+    engine: Annotated[Optional[Engine], typer.Option(help="native, or llamaindex's generate_qa_embedding_pairs.")] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Chunks → questions from a local LLM (batched, cleaned, cached) → EmbeddingQAFinetuneDataset JSON."""
+
+    def body() -> None:
+        from offline_embft import qa as stage
+        from offline_embft.config import apply_overrides
+        from offline_embft.paths import Layout
+
+        pipeline = _load(config, set_)
+        cfg = apply_overrides(
+            pipeline.generate,
+            backend=_value(backend),
+            model=model,
+            base_url=base_url,
+            questions_per_chunk=questions_per_chunk,
+            batch_size=batch_size,
+            prompt_file=prompt and str(prompt),
+            engine=_value(engine),
+        )
+        if chunks is not None:
+            target = out or chunks.with_name(chunks.stem + "_dataset.json")
+            stage.run(cfg, chunks, target)
+            return
+        if out is not None:
+            raise UserError("--out needs a CHUNKS file; without one, generate writes the config's train and val sets")
+        layout = Layout.from_config(pipeline)
+        for source, target in ((layout.train_chunks, layout.train_dataset), (layout.val_chunks, layout.val_dataset)):
+            stage.run(cfg, source, target)
+
+    _guard(body)
+
+
+@app.command()
+def convert(
+    model_dir: Annotated[Optional[Path], typer.Argument(help="Hugging Face encoder directory (BCE, BGE, BERT...).")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Output sentence-transformers directory.")] = None,
+    pooling: Annotated[Optional[Pooling], typer.Option(help="cls (BCE/BGE) or mean; default keeps the model's.")] = None,
+    max_seq_length: Annotated[Optional[int], typer.Option(help="max_seq_length to save (512).")] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """HF encoder → sentence-transformers (Transformer → Pooling → Normalize), verified against raw transformers."""
+
+    def body() -> None:
+        from offline_embft import models as stage
+        from offline_embft.config import apply_overrides
+
+        cfg = apply_overrides(
+            _load(config, set_).convert,
+            model=model_dir and str(model_dir),
+            out_dir=out and str(out),
+            pooling=_value(pooling),
+            max_seq_length=max_seq_length,
+        )
+        stage.convert(cfg)
+
+    _guard(body)
+
+
+@app.command()
+def train(
+    train_file: Annotated[Optional[Path], typer.Argument(help="Training dataset JSON (EmbeddingQAFinetuneDataset).")] = None,
+    model: Annotated[Optional[Path], typer.Option(help="Base sentence-transformers model directory.")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Output model directory.")] = None,
+    val: Annotated[Optional[Path], typer.Option(help="Validation dataset JSON (best checkpoint by ndcg@10).")] = None,
+    epochs: Annotated[Optional[int], typer.Option(help="Epochs (3).")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Pairs per batch (32).")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="Peak learning rate.")] = None,
+    loss: Annotated[Optional[Loss], typer.Option(help="mnrl or cached-mnrl.")] = None,
+    hard_negatives: Annotated[Optional[int], typer.Option(help="Hard negatives per query (0).")] = None,
+    extend_vocab: Annotated[Optional[ExtendVocab], typer.Option(help="Add UNK corpus characters to the vocab.")] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Fine-tune with MultipleNegativesRankingLoss (no-duplicate batches, best checkpoint, resumable)."""
+
+    def body() -> None:
+        from offline_embft import train as stage
+        from offline_embft.config import apply_overrides
+
+        cfg = apply_overrides(
+            _load(config, set_).train,
+            train_file=train_file and str(train_file),
+            model=model and str(model),
+            out_dir=out and str(out),
+            val_file=val and str(val),
+            epochs=epochs,
+            batch_size=batch_size,
+            lr=lr,
+            loss=_value(loss),
+            hard_negatives=hard_negatives,
+            extend_vocab=_value(extend_vocab),
+        )
+        stage.run(cfg)
+
+    _guard(body)
+
+
+@app.command()
+def evaluate(
+    dataset: Annotated[Optional[Path], typer.Argument(help="Evaluation dataset JSON (EmbeddingQAFinetuneDataset).")] = None,
+    model: Annotated[
+        Optional[list[Path]], typer.Option("--model", "-m", help="Model directory (repeat; the first is the reference).")
+    ] = None,
+    bm25: Annotated[Optional[bool], typer.Option("--bm25/--no-bm25", help="Add a BM25 baseline.")] = None,
+    hybrid: Annotated[Optional[bool], typer.Option("--hybrid/--no-hybrid", help="Add BM25+model RRF rows.")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Results directory.")] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Compare models (and BM25) on a dataset → metrics.csv/json, predictions, report.md, report.png."""
+
+    def body() -> None:
+        from offline_embft import evaluate as stage
+        from offline_embft.config import apply_overrides
+
+        cfg = apply_overrides(
+            _load(config, set_).evaluate,
+            dataset=dataset and str(dataset),
+            models=model and [str(m) for m in model],
+            bm25=bm25,
+            hybrid=hybrid,
+            out_dir=out and str(out),
+        )
+        stage.run(cfg)
+
+    _guard(body)
+
+
+@app.command()
+def download(config: ConfigOpt = None, set_: SetOpt = None) -> None:
+    """(Connected machine) Fetch the config's LLM and embedding model from ModelScope into Models/."""
+
+    def body() -> None:
+        from offline_embft import models as stage
+
+        stage.download(_load(config, set_))
+
+    _guard(body)
+
+
+@app.command()
+def doctor(config: ConfigOpt = None, set_: SetOpt = None) -> None:
+    """Check this machine against a config: GPU, vLLM, models, disk, offline env, tokenizer coverage."""
+
+    def body() -> None:
+        from offline_embft import doctor as stage
+
+        ok = stage.run(_load(config, set_))
+        if not ok:
+            raise typer.Exit(1)
+
+    _guard(body)
+
+
+@app.command(name="all")
+def run_all(
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    force: Annotated[bool, typer.Option(help="Redo every stage even if its output is fresh.")] = False,
+) -> None:
+    """Run every stage in order, skipping those whose outputs are fresh; GPU stages run in separate processes."""
+
+    def body() -> None:
+        from offline_embft import pipeline
+
+        pipeline.run(_load(config, set_), config_path=config, overrides=set_ or [], force=force)
+
+    _guard(body)
+
+
+@app.command(name="config")
+def show_config(config: ConfigOpt = None, set_: SetOpt = None) -> None:
+    """Print the resolved config (defaults + YAML + overrides) as YAML."""
+
+    def body() -> None:
+        import yaml
+
+        from offline_embft.config import to_dict
+
+        typer.echo(yaml.safe_dump(to_dict(_load(config, set_)), allow_unicode=True, sort_keys=False))
+
+    _guard(body)
+
+
+def run() -> None:
+    """Console-script entry point."""
+    app(prog_name="offline-embft")
+
+
+if __name__ == "__main__":
+    run()
+    sys.exit(0)

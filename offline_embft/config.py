@@ -1,0 +1,341 @@
+"""Typed configuration: one dataclass per stage and one :class:`PipelineConfig` that holds them all.
+
+Precedence, lowest to highest: dataclass defaults < YAML file (``--config``) < ``--set section.key=value`` < the
+command's own flags. Each dataclass validates itself in ``__post_init__`` so a bad value fails with one line before
+any model is loaded. Empty path fields are filled by :meth:`PipelineConfig.resolve` from the artifact layout in
+:mod:`offline_embft.paths`, so a stage run on its own and a stage run by ``all`` read and write the same files.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from offline_embft.errors import UserError
+
+BACKENDS = ("vllm", "transformers", "openai", "ict")
+ENGINES = ("native", "llamaindex")
+POOLINGS = ("cls", "mean")
+LOSSES = ("mnrl", "cached-mnrl")
+EXTEND_VOCAB = ("auto", "on", "off")
+
+
+def _help(text: str, default: Any = dataclasses.MISSING, factory: Any = dataclasses.MISSING) -> Any:
+    """A dataclass field carrying its help text (shown by ``offline-embft config --help`` and in docs)."""
+    if factory is not dataclasses.MISSING:
+        return field(default_factory=factory, metadata={"help": text})
+    return field(default=default, metadata={"help": text})
+
+
+def _check(condition: bool, message: str) -> None:
+    if not condition:
+        raise UserError(message)
+
+
+@dataclass
+class IngestConfig:
+    """Documents → clean Chinese text → token-aware chunks, split train/val by file."""
+
+    input_dir: str = _help("Directory of PDF/MD/TXT documents (searched recursively).", "")
+    out_dir: str = _help("Output directory for train.jsonl, val.jsonl and stats.json.", "")
+    tokenizer: str = _help("Embedding model directory whose tokenizer sizes the chunks (empty: characters).", "")
+    chunk_size: int = _help("Chunk size in tokens of the tokenizer (characters without one).", 300)
+    chunk_overlap: int = _help("Overlap between consecutive chunks, in the same unit.", 30)
+    max_seq_length: int = _help("The embedding model's max_seq_length; longer chunks are counted as truncated.", 512)
+    val_ratio: float = _help("Share of files (or of chunks, for a single file) held out for validation.", 0.3)
+    seed: int = _help("Seed of the train/val split.", 42)
+    min_chunk_chars: int = _help("Chunks with fewer characters than this are dropped as noise.", 20)
+    unk_warn_rate: float = _help("Warn loudly when the tokenizer maps more than this share of tokens to UNK.", 0.05)
+
+    def __post_init__(self) -> None:
+        _check(self.chunk_size > 0, f"ingest.chunk_size must be positive, got {self.chunk_size}")
+        _check(
+            0 <= self.chunk_overlap < self.chunk_size,
+            f"ingest.chunk_overlap must be in [0, chunk_size), got {self.chunk_overlap}",
+        )
+        _check(0.0 <= self.val_ratio < 1.0, f"ingest.val_ratio must be in [0, 1), got {self.val_ratio}")
+
+
+@dataclass
+class GenerateConfig:
+    """Chunks → questions from a local LLM → EmbeddingQAFinetuneDataset JSON."""
+
+    backend: str = _help(f"Question generator: one of {', '.join(BACKENDS)}.", "vllm")
+    engine: str = _help("native (batched, cached, cleaned) or llamaindex (generate_qa_embedding_pairs).", "native")
+    model: str = _help("LLM: a Qwen3 preset name (e.g. Qwen3-8B) or a local model directory.", "")
+    base_url: str = _help("OpenAI-compatible server URL inside your network (backend openai).", "")
+    api_key: str = _help("API key for the openai backend, if the server wants one.", "EMPTY")
+    questions_per_chunk: int = _help("Questions to keep per chunk.", 1)
+    batch_size: int = _help("Prompts sent to the engine in one call.", 256)
+    prompt_file: str = _help("A prompt template file with {context} and {num_questions} (empty: built-in Chinese).", "")
+    max_new_tokens: int = _help("Max tokens the LLM may write per answer.", 256)
+    temperature: float = _help("Sampling temperature (Qwen3 non-thinking card: 0.7).", 0.7)
+    top_p: float = _help("Nucleus sampling (Qwen3 non-thinking card: 0.8).", 0.8)
+    top_k: int = _help("Top-k sampling (Qwen3 card: 20).", 20)
+    min_p: float = _help("Min-p sampling (Qwen3 card: 0).", 0.0)
+    presence_penalty: float = _help("Presence penalty (0-2; raise it if the model repeats itself).", 0.0)
+    max_retries: int = _help("Extra attempts, with another seed, for chunks left without a valid question.", 2)
+    seed: int = _help("Sampling seed.", 42)
+    tensor_parallel_size: int = _help("GPUs per model for vLLM (0: from the preset).", 0)
+    gpu_memory_utilization: float = _help("Share of GPU memory vLLM may take (0: from the preset).", 0.0)
+    max_model_len: int = _help("Context length vLLM reserves (0: from the preset).", 0)
+    dtype: str = _help("Model dtype: auto, bfloat16, float16, float32.", "auto")
+    quantization: str = _help("vLLM quantization (awq, fp8, ...; empty: from the checkpoint).", "")
+    device: str = _help("Device for the transformers backend: auto, cpu, cuda.", "auto")
+    concurrency: int = _help("Concurrent requests for the openai backend.", 16)
+    timeout: float = _help("Seconds per request for the openai backend.", 120.0)
+    cache_dir: str = _help("Answer cache directory (empty: beside the output).", "")
+
+    def __post_init__(self) -> None:
+        _check(self.backend in BACKENDS, f"generate.backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
+        _check(self.engine in ENGINES, f"generate.engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
+        _check(self.questions_per_chunk >= 1, "generate.questions_per_chunk must be at least 1")
+        _check(self.batch_size >= 1, "generate.batch_size must be at least 1")
+        _check(self.max_new_tokens >= 8, "generate.max_new_tokens must be at least 8")
+        _check(self.max_retries >= 0, "generate.max_retries must be >= 0")
+
+
+@dataclass
+class ConvertConfig:
+    """Any Hugging Face encoder → sentence-transformers layout (Transformer → Pooling → Normalize)."""
+
+    model: str = _help("Source model directory (Hugging Face layout, or already sentence-transformers).", "")
+    out_dir: str = _help("Output sentence-transformers directory.", "")
+    pooling: str = _help("Pooling: cls (BCE, BGE) or mean (MiniLM, m3e). Empty: keep the model's own.", "")
+    max_seq_length: int = _help("max_seq_length saved with the model (BCE: 512).", 512)
+    normalize: bool = _help("Append a Normalize module (cosine similarity as dot product).", True)
+
+    def __post_init__(self) -> None:
+        _check(self.pooling in ("", *POOLINGS), f"convert.pooling must be cls or mean, got {self.pooling!r}")
+        _check(self.max_seq_length > 0, "convert.max_seq_length must be positive")
+
+
+@dataclass
+class TrainConfig:
+    """Fine-tune a sentence-transformers model with MultipleNegativesRankingLoss, done right."""
+
+    train_file: str = _help("Training dataset (EmbeddingQAFinetuneDataset JSON).", "")
+    val_file: str = _help("Validation dataset for in-training evaluation (empty: none).", "")
+    model: str = _help("Base sentence-transformers model directory (run convert first for raw HF models).", "")
+    out_dir: str = _help("Output model directory (the best checkpoint by val ndcg@10).", "")
+    epochs: int = _help("Training epochs.", 3)
+    batch_size: int = _help("Pairs per batch: every other passage in the batch is a negative.", 32)
+    mini_batch_size: int = _help("Mini-batch for cached-mnrl (GPU memory bound, not the effective batch).", 16)
+    lr: float = _help("Peak learning rate.", 1e-4)
+    warmup_ratio: float = _help("Share of steps for linear warmup.", 0.1)
+    weight_decay: float = _help("AdamW weight decay.", 0.01)
+    loss: str = _help("mnrl or cached-mnrl (big effective batches on small GPUs).", "mnrl")
+    matryoshka_dims: list[int] = _help("Wrap the loss in MatryoshkaLoss with these dims (empty: off).", factory=list)
+    hard_negatives: int = _help("Hard negatives mined per query (0: in-batch negatives only).", 0)
+    hard_negative_source: str = _help("Where hard negatives come from: model, bm25 or both.", "model")
+    extend_vocab: str = _help("Add corpus characters the tokenizer maps to UNK: auto, on, off.", "auto")
+    max_seq_length: int = _help("Truncate passages to this many tokens (0: keep the model's).", 0)
+    query_prompt: str = _help("Instruction prepended to queries (e.g. BGE's Chinese instruction).", "")
+    passage_prompt: str = _help("Prefix prepended to passages.", "")
+    precision: str = _help("auto (bf16/fp16 on GPU, fp32 on CPU), bf16, fp16 or fp32.", "auto")
+    seed: int = _help("Seed for reproducible runs.", 42)
+    eval_steps: int = _help("Evaluate every N steps (0: once per epoch).", 0)
+    resume: bool = _help("Resume from the last checkpoint in out_dir if there is one.", True)
+
+    def __post_init__(self) -> None:
+        _check(self.loss in LOSSES, f"train.loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
+        _check(self.extend_vocab in EXTEND_VOCAB, f"train.extend_vocab must be auto, on or off, got {self.extend_vocab!r}")
+        _check(self.epochs >= 1, "train.epochs must be at least 1")
+        _check(self.batch_size >= 2, "train.batch_size must be at least 2 (in-batch negatives need company)")
+        _check(self.lr > 0, "train.lr must be positive")
+        _check(self.hard_negatives >= 0, "train.hard_negatives must be >= 0")
+        _check(
+            self.hard_negative_source in ("model", "bm25", "both"),
+            "train.hard_negative_source must be model, bm25 or both",
+        )
+        _check(self.precision in ("auto", "bf16", "fp16", "fp32"), "train.precision must be auto, bf16, fp16 or fp32")
+
+
+@dataclass
+class EvaluateConfig:
+    """Base vs fine-tuned vs BM25 (and hybrid) on one dataset, with a report."""
+
+    dataset: str = _help("Evaluation dataset (EmbeddingQAFinetuneDataset JSON).", "")
+    models: list[str] = _help("Model directories to compare; the first is the reference for deltas.", factory=list)
+    bm25: bool = _help("Add a BM25 baseline (jieba segmentation).", True)
+    hybrid: bool = _help("Add reciprocal-rank fusion of BM25 with each model.", False)
+    out_dir: str = _help("Results directory (metrics.csv/json, report.md/png, predictions).", "")
+    batch_size: int = _help("Encoding batch size.", 64)
+    query_prompt: str = _help("Instruction prepended to queries (must match training).", "")
+    rrf_k: int = _help("Reciprocal-rank fusion constant.", 60)
+
+    def __post_init__(self) -> None:
+        _check(self.batch_size >= 1, "evaluate.batch_size must be at least 1")
+
+
+@dataclass
+class PipelineConfig:
+    """The whole run: which models, where artifacts live, and each stage's settings."""
+
+    llm: str = _help("LLM for question generation: ModelScope id (Qwen/Qwen3-8B), preset or local path.", "Qwen/Qwen3-8B")
+    embedding_model: str = _help(
+        "Base embedding model: ModelScope id, local path, or package:NAME for a model shipped in a Python package.",
+        "maidalun1020/bce-embedding-base_v1",
+    )
+    run_name: str = _help("Name of the fine-tuned model directory under Models/model_outdir/.", "finetuned")
+    models_dir: str = _help("Where models live (downloads, converted, fine-tuned).", "Models")
+    dataset_dir: str = _help("Where documents, chunks and datasets live.", "Dataset")
+    results_dir: str = _help("Where evaluation results and the report go.", "results")
+    ingest: IngestConfig = field(default_factory=IngestConfig)
+    generate: GenerateConfig = field(default_factory=GenerateConfig)
+    convert: ConvertConfig = field(default_factory=ConvertConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+
+    def resolve(self) -> PipelineConfig:
+        """Fill every empty path from the layout in :mod:`offline_embft.paths` (returns self)."""
+        from offline_embft.paths import Layout
+
+        layout = Layout.from_config(self)
+        self.ingest.input_dir = self.ingest.input_dir or str(layout.pdf_dir)
+        self.ingest.out_dir = self.ingest.out_dir or str(layout.chunks_dir)
+        self.ingest.tokenizer = self.ingest.tokenizer or str(layout.embedding_st)
+        self.generate.model = self.generate.model or self.llm
+        self.convert.model = self.convert.model or str(layout.embedding_src)
+        self.convert.out_dir = self.convert.out_dir or str(layout.embedding_st)
+        self.train.train_file = self.train.train_file or str(layout.train_dataset)
+        self.train.val_file = self.train.val_file or str(layout.val_dataset)
+        self.train.model = self.train.model or str(layout.embedding_st)
+        self.train.out_dir = self.train.out_dir or str(layout.finetuned)
+        self.evaluate.dataset = self.evaluate.dataset or str(layout.val_dataset)
+        self.evaluate.models = self.evaluate.models or [str(layout.embedding_st), str(layout.finetuned)]
+        self.evaluate.out_dir = self.evaluate.out_dir or str(layout.results_dir)
+        self.evaluate.query_prompt = self.evaluate.query_prompt or self.train.query_prompt
+        return self
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Loading, overriding, saving
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _coerce(value: Any, annotation: Any, where: str) -> Any:
+    """Turn a YAML or command-line value into the field's declared type, or fail with one line."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return None if value is None else _coerce(value, args[0], where)
+    if origin is list:
+        (item_type,) = typing.get_args(annotation) or (str,)
+        if isinstance(value, str):
+            value = [v for v in (p.strip() for p in value.split(",")) if v]
+        if not isinstance(value, list):
+            raise UserError(f"{where} must be a list, got {value!r}")
+        return [_coerce(v, item_type, where) for v in value]
+    try:
+        if annotation is bool:
+            if isinstance(value, str):
+                lowered = value.strip().lower()
+                if lowered not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
+                    raise ValueError(value)
+                return lowered in ("1", "true", "yes", "on")
+            return bool(value)
+        if annotation is int and isinstance(value, float) and not value.is_integer():
+            raise ValueError(value)
+        if annotation in (int, float):
+            return annotation(value)
+        if annotation is str:
+            return "" if value is None else str(value)
+    except (TypeError, ValueError):
+        raise UserError(f"{where} must be {annotation.__name__}, got {value!r}") from None
+    return value
+
+
+def _build(cls: type, data: dict[str, Any], where: str) -> Any:
+    if not isinstance(data, dict):
+        raise UserError(f"{where or 'config'} must be a mapping, got {type(data).__name__}")
+    hints = _field_types(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise UserError(f"unknown config key {where + '.' if where else ''}{unknown[0]}; valid keys: {', '.join(sorted(names))}")
+    kwargs = {}
+    for name, value in data.items():
+        hint = hints[name]
+        key = f"{where}.{name}" if where else name
+        if dataclasses.is_dataclass(hint):
+            kwargs[name] = _build(hint, value or {}, key)
+        else:
+            kwargs[name] = _coerce(value, hint, key)
+    return cls(**kwargs)
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> PipelineConfig:
+    """Load a pipeline config from YAML (or defaults when ``path`` is None) and apply ``section.key=value`` overrides.
+
+    Raises:
+        UserError: the file is missing or unreadable, a key is unknown, or a value has the wrong type.
+    """
+    data: dict[str, Any] = {}
+    if path:
+        path = Path(path)
+        if not path.is_file():
+            raise UserError(f"config file {path} not found; pass an existing YAML file (see configs/)")
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as exc:
+            raise UserError(f"config file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    for item in overrides or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"override {item!r} must look like section.key=value, e.g. train.lr=2e-5")
+        *parents, leaf = key.strip().split(".")
+        node = data
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = yaml.safe_load(value) if value.strip() else ""
+    return _build(PipelineConfig, data, "")
+
+
+def apply_overrides(section: Any, **values: Any) -> Any:
+    """Set each non-None value on a stage config (command-line flags win over YAML), then re-validate."""
+    hints = _field_types(type(section))
+    for name, value in values.items():
+        if value is None:
+            continue
+        if name not in hints:
+            raise KeyError(f"{type(section).__name__} has no field {name}")
+        setattr(section, name, _coerce(value, hints[name], name))
+    section.__post_init__()
+    return section
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """A plain dict of a config dataclass (for YAML/JSON output)."""
+    return dataclasses.asdict(cfg)
+
+
+def save_config(cfg: Any, path: str | Path) -> Path:
+    """Save the resolved config of a stage beside its output, atomically, as YAML."""
+    from offline_embft.io import write_text
+
+    text = yaml.safe_dump(to_dict(cfg), allow_unicode=True, sort_keys=False)
+    return write_text(path, text)
+
+
+def describe(cls: type = PipelineConfig, prefix: str = "") -> list[tuple[str, str, str]]:
+    """(key, default, help) for every field, for documentation and ``offline-embft config``."""
+    rows: list[tuple[str, str, str]] = []
+    hints = _field_types(cls)
+    for f in dataclasses.fields(cls):
+        key = f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(hints[f.name]):
+            rows.extend(describe(hints[f.name], key + "."))
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        rows.append((key, repr(default), f.metadata.get("help", "")))
+    return rows

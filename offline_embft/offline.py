@@ -1,0 +1,54 @@
+"""The no-network promise, set before any heavy import.
+
+Every entry point (the CLI, the scripts, the package itself on import) calls :func:`enable` before transformers,
+sentence-transformers, vLLM or ModelScope are imported, because those libraries read these variables once at import
+time. Only ``offline-embft download`` (run on a connected machine) lifts the hub variables, and only for itself.
+"""
+
+from __future__ import annotations
+
+import os
+
+# Variables that make every library we use stay off the network (or at least stop phoning home).
+OFFLINE_ENV: dict[str, str] = {
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "HF_HUB_DISABLE_TELEMETRY": "1",
+    "HF_HUB_DISABLE_IMPLICIT_TOKEN": "1",
+    "VLLM_NO_USAGE_STATS": "1",
+    "VLLM_DO_NOT_TRACK": "1",
+    "DO_NOT_TRACK": "1",
+    "MODELSCOPE_OFFLINE": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+    "ANONYMIZED_TELEMETRY": "False",
+    "WANDB_MODE": "disabled",
+    "WANDB_DISABLED": "true",
+    "DISABLE_MLFLOW_INTEGRATION": "TRUE",
+    "GRADIO_ANALYTICS_ENABLED": "False",
+}
+
+# Variables the download command lifts (it is the one stage meant for a connected machine).
+HUB_VARS = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE", "MODELSCOPE_OFFLINE")
+
+# Escape hatch for users who really do want network access at run time (documented in the README).
+ALLOW_NETWORK_VAR = "OFFLINE_EMBFT_ALLOW_NETWORK"
+
+
+def enable() -> None:
+    """Set the offline environment unless the user explicitly allowed the network."""
+    if os.environ.get(ALLOW_NETWORK_VAR, "") == "1":
+        return
+    for key, value in OFFLINE_ENV.items():
+        os.environ[key] = value
+
+
+def allow_hub_downloads() -> None:
+    """Lift the hub variables for the download command (a connected machine)."""
+    for key in HUB_VARS:
+        os.environ.pop(key, None)
+
+
+def status() -> dict[str, tuple[str | None, bool]]:
+    """Each offline variable with its current value and whether it matches the offline setting."""
+    return {key: (os.environ.get(key), os.environ.get(key) == value) for key, value in OFFLINE_ENV.items()}

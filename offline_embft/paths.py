@@ -1,0 +1,105 @@
+"""The one place that names artifact paths.
+
+    <dataset_dir>/PDF/                          the user's documents
+    <dataset_dir>/chunks/{train,val}.jsonl      ingest
+    <dataset_dir>/datasets/{train,val}_dataset.json   generate
+    <models_dir>/<org>/<name>                   download (or a local path as given)
+    <models_dir>/<org>/<name>-st                convert
+    <models_dir>/model_outdir/<run_name>        train
+    <results_dir>/                              evaluate (metrics.csv, report.md, report.png)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from offline_embft.config import PipelineConfig
+
+PACKAGE_PREFIX = "package:"
+
+
+def model_dir(ref: str, models_dir: str | Path = "Models") -> Path:
+    """Where a model reference lives locally.
+
+    An existing path is itself; ``package:NAME`` (a model shipped inside a Python package) and a hub id
+    ``org/name`` live under ``models_dir`` once ``offline-embft download`` has put them there.
+    """
+    if ref.startswith(PACKAGE_PREFIX):
+        return Path(models_dir) / ref[len(PACKAGE_PREFIX) :]
+    path = Path(ref).expanduser()
+    if path.is_absolute() or path.exists() or ref.startswith((".", "~")):
+        return path
+    return Path(models_dir) / ref
+
+
+def st_dir(model_path: str | Path) -> Path:
+    """Where the sentence-transformers conversion of a model goes: the same path with ``-st`` appended."""
+    path = Path(model_path)
+    return path if path.name.endswith("-st") else path.with_name(path.name + "-st")
+
+
+@dataclass(frozen=True)
+class Layout:
+    """All artifact paths of one pipeline run."""
+
+    dataset_dir: Path
+    models_dir: Path
+    results_dir: Path
+    embedding_src: Path
+    llm_dir: Path
+    run_name: str
+
+    @classmethod
+    def from_config(cls, cfg: PipelineConfig) -> Layout:
+        models = Path(cfg.models_dir)
+        return cls(
+            dataset_dir=Path(cfg.dataset_dir),
+            models_dir=models,
+            results_dir=Path(cfg.results_dir),
+            embedding_src=model_dir(cfg.embedding_model, models),
+            llm_dir=model_dir(cfg.llm, models),
+            run_name=cfg.run_name,
+        )
+
+    @property
+    def pdf_dir(self) -> Path:
+        return self.dataset_dir / "PDF"
+
+    @property
+    def chunks_dir(self) -> Path:
+        return self.dataset_dir / "chunks"
+
+    @property
+    def train_chunks(self) -> Path:
+        return self.chunks_dir / "train.jsonl"
+
+    @property
+    def val_chunks(self) -> Path:
+        return self.chunks_dir / "val.jsonl"
+
+    @property
+    def datasets_dir(self) -> Path:
+        return self.dataset_dir / "datasets"
+
+    @property
+    def train_dataset(self) -> Path:
+        return self.datasets_dir / "train_dataset.json"
+
+    @property
+    def val_dataset(self) -> Path:
+        return self.datasets_dir / "val_dataset.json"
+
+    @property
+    def embedding_st(self) -> Path:
+        return st_dir(self.embedding_src)
+
+    @property
+    def finetuned(self) -> Path:
+        return self.models_dir / "model_outdir" / self.run_name
+
+    @property
+    def report(self) -> Path:
+        return self.results_dir / "report.md"

@@ -1,0 +1,74 @@
+"""Config loading, overrides, validation and the artifact layout."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from offline_embft.config import PipelineConfig, apply_overrides, load_config, save_config
+from offline_embft.errors import UserError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (REPO / "configs").glob("*.yaml")))
+def test_shipped_configs_load_and_resolve(name):
+    cfg = load_config(REPO / "configs" / name).resolve()
+    assert cfg.ingest.out_dir and cfg.train.out_dir and cfg.evaluate.out_dir
+    assert cfg.evaluate.models, "evaluate compares at least the base model"
+
+
+def test_default_layout_follows_design():
+    cfg = load_config(REPO / "configs" / "default.yaml").resolve()
+    assert cfg.ingest.input_dir == "Dataset/PDF"
+    assert cfg.ingest.out_dir == "Dataset/chunks"
+    assert cfg.convert.model == "Models/maidalun1020/bce-embedding-base_v1"
+    assert cfg.convert.out_dir == "Models/maidalun1020/bce-embedding-base_v1-st"
+    assert cfg.train.train_file == "Dataset/datasets/train_dataset.json"
+    assert cfg.train.out_dir == "Models/model_outdir/bce-finetuned"
+    assert cfg.evaluate.models == [cfg.convert.out_dir, cfg.train.out_dir]
+
+
+def test_precedence_yaml_then_set_then_flags(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  lr: 3.0e-5\n  epochs: 5\n", encoding="utf-8")
+    cfg = load_config(path, ["train.epochs=2", "evaluate.models=[a, b]"])
+    assert cfg.train.lr == pytest.approx(3e-5)
+    assert cfg.train.epochs == 2
+    assert cfg.evaluate.models == ["a", "b"]
+    apply_overrides(cfg.train, lr=1e-4, epochs=None)
+    assert cfg.train.lr == pytest.approx(1e-4) and cfg.train.epochs == 2
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        ("train:\n  lrr: 1\n", "unknown config key train.lrr"),
+        ("train:\n  epochs: many\n", "train.epochs must be int"),
+        ("generate:\n  backend: gpt4\n", "generate.backend must be one of"),
+        ("ingest:\n  chunk_overlap: 400\n", "chunk_overlap"),
+        ("train: [1, 2]\n", "train must be a mapping"),
+        ("a: [\n", "not valid YAML"),
+    ],
+)
+def test_bad_config_is_one_clear_line(tmp_path, text, fragment):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(UserError) as info:
+        load_config(path)
+    assert fragment in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_missing_config_file_names_the_fix(tmp_path):
+    with pytest.raises(UserError, match="not found"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_saved_config_round_trips(tmp_path):
+    cfg = PipelineConfig().resolve()
+    out = save_config(cfg.train, tmp_path / "train_config.yaml")
+    data = yaml.safe_load(out.read_text(encoding="utf-8"))
+    assert data["lr"] == cfg.train.lr and data["out_dir"] == cfg.train.out_dir
