@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Callable
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any, Callable, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
@@ -154,8 +155,12 @@ def generate(
     base_url: Annotated[Optional[str], typer.Option(help="OpenAI-compatible server URL (backend openai).")] = None,
     questions_per_chunk: Annotated[Optional[int], typer.Option(help="Questions per chunk (1).")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Prompts per engine call.")] = None,
-    prompt: Annotated[Optional[Path], typer.Option(help="Prompt template file with {context}, {num_questions}.")] = None,
-    engine: Annotated[Optional[Engine], typer.Option(help="native, or llamaindex's generate_qa_embedding_pairs.")] = None,
+    prompt: Annotated[
+        Optional[Path], typer.Option(help="Prompt template file with {context}, {num_questions}.")
+    ] = None,
+    engine: Annotated[
+        Optional[Engine], typer.Option(help="native, or llamaindex's generate_qa_embedding_pairs.")
+    ] = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
 ) -> None:
@@ -192,9 +197,13 @@ def generate(
 
 @app.command()
 def convert(
-    model_dir: Annotated[Optional[Path], typer.Argument(help="Hugging Face encoder directory (BCE, BGE, BERT...).")] = None,
+    model_dir: Annotated[
+        Optional[Path], typer.Argument(help="Hugging Face encoder directory (BCE, BGE, BERT...).")
+    ] = None,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Output sentence-transformers directory.")] = None,
-    pooling: Annotated[Optional[Pooling], typer.Option(help="cls (BCE/BGE) or mean; default keeps the model's.")] = None,
+    pooling: Annotated[
+        Optional[Pooling], typer.Option(help="cls (BCE/BGE) or mean; default keeps the model's.")
+    ] = None,
     max_seq_length: Annotated[Optional[int], typer.Option(help="max_seq_length to save (512).")] = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
@@ -219,7 +228,9 @@ def convert(
 
 @app.command()
 def train(
-    train_file: Annotated[Optional[Path], typer.Argument(help="Training dataset JSON (EmbeddingQAFinetuneDataset).")] = None,
+    train_file: Annotated[
+        Optional[Path], typer.Argument(help="Training dataset JSON (EmbeddingQAFinetuneDataset).")
+    ] = None,
     model: Annotated[Optional[Path], typer.Option(help="Base sentence-transformers model directory.")] = None,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Output model directory.")] = None,
     val: Annotated[Optional[Path], typer.Option(help="Validation dataset JSON (best checkpoint by ndcg@10).")] = None,
@@ -228,7 +239,9 @@ def train(
     lr: Annotated[Optional[float], typer.Option(help="Peak learning rate.")] = None,
     loss: Annotated[Optional[Loss], typer.Option(help="mnrl or cached-mnrl.")] = None,
     hard_negatives: Annotated[Optional[int], typer.Option(help="Hard negatives per query (0).")] = None,
-    extend_vocab: Annotated[Optional[ExtendVocab], typer.Option(help="Add UNK corpus characters to the vocab.")] = None,
+    extend_vocab: Annotated[
+        Optional[ExtendVocab], typer.Option(help="Add UNK corpus characters to the vocab.")
+    ] = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
 ) -> None:
@@ -258,9 +271,12 @@ def train(
 
 @app.command()
 def evaluate(
-    dataset: Annotated[Optional[Path], typer.Argument(help="Evaluation dataset JSON (EmbeddingQAFinetuneDataset).")] = None,
+    dataset: Annotated[
+        Optional[Path], typer.Argument(help="Evaluation dataset JSON (EmbeddingQAFinetuneDataset).")
+    ] = None,
     model: Annotated[
-        Optional[list[Path]], typer.Option("--model", "-m", help="Model directory (repeat; the first is the reference).")
+        Optional[list[Path]],
+        typer.Option("--model", "-m", help="Model directory (repeat; the first is the reference)."),
     ] = None,
     bm25: Annotated[Optional[bool], typer.Option("--bm25/--no-bm25", help="Add a BM25 baseline.")] = None,
     hybrid: Annotated[Optional[bool], typer.Option("--hybrid/--no-hybrid", help="Add BM25+model RRF rows.")] = None,

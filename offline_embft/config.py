@@ -73,7 +73,9 @@ class GenerateConfig:
     api_key: str = _help("API key for the openai backend, if the server wants one.", "EMPTY")
     questions_per_chunk: int = _help("Questions to keep per chunk.", 1)
     batch_size: int = _help("Prompts sent to the engine in one call.", 256)
-    prompt_file: str = _help("A prompt template file with {context} and {num_questions} (empty: built-in Chinese).", "")
+    prompt_file: str = _help(
+        "A prompt template file with {context} and {num_questions} (empty: built-in Chinese).", ""
+    )
     max_new_tokens: int = _help("Max tokens the LLM may write per answer.", 256)
     temperature: float = _help("Sampling temperature (Qwen3 non-thinking card: 0.7).", 0.7)
     top_p: float = _help("Nucleus sampling (Qwen3 non-thinking card: 0.8).", 0.8)
@@ -93,7 +95,9 @@ class GenerateConfig:
     cache_dir: str = _help("Answer cache directory (empty: beside the output).", "")
 
     def __post_init__(self) -> None:
-        _check(self.backend in BACKENDS, f"generate.backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
+        _check(
+            self.backend in BACKENDS, f"generate.backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}"
+        )
         _check(self.engine in ENGINES, f"generate.engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
         _check(self.questions_per_chunk >= 1, "generate.questions_per_chunk must be at least 1")
         _check(self.batch_size >= 1, "generate.batch_size must be at least 1")
@@ -145,7 +149,9 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         _check(self.loss in LOSSES, f"train.loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
-        _check(self.extend_vocab in EXTEND_VOCAB, f"train.extend_vocab must be auto, on or off, got {self.extend_vocab!r}")
+        _check(
+            self.extend_vocab in EXTEND_VOCAB, f"train.extend_vocab must be auto, on or off, got {self.extend_vocab!r}"
+        )
         _check(self.epochs >= 1, "train.epochs must be at least 1")
         _check(self.batch_size >= 2, "train.batch_size must be at least 2 (in-batch negatives need company)")
         _check(self.lr > 0, "train.lr must be positive")
@@ -178,7 +184,9 @@ class EvaluateConfig:
 class PipelineConfig:
     """The whole run: which models, where artifacts live, and each stage's settings."""
 
-    llm: str = _help("LLM for question generation: ModelScope id (Qwen/Qwen3-8B), preset or local path.", "Qwen/Qwen3-8B")
+    llm: str = _help(
+        "LLM for question generation: ModelScope id (Qwen/Qwen3-8B), preset or local path.", "Qwen/Qwen3-8B"
+    )
     embedding_model: str = _help(
         "Base embedding model: ModelScope id, local path, or package:NAME for a model shipped in a Python package.",
         "maidalun1020/bce-embedding-base_v1",
@@ -262,7 +270,9 @@ def _build(cls: type, data: dict[str, Any], where: str) -> Any:
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
     if unknown:
-        raise UserError(f"unknown config key {where + '.' if where else ''}{unknown[0]}; valid keys: {', '.join(sorted(names))}")
+        raise UserError(
+            f"unknown config key {where + '.' if where else ''}{unknown[0]}; valid keys: {', '.join(sorted(names))}"
+        )
     kwargs = {}
     for name, value in data.items():
         hint = hints[name]

@@ -1,12 +1,12 @@
 """The one place that names artifact paths.
 
-    <dataset_dir>/PDF/                          the user's documents
-    <dataset_dir>/chunks/{train,val}.jsonl      ingest
-    <dataset_dir>/datasets/{train,val}_dataset.json   generate
-    <models_dir>/<org>/<name>                   download (or a local path as given)
-    <models_dir>/<org>/<name>-st                convert
-    <models_dir>/model_outdir/<run_name>        train
-    <results_dir>/                              evaluate (metrics.csv, report.md, report.png)
+<dataset_dir>/PDF/                          the user's documents
+<dataset_dir>/chunks/{train,val}.jsonl      ingest
+<dataset_dir>/datasets/{train,val}_dataset.json   generate
+<models_dir>/<org>/<name>                   download (or a local path as given)
+<models_dir>/<org>/<name>-st                convert
+<models_dir>/model_outdir/<run_name>        train
+<results_dir>/                              evaluate (metrics.csv, report.md, report.png)
 """
 
 from __future__ import annotations
