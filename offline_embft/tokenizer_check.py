@@ -26,7 +26,8 @@ def tokenizer_dir(model_dir: str | Path) -> Path:
     for candidate in (model_dir, model_dir / "0_Transformer"):
         if any((candidate / name).is_file() for name in TOKENIZER_FILES):
             return candidate
-    raise UserError(f"{model_dir} has no tokenizer files ({', '.join(TOKENIZER_FILES[:3])}); is the download complete?")
+    names = ", ".join(TOKENIZER_FILES[:3])
+    raise UserError(f"{model_dir} has no tokenizer files ({names}); is the download complete?")
 
 
 def load_tokenizer(model_dir: str | Path) -> Any:
