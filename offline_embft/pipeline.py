@@ -1,0 +1,231 @@
+"""``offline-embft all``: every stage in order, each in its own process, skipping the ones whose outputs are fresh.
+
+The Makefile runs the same stages as file targets; both read the artifact paths from :mod:`offline_embft.paths`
+(through ``offline-embft paths``) and the same per-stage config stamps, so ``make all`` and ``offline-embft all``
+agree on what is stale. A stage is stale when an output is missing, an input is newer than an output, or that
+stage's part of the config changed since it last ran (its stamp file is rewritten only when the content changes).
+
+Each stage runs as ``python -m offline_embft.cli <stage>`` in a child process: vLLM and training must not share one
+process's GPU memory, and a crash in one stage leaves the finished ones' outputs untouched.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from offline_embft.config import PipelineConfig, to_dict
+from offline_embft.errors import UserError
+from offline_embft.paths import PACKAGE_PREFIX, Layout
+
+logger = logging.getLogger(__name__)
+
+STAMP_ROOT = Path(".make")
+# Stage name → which config sections (or top-level keys) decide its output.
+STAMP_KEYS: dict[str, tuple[str, ...]] = {
+    "convert": ("embedding_model", "convert"),
+    "ingest": ("ingest",),
+    "generate": ("llm", "generate"),
+    "train": ("train",),
+    "evaluate": ("evaluate",),
+}
+
+
+@dataclass
+class Stage:
+    """One step of the pipeline: a CLI command, the files it reads, and the files that prove it finished."""
+
+    name: str
+    args: list[str]
+    inputs: list[Path] = field(default_factory=list)
+    outputs: list[Path] = field(default_factory=list)
+
+
+def stamp_dir(config_path: str | Path | None, overrides: list[str]) -> Path:
+    """Where the per-stage config stamps of this (config, overrides) combination live."""
+    name = Path(config_path).stem if config_path else "defaults"
+    if overrides:
+        name += "-" + hashlib.sha1("\n".join(overrides).encode()).hexdigest()[:8]
+    return STAMP_ROOT / name
+
+
+def write_stamps(cfg: PipelineConfig, directory: Path) -> dict[str, Path]:
+    """Write each stage's config slice to ``directory/<stage>.yaml``, touching only the files whose content changed."""
+    data = to_dict(cfg)
+    directory.mkdir(parents=True, exist_ok=True)
+    stamps = {}
+    for stage, keys in STAMP_KEYS.items():
+        text = yaml.safe_dump({key: data[key] for key in keys}, allow_unicode=True, sort_keys=True)
+        stamps[stage] = _write_if_changed(directory / f"{stage}.yaml", text)
+    stamps["documents"] = _write_if_changed(directory / "documents.txt", _document_listing(Path(cfg.ingest.input_dir)))
+    return stamps
+
+
+def _document_listing(input_dir: Path) -> str:
+    """One line per input document (path, size, mtime): any added, removed or edited file changes it."""
+    if not input_dir.is_dir():
+        return ""
+    files = sorted(p for p in input_dir.rglob("*") if p.is_file() and not p.name.startswith("."))
+    return "".join(f"{p.relative_to(input_dir)}\t{p.stat().st_size}\t{p.stat().st_mtime_ns}\n" for p in files)
+
+
+def _write_if_changed(path: Path, text: str) -> Path:
+    """Rewrite a stamp only when its content differs, so its mtime marks the last real change."""
+    if not path.is_file() or path.read_text(encoding="utf-8") != text:
+        path.write_text(text, encoding="utf-8")
+    return path
+
+
+def make_variables(cfg: PipelineConfig, stamps: dict[str, Path]) -> dict[str, str]:
+    """The artifact paths the Makefile's file targets use (printed by ``offline-embft paths``)."""
+    layout = Layout.from_config(cfg)
+    variables = {
+        "PDF_DIR": cfg.ingest.input_dir,
+        "CHUNKS_DIR": cfg.ingest.out_dir,
+        "TRAIN_DATASET": str(layout.train_dataset),
+        "VAL_DATASET": str(layout.val_dataset),
+        "EMBED_SRC": cfg.convert.model,
+        "EMBED_ST": cfg.convert.out_dir,
+        "FINETUNED": cfg.train.out_dir,
+        "RESULTS": cfg.evaluate.out_dir,
+        "EMBED_IS_PACKAGE": "1" if cfg.embedding_model.startswith(PACKAGE_PREFIX) else "",
+    }
+    variables.update({f"STAMP_{stage.upper()}": str(path) for stage, path in stamps.items()})
+    return variables
+
+
+def stages(cfg: PipelineConfig, stamps: dict[str, Path], cli_args: list[str]) -> list[Stage]:
+    """The pipeline, in order. ``cli_args`` (``--config``/``--set``) are passed to every stage command."""
+    layout = Layout.from_config(cfg)
+    chunks = Path(cfg.ingest.out_dir)
+    embed_src, embed_st, finetuned = Path(cfg.convert.model), Path(cfg.convert.out_dir), Path(cfg.train.out_dir)
+    results = Path(cfg.evaluate.out_dir)
+    base_models = [Path(m) for m in cfg.evaluate.models if Path(m) != finetuned]
+    return [
+        Stage("convert", ["convert", *cli_args], [embed_src, stamps["convert"]], [embed_st / "modules.json"]),
+        Stage(
+            "ingest",
+            ["ingest", *cli_args],
+            [stamps["documents"], embed_st / "modules.json", stamps["ingest"]],
+            [chunks / "stats.json"],
+        ),
+        Stage(
+            "generate",
+            ["generate", *cli_args],
+            [chunks / "stats.json", stamps["generate"]],
+            [layout.train_dataset, layout.val_dataset],
+        ),
+        Stage(
+            "train",
+            ["train", *cli_args],
+            [layout.train_dataset, layout.val_dataset, embed_st / "modules.json", stamps["train"]],
+            [finetuned / "modules.json"],
+        ),
+        Stage(
+            "evaluate",
+            ["evaluate", *cli_args],
+            [Path(cfg.evaluate.dataset), finetuned / "modules.json", *base_models, stamps["evaluate"]],
+            [results / "metrics.csv", results / "report.md"],
+        ),
+    ]
+
+
+def _newest(path: Path) -> float:
+    """Modification time of a file, or of the newest file below a directory (0 when missing)."""
+    if path.is_file():
+        return path.stat().st_mtime
+    if path.is_dir():
+        times = [p.stat().st_mtime for p in path.rglob("*") if p.is_file()]
+        return max(times, default=path.stat().st_mtime)
+    return 0.0
+
+
+def is_fresh(stage: Stage) -> bool:
+    """True when every output exists and none is older than any input."""
+    if not all(out.exists() for out in stage.outputs):
+        return False
+    oldest_output = min(out.stat().st_mtime for out in stage.outputs)
+    return all(_newest(source) <= oldest_output for source in stage.inputs)
+
+
+def _run_child(args: list[str]) -> None:
+    command = [sys.executable, "-m", "offline_embft.cli", *args]
+    logger.info("$ offline-embft %s", shlex.join(args))
+    completed = subprocess.run(command, check=False, env=os.environ.copy())
+    if completed.returncode != 0:
+        raise UserError(
+            f"stage `{args[0]}` failed (exit {completed.returncode}); fix the error above and run again "
+            "(finished stages are kept and skipped)"
+        )
+
+
+def ensure_models(cfg: PipelineConfig, cli_args: list[str]) -> None:
+    """Make sure the models exist locally before anything heavy starts.
+
+    A model shipped in a Python package is copied offline by ``download``; a hub model must already be on disk,
+    since this machine may be air-gapped — the error says how to get it there.
+    """
+    layout = Layout.from_config(cfg)
+    if cfg.embedding_model.startswith(PACKAGE_PREFIX):
+        if not (layout.embedding_src / "config.json").is_file():
+            _run_child(["download", *cli_args])
+    elif not layout.embedding_src.is_dir() and not layout.embedding_st.is_dir():
+        raise UserError(
+            f"embedding model {cfg.embedding_model} not found at {layout.embedding_src}; run `make download` on a "
+            "connected machine and copy Models/ here (see README: the air-gap trip)"
+        )
+
+
+def run(
+    cfg: PipelineConfig,
+    config_path: str | Path | None = None,
+    overrides: list[str] | None = None,
+    force: bool = False,
+) -> Path:
+    """Run the pipeline end to end; return the report path.
+
+    Raises:
+        UserError: a model is missing or a stage failed (its own error is printed above).
+    """
+    overrides = list(overrides or [])
+    cli_args = (["--config", str(config_path)] if config_path else []) + [
+        part for item in overrides for part in ("--set", item)
+    ]
+    stamps = write_stamps(cfg, stamp_dir(config_path, overrides))
+    ensure_models(cfg, cli_args)
+    _run_child(["doctor", *cli_args])
+    started = time.perf_counter()
+    for stage in stages(cfg, stamps, cli_args):
+        if not force and is_fresh(stage):
+            logger.info("[%s] fresh, skipped", stage.name)
+            continue
+        stage_start = time.perf_counter()
+        _run_child(stage.args)
+        logger.info("[%s] done in %.1f s", stage.name, time.perf_counter() - stage_start)
+    logger.info("pipeline finished in %.1f s", time.perf_counter() - started)
+    return Path(cfg.evaluate.out_dir) / "report.md"
+
+
+def summary(cfg: PipelineConfig) -> str:
+    """The report's text followed by the paths of its files.
+
+    Raises:
+        UserError: there is no report yet.
+    """
+    results = Path(cfg.evaluate.out_dir)
+    report = results / "report.md"
+    if not report.is_file():
+        raise UserError(f"no report at {report} yet; run `make all` (or `offline-embft evaluate`) first")
+    files = [report, results / "report.png", results / "metrics.csv"]
+    lines = [report.read_text(encoding="utf-8").rstrip(), ""]
+    lines += [f"{path.name:<12} {path}" for path in files if path.exists()]
+    return "\n".join(lines)
