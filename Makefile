@@ -40,6 +40,11 @@ SETS ?=
 ARGS = --config $(CONFIG) $(if $(LLM),--set llm=$(LLM)) $(if $(EMBED),--set embedding_model=$(EMBED)) $(SETS)
 PIPELINE_GOALS := all report models preflight convert ingest generate train evaluate summary
 
+.PHONY: demo
+demo: ## CPU demo on the bundled statute PDFs (MiniLM, no LLM, no GPU, no network); report in results/
+	@$(MAKE) --no-print-directory all CONFIG=configs/cpu.yaml
+
+
 # Artifact paths and per-stage config stamps come from the config (`offline-embft paths`), so Make and
 # `offline-embft all` agree on what exists and what is stale. Only computed when a pipeline goal is asked for.
 ifneq ($(filter $(PIPELINE_GOALS),$(MAKECMDGOALS)),)
@@ -51,14 +56,11 @@ $(error cannot read the config $(CONFIG) (see the error above; `make install` fi
 endif
 DOCUMENTS := $(dir $(STAMP_INGEST))documents.txt
 
-.PHONY: all demo report models preflight convert ingest generate train evaluate summary
+.PHONY: all report models preflight convert ingest generate train evaluate summary
 all: ## Whole pipeline: models → doctor → convert → ingest → generate → train → evaluate (skips what is fresh)
 	@if $(MAKE) --no-print-directory -q report; then echo "pipeline up to date (nothing to redo)"; \
 	else $(MAKE) --no-print-directory preflight && $(MAKE) --no-print-directory report; fi
 	@$(MAKE) --no-print-directory summary
-
-demo: ## CPU demo on the bundled statute PDFs (MiniLM, no LLM, no GPU, no network); report in results/
-	@$(MAKE) --no-print-directory all CONFIG=configs/cpu.yaml
 
 models: $(EMBED_SRC)/config.json ## Check the models are on disk (a model shipped in a Python package is copied)
 $(EMBED_SRC)/config.json:

@@ -18,6 +18,7 @@ import shlex
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -157,18 +158,26 @@ def is_fresh(stage: Stage) -> bool:
     return all(_newest(source) <= oldest_output for source in stage.inputs)
 
 
-def _run_child(args: list[str]) -> None:
+Runner = Callable[[list[str]], int]
+
+
+def run_in_child(args: list[str]) -> int:
+    """Run ``offline-embft ARGS`` in a fresh Python process (its own GPU memory); return its exit code."""
     command = [sys.executable, "-m", "offline_embft.cli", *args]
+    return subprocess.run(command, check=False, env=os.environ.copy()).returncode
+
+
+def _run_stage(args: list[str], runner: Runner) -> None:
     logger.info("$ offline-embft %s", shlex.join(args))
-    completed = subprocess.run(command, check=False, env=os.environ.copy())
-    if completed.returncode != 0:
+    code = runner(args)
+    if code != 0:
         raise UserError(
-            f"stage `{args[0]}` failed (exit {completed.returncode}); fix the error above and run again "
+            f"stage `{args[0]}` failed (exit {code}); fix the error above and run again "
             "(finished stages are kept and skipped)"
         )
 
 
-def ensure_models(cfg: PipelineConfig, cli_args: list[str]) -> None:
+def ensure_models(cfg: PipelineConfig, cli_args: list[str], runner: Runner = run_in_child) -> None:
     """Make sure the models exist locally before anything heavy starts.
 
     A model shipped in a Python package is copied offline by ``download``; a hub model must already be on disk,
@@ -177,7 +186,7 @@ def ensure_models(cfg: PipelineConfig, cli_args: list[str]) -> None:
     layout = Layout.from_config(cfg)
     if cfg.embedding_model.startswith(PACKAGE_PREFIX):
         if not (layout.embedding_src / "config.json").is_file():
-            _run_child(["download", *cli_args])
+            _run_stage(["download", *cli_args], runner)
     elif not layout.embedding_src.is_dir() and not layout.embedding_st.is_dir():
         raise UserError(
             f"embedding model {cfg.embedding_model} not found at {layout.embedding_src}; run `make download` on a "
@@ -190,8 +199,12 @@ def run(
     config_path: str | Path | None = None,
     overrides: list[str] | None = None,
     force: bool = False,
+    runner: Runner = run_in_child,
 ) -> Path:
     """Run the pipeline end to end; return the report path.
+
+    ``runner`` runs one CLI command and returns its exit code: a child process by default; tests pass an
+    in-process runner so a network guard installed in the test process covers every stage.
 
     Raises:
         UserError: a model is missing or a stage failed (its own error is printed above).
@@ -201,15 +214,15 @@ def run(
         part for item in overrides for part in ("--set", item)
     ]
     stamps = write_stamps(cfg, stamp_dir(config_path, overrides))
-    ensure_models(cfg, cli_args)
-    _run_child(["doctor", *cli_args])
+    ensure_models(cfg, cli_args, runner)
+    _run_stage(["doctor", *cli_args], runner)
     started = time.perf_counter()
     for stage in stages(cfg, stamps, cli_args):
         if not force and is_fresh(stage):
             logger.info("[%s] fresh, skipped", stage.name)
             continue
         stage_start = time.perf_counter()
-        _run_child(stage.args)
+        _run_stage(stage.args, runner)
         logger.info("[%s] done in %.1f s", stage.name, time.perf_counter() - stage_start)
     logger.info("pipeline finished in %.1f s", time.perf_counter() - started)
     return Path(cfg.evaluate.out_dir) / "report.md"

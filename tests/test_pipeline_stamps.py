@@ -1,0 +1,97 @@
+"""What makes a stage stale: missing outputs, newer inputs, or a changed slice of the config."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from offline_embft import pipeline
+from offline_embft.config import load_config
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _cfg(tmp_path, *overrides):
+    sets = [f"dataset_dir={tmp_path / 'Dataset'}", f"models_dir={tmp_path / 'Models'}", *overrides]
+    return load_config(REPO / "configs" / "cpu.yaml", sets).resolve()
+
+
+def test_stamps_change_only_with_their_stage_config(tmp_path):
+    directory = tmp_path / "stamps"
+    first = pipeline.write_stamps(_cfg(tmp_path), directory)
+    before = {name: path.stat().st_mtime_ns for name, path in first.items()}
+    for path in first.values():
+        os.utime(path, ns=(1, 1))  # make any rewrite visible
+    again = pipeline.write_stamps(_cfg(tmp_path, "train.lr=3e-5"), directory)
+    changed = {name for name, path in again.items() if path.stat().st_mtime_ns != 1}
+    assert changed == {"train"}, f"only train's stamp should change, got {changed} (before: {before})"
+
+
+def test_documents_stamp_tracks_added_and_removed_files(tmp_path):
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "a.txt").write_text("甲", encoding="utf-8")
+    cfg = _cfg(tmp_path, f"ingest.input_dir={docs}")
+    stamp = pipeline.write_stamps(cfg, tmp_path / "s")["documents"]
+    first = stamp.read_text(encoding="utf-8")
+    (docs / "b.md").write_text("乙", encoding="utf-8")
+    second = pipeline.write_stamps(cfg, tmp_path / "s")["documents"].read_text(encoding="utf-8")
+    (docs / "a.txt").unlink()
+    third = pipeline.write_stamps(cfg, tmp_path / "s")["documents"].read_text(encoding="utf-8")
+    assert "a.txt" in first and "b.md" in second and "a.txt" not in third
+
+
+def test_freshness_follows_inputs_and_outputs(tmp_path):
+    source, output = tmp_path / "in.txt", tmp_path / "out" / "result.json"
+    stage = pipeline.Stage("x", ["x"], [source], [output])
+    source.write_text("1", encoding="utf-8")
+    assert not pipeline.is_fresh(stage), "a missing output is stale"
+    output.parent.mkdir()
+    output.write_text("{}", encoding="utf-8")
+    os.utime(source, (100, 100))
+    os.utime(output, (200, 200))
+    assert pipeline.is_fresh(stage)
+    os.utime(source, (300, 300))
+    assert not pipeline.is_fresh(stage), "an input newer than the output is stale"
+
+
+def test_stage_order_and_separate_processes(tmp_path):
+    cfg = _cfg(tmp_path)
+    stamps = pipeline.write_stamps(cfg, tmp_path / "s")
+    names = [stage.name for stage in pipeline.stages(cfg, stamps, ["--config", "c.yaml"])]
+    assert names == ["convert", "ingest", "generate", "train", "evaluate"]
+    assert pipeline.run.__defaults__[-1] is pipeline.run_in_child, "stages must run in child processes by default"
+
+
+def test_failed_stage_is_one_line_and_stops(tmp_path):
+    cfg = _cfg(tmp_path)
+    seen: list[list[str]] = []
+
+    def runner(args):
+        seen.append(args)
+        return 0 if args[0] in ("download", "doctor", "convert") else 3
+
+    with pytest.raises(pipeline.UserError, match="stage `ingest` failed"):
+        pipeline.run(cfg, config_path=REPO / "configs" / "cpu.yaml", runner=runner, force=True)
+    assert [a[0] for a in seen] == ["download", "doctor", "convert", "ingest"]
+
+
+@pytest.mark.skipif(subprocess.run(["make", "--version"], capture_output=True).returncode != 0, reason="no make")
+def test_make_dry_run_shows_stage_order():
+    out = subprocess.run(
+        ["make", "-n", "demo"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, "MAKEFLAGS": ""},
+    )
+    assert out.returncode == 0, out.stderr
+    order = [
+        cmd for cmd in ("convert", "ingest", "generate", "train", "evaluate") if f"offline-embft {cmd} " in out.stdout
+    ]
+    positions = [out.stdout.index(f"offline-embft {cmd} ") for cmd in order]
+    assert order == ["convert", "ingest", "generate", "train", "evaluate"] and positions == sorted(positions)
