@@ -32,6 +32,27 @@ format: ## Format with ruff
 	$(BIN)/ruff check --fix offline_embft tests scripts
 	$(BIN)/ruff format offline_embft tests scripts
 
+# ---- Models and the air gap (docs/models.md) ---------------------------------------------------------------------
+# Connected machine: `make download bundle`, carry bundle/ (or bundle.tar) across; air-gapped server:
+# `make install-offline BUNDLE=/media/usb/bundle && make doctor`. BUNDLE_ARGS go to scripts/bundle.py, e.g.
+# BUNDLE_ARGS="--extras vllm --python-version 3.10 --glibc 2.31 --tar".
+BUNDLE ?= bundle
+BUNDLE_ARGS ?=
+MODELS ?= Models
+
+.PHONY: download doctor bundle install-offline
+download: ## (Connected machine) Fetch the config's models from ModelScope into Models/ (verified, resumable)
+	$(CLI) download $(ARGS)
+
+doctor: ## Can this machine run the config? GPU, vLLM, models, disk, offline env, tokenizer coverage
+	$(CLI) doctor $(ARGS)
+
+bundle: ## (Connected machine) Wheelhouse for the target server + Models/ + SHA256SUMS into bundle/
+	$(BIN)/python scripts/bundle.py --out $(BUNDLE) --models-dir $(MODELS) $(BUNDLE_ARGS)
+
+install-offline: ## (Air-gapped machine) Verify SHA256SUMS, install from BUNDLE=bundle with --no-index, copy models
+	PYTHON=$(PYTHON) bash scripts/install_offline.sh $(BUNDLE) $(VENV) $(MODELS)
+
 # ---- The pipeline ------------------------------------------------------------------------------------------------
 # Swap models with one variable: `make all LLM=Qwen/Qwen3-4B`, `make all EMBED=BAAI/bge-base-zh-v1.5`.
 LLM ?=

@@ -114,7 +114,9 @@ def main(
 def ingest(
     input_dir: Annotated[Optional[Path], typer.Argument(help="Directory of PDF/MD/TXT documents.")] = None,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Output directory for chunks.")] = None,
-    tokenizer: Annotated[Optional[str], typer.Option(help="Embedding model dir whose tokenizer sizes chunks.")] = None,
+    tokenizer: Annotated[
+        Optional[str], typer.Option(help='Embedding model dir whose tokenizer sizes chunks ("": characters).')
+    ] = None,
     chunk_size: Annotated[Optional[int], typer.Option(help="Chunk size in tokens (default 300).")] = None,
     chunk_overlap: Annotated[Optional[int], typer.Option(help="Chunk overlap in tokens (default 30).")] = None,
     val_ratio: Annotated[Optional[float], typer.Option(help="Share of files held out for validation (0.3).")] = None,
@@ -134,6 +136,7 @@ def ingest(
             input_dir=input_dir and str(input_dir),
             out_dir=out and str(out),
             tokenizer=tokenizer,
+            tokenizer_strict=True if tokenizer else None,
             chunk_size=chunk_size,
             chunk_overlap=chunk_overlap,
             val_ratio=val_ratio,
@@ -189,8 +192,8 @@ def generate(
         if out is not None:
             raise UserError("--out needs a CHUNKS file; without one, generate writes the config's train and val sets")
         layout = Layout.from_config(pipeline)
-        for source, target in ((layout.train_chunks, layout.train_dataset), (layout.val_chunks, layout.val_dataset)):
-            stage.run(cfg, source, target)
+        # One engine for both splits: a second vLLM engine in the same process would not get its GPU memory back.
+        stage.run_many(cfg, [(layout.train_chunks, layout.train_dataset), (layout.val_chunks, layout.val_dataset)])
 
     _guard(body)
 
@@ -202,7 +205,7 @@ def convert(
     ] = None,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Output sentence-transformers directory.")] = None,
     pooling: Annotated[
-        Optional[Pooling], typer.Option(help="cls (BCE/BGE) or mean; default keeps the model's.")
+        Optional[Pooling], typer.Option(help="cls (BCE/BGE) or mean; default: the model's own, CLS for a raw one.")
     ] = None,
     max_seq_length: Annotated[Optional[int], typer.Option(help="max_seq_length to save (512).")] = None,
     config: ConfigOpt = None,
@@ -214,8 +217,13 @@ def convert(
         from offline_embft import models as stage
         from offline_embft.config import apply_overrides
 
+        pipeline = _load(config, set_)
+        if model_dir is not None and out is None:
+            # A model named on the command line converts to its own -st directory, never over the config's.
+            pipeline.embedding_model, pipeline.convert.model, pipeline.convert.out_dir = str(model_dir), "", ""
+            pipeline.resolve()
         cfg = apply_overrides(
-            _load(config, set_).convert,
+            pipeline.convert,
             model=model_dir and str(model_dir),
             out_dir=out and str(out),
             pooling=_value(pooling),

@@ -45,6 +45,10 @@ class IngestConfig:
     input_dir: str = _help("Directory of PDF/MD/TXT documents (searched recursively).", "")
     out_dir: str = _help("Output directory for train.jsonl, val.jsonl and stats.json.", "")
     tokenizer: str = _help("Embedding model directory whose tokenizer sizes the chunks (empty: characters).", "")
+    tokenizer_strict: bool = _help(
+        "Fail when the tokenizer directory is missing (set for an explicit tokenizer); otherwise size by characters.",
+        False,
+    )
     chunk_size: int = _help("Chunk size in tokens of the tokenizer (characters without one).", 300)
     chunk_overlap: int = _help("Overlap between consecutive chunks, in the same unit.", 30)
     max_seq_length: int = _help("The embedding model's max_seq_length; longer chunks are counted as truncated.", 512)
@@ -93,6 +97,14 @@ class GenerateConfig:
     concurrency: int = _help("Concurrent requests for the openai backend.", 16)
     timeout: float = _help("Seconds per request for the openai backend.", 120.0)
     cache_dir: str = _help("Answer cache directory (empty: beside the output).", "")
+    models_dir: str = _help("Where preset LLMs (e.g. Qwen3-8B) live (empty: the pipeline's models_dir).", "")
+    request_retries: int = _help("Retries per request for the openai backend (connection errors, 429, 5xx).", 3)
+    min_question_chars: int = _help("Questions shorter than this (characters) are dropped.", 5)
+    max_question_chars: int = _help("Questions longer than this (characters) are dropped.", 150)
+    near_copy_ratio: float = _help(
+        "Drop a question when this share of it is copied verbatim from the chunk (1: never).", 0.9
+    )
+    ict_keep_prob: float = _help("Backend ict: chance the query sentence stays in its positive passage.", 0.1)
 
     def __post_init__(self) -> None:
         _check(
@@ -103,6 +115,14 @@ class GenerateConfig:
         _check(self.batch_size >= 1, "generate.batch_size must be at least 1")
         _check(self.max_new_tokens >= 8, "generate.max_new_tokens must be at least 8")
         _check(self.max_retries >= 0, "generate.max_retries must be >= 0")
+        _check(self.request_retries >= 0, "generate.request_retries must be >= 0")
+        _check(self.concurrency >= 1, "generate.concurrency must be at least 1")
+        _check(
+            1 <= self.min_question_chars <= self.max_question_chars,
+            "generate.min_question_chars must be >= 1 and <= generate.max_question_chars",
+        )
+        _check(0.0 < self.near_copy_ratio <= 1.0, "generate.near_copy_ratio must be in (0, 1]")
+        _check(0.0 <= self.ict_keep_prob <= 1.0, "generate.ict_keep_prob must be in [0, 1]")
 
 
 @dataclass
@@ -145,7 +165,8 @@ class TrainConfig:
     precision: str = _help("auto (bf16/fp16 on GPU, fp32 on CPU), bf16, fp16 or fp32.", "auto")
     seed: int = _help("Seed for reproducible runs.", 42)
     eval_steps: int = _help("Evaluate every N steps (0: once per epoch).", 0)
-    resume: bool = _help("Resume from the last checkpoint in out_dir if there is one.", True)
+    resume: bool = _help("Resume from the last checkpoint in <out_dir>.checkpoints/ if there is one.", True)
+    keep_checkpoints: bool = _help("Keep <out_dir>.checkpoints/ after a successful run (default: delete it).", False)
 
     def __post_init__(self) -> None:
         _check(self.loss in LOSSES, f"train.loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
@@ -174,10 +195,12 @@ class EvaluateConfig:
     out_dir: str = _help("Results directory (metrics.csv/json, report.md/png, predictions).", "")
     batch_size: int = _help("Encoding batch size.", 64)
     query_prompt: str = _help("Instruction prepended to queries (must match training).", "")
+    passage_prompt: str = _help("Prefix prepended to passages (must match training).", "")
     rrf_k: int = _help("Reciprocal-rank fusion constant.", 60)
 
     def __post_init__(self) -> None:
         _check(self.batch_size >= 1, "evaluate.batch_size must be at least 1")
+        _check(self.rrf_k >= 1, f"evaluate.rrf_k must be at least 1, got {self.rrf_k}")
 
 
 @dataclass
@@ -208,8 +231,13 @@ class PipelineConfig:
         layout = Layout.from_config(self)
         self.ingest.input_dir = self.ingest.input_dir or str(layout.pdf_dir)
         self.ingest.out_dir = self.ingest.out_dir or str(layout.chunks_dir)
-        self.ingest.tokenizer = self.ingest.tokenizer or str(layout.embedding_st)
+        # A tokenizer named by the user must exist; the embedding model's (maybe not yet converted) is a soft default.
+        default_tokenizer = str(layout.embedding_st)
+        named = self.ingest.tokenizer not in ("", default_tokenizer)  # resolve() may run twice: stay idempotent
+        self.ingest.tokenizer_strict = self.ingest.tokenizer_strict or named
+        self.ingest.tokenizer = self.ingest.tokenizer or default_tokenizer
         self.generate.model = self.generate.model or self.llm
+        self.generate.models_dir = self.generate.models_dir or self.models_dir
         self.convert.model = self.convert.model or str(layout.embedding_src)
         self.convert.out_dir = self.convert.out_dir or str(layout.embedding_st)
         self.train.train_file = self.train.train_file or str(layout.train_dataset)
@@ -220,6 +248,7 @@ class PipelineConfig:
         self.evaluate.models = self.evaluate.models or [str(layout.embedding_st), str(layout.finetuned)]
         self.evaluate.out_dir = self.evaluate.out_dir or str(layout.results_dir)
         self.evaluate.query_prompt = self.evaluate.query_prompt or self.train.query_prompt
+        self.evaluate.passage_prompt = self.evaluate.passage_prompt or self.train.passage_prompt
         return self
 
 

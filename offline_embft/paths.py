@@ -24,15 +24,22 @@ PACKAGE_PREFIX = "package:"
 def model_dir(ref: str, models_dir: str | Path = "Models") -> Path:
     """Where a model reference lives locally.
 
-    An existing path is itself; ``package:NAME`` (a model shipped inside a Python package) and a hub id
-    ``org/name`` live under ``models_dir`` once ``offline-embft download`` has put them there.
+    An existing path is itself (a cache repository root resolves to its snapshot); ``package:NAME`` (a model shipped
+    inside a Python package) lives under ``models_dir`` once ``offline-embft download`` has copied it there; a hub
+    id ``org/name`` is found under ``models_dir`` or in the ModelScope / Hugging Face caches, else it is
+    ``models_dir/org/name``, where ``offline-embft download`` puts it. Filesystem checks only (see
+    :func:`offline_embft.models.locate`).
     """
-    if ref.startswith(PACKAGE_PREFIX):
-        return Path(models_dir) / ref[len(PACKAGE_PREFIX) :]
-    path = Path(ref).expanduser()
-    if path.is_absolute() or path.exists() or ref.startswith((".", "~")):
-        return path
-    return Path(models_dir) / ref
+    from offline_embft.models import locate
+
+    return locate(ref, models_dir).path
+
+
+def model_home(ref: str, models_dir: str | Path = "Models") -> Path:
+    """Where a model belongs under ``models_dir`` (its files may sit in a download cache instead)."""
+    from offline_embft.models import locate
+
+    return locate(ref, models_dir).home
 
 
 def st_dir(model_path: str | Path) -> Path:
@@ -51,6 +58,8 @@ class Layout:
     embedding_src: Path
     llm_dir: Path
     run_name: str
+    # Where the embedding model belongs under models_dir; differs from embedding_src when found in a download cache.
+    embedding_home: Path | None = None
 
     @classmethod
     def from_config(cls, cfg: PipelineConfig) -> Layout:
@@ -62,6 +71,7 @@ class Layout:
             embedding_src=model_dir(cfg.embedding_model, models),
             llm_dir=model_dir(cfg.llm, models),
             run_name=cfg.run_name,
+            embedding_home=model_home(cfg.embedding_model, models),
         )
 
     @property
@@ -98,7 +108,7 @@ class Layout:
 
         A local model elsewhere (a read-only mount, a package's site-packages folder) is never written beside.
         """
-        source = self.embedding_src
+        source = self.embedding_home or self.embedding_src  # a model found in a download cache belongs in models_dir
         try:
             source.resolve().relative_to(self.models_dir.resolve())
         except ValueError:

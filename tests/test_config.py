@@ -72,3 +72,20 @@ def test_saved_config_round_trips(tmp_path):
     out = save_config(cfg.train, tmp_path / "train_config.yaml")
     data = yaml.safe_load(out.read_text(encoding="utf-8"))
     assert data["lr"] == cfg.train.lr and data["out_dir"] == cfg.train.out_dir
+
+
+def test_atomic_outputs_are_readable_by_others(tmp_path):
+    import os
+    import stat
+
+    from offline_embft.io import atomic_dir, write_json
+
+    old = os.umask(0o022)
+    try:
+        path = write_json(tmp_path / "out.json", {"a": 1})
+        with atomic_dir(tmp_path / "model") as tmp:
+            (tmp / "x.txt").write_text("x", encoding="utf-8")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / "model").stat().st_mode) == 0o755

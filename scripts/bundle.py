@@ -1,0 +1,246 @@
+#!/usr/bin/env python3
+"""Build the air-gap bundle on a connected machine: wheelhouse + models + source + SHA256SUMS, in one directory.
+
+The wheelhouse is downloaded for the *target* server (its CPU architecture, glibc and Python), not for this
+machine, with ``pip download --only-binary=:all: --platform ... --python-version ...``; it holds the project's own
+wheel and every dependency, torch included. Pure-Python packages that PyPI ships only as source (jieba) are built
+into universal wheels here, so nothing is compiled on the server. Carry the directory (or the ``--tar`` archive)
+across, then run ``bash BUNDLE/install_offline.sh BUNDLE`` or ``make install-offline BUNDLE=...`` there.
+
+Examples:
+    python scripts/bundle.py --out bundle                                  # GPU server, same Python as here
+    python scripts/bundle.py --out bundle --extras vllm --python-version 3.10 --glibc 2.31
+    python scripts/bundle.py --out bundle --torch-index-url https://download.pytorch.org/whl/cpu   # CPU server
+    python scripts/bundle.py --out bundle --resolve-only                   # list what would be fetched (no wheels)
+    python scripts/bundle.py --out /tmp/try --packages typer jieba --no-models   # a small trial run
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+INSTALL_SCRIPT = ROOT / "scripts" / "install_offline.sh"
+# Pure-Python dependencies published only as source distributions: built into py3-none-any wheels here.
+SDIST_ONLY = ("jieba",)
+# Model folders that are outputs, not inputs: left out of the bundle.
+SKIP_MODELS = ("model_outdir",)
+
+
+def log(message: str) -> None:
+    sys.stderr.write(f"[bundle] {message}\n")
+
+
+def run(command: list[str]) -> None:
+    log("$ " + " ".join(command))
+    subprocess.run(command, check=True)
+
+
+def platform_tags(glibc: str, arch: str) -> list[str]:
+    """Every manylinux tag a target with this glibc accepts (pip does not expand manylinux_2_x tags itself)."""
+    major, minor = (int(part) for part in glibc.split("."))
+    tags = [f"manylinux_{major}_{m}_{arch}" for m in range(minor, 16, -1)]
+    if minor >= 17:
+        tags.append(f"manylinux2014_{arch}")  # = manylinux_2_17; pip adds manylinux2010 and manylinux1 to it
+    return tags
+
+
+def pip_target_args(args: argparse.Namespace) -> list[str]:
+    tags = args.platform or platform_tags(args.glibc, args.arch)
+    command = ["--only-binary=:all:", "--python-version", args.python_version, "--implementation", "cp"]
+    for tag in tags:
+        command += ["--platform", tag]
+    if args.torch_index_url:
+        command += ["--extra-index-url", args.torch_index_url]
+    return command
+
+
+def build_local_wheels(wheels: Path, python: str, packages: list[str]) -> Path | None:
+    """The project's wheel (unless only ``packages`` are bundled) and universal wheels of the source-only deps."""
+    project = None
+    if not packages:
+        run([python, "-m", "pip", "wheel", "--no-deps", "--wheel-dir", str(wheels), str(ROOT)])
+        project = max(wheels.glob("offline_embft-*.whl"), key=lambda p: p.stat().st_mtime)
+    wanted = [name for name in SDIST_ONLY if not packages or name in packages]
+    if wanted:
+        run([python, "-m", "pip", "wheel", "--no-deps", "--no-binary", ",".join(wanted), "-w", str(wheels), *wanted])
+        for name in wanted:
+            built = list(wheels.glob(f"{name}-*.whl"))
+            if not built or not all(p.name.endswith("-py3-none-any.whl") for p in built):
+                raise SystemExit(f"{name} did not build into a universal wheel; it cannot be carried as a wheel")
+    return project
+
+
+def requirements(project: Path | None, extras: str, packages: list[str]) -> list[str]:
+    if packages:
+        return list(packages)
+    spec = f"{project}[{extras}]" if extras else str(project)
+    return [spec, "pip", "setuptools", "wheel"]
+
+
+def resolve_only(args: argparse.Namespace, wheels: Path, reqs: list[str]) -> None:
+    """Resolve the whole tree for the target and list it, downloading metadata only (PEP 658), not wheels."""
+    report = args.out / "resolution.json"
+    with tempfile.TemporaryDirectory() as target:
+        run(
+            [
+                args.python,
+                "-m",
+                "pip",
+                "install",
+                "--dry-run",
+                "--quiet",
+                "--ignore-installed",
+                "--report",
+                str(report),
+                "--target",
+                target,
+                "--find-links",
+                str(wheels),
+                *pip_target_args(args),
+                *reqs,
+            ]
+        )
+    items = json.loads(report.read_text(encoding="utf-8"))["install"]
+    names = sorted(f"{i['metadata']['name']}=={i['metadata']['version']}" for i in items)
+    log(f"{len(names)} packages resolve for the target: " + ", ".join(names))
+
+
+def download_wheels(args: argparse.Namespace, wheels: Path, reqs: list[str]) -> None:
+    run(
+        [
+            args.python,
+            "-m",
+            "pip",
+            "download",
+            "--dest",
+            str(wheels),
+            "--find-links",
+            str(wheels),
+            *pip_target_args(args),
+            *reqs,
+        ]
+    )
+
+
+def copy_models(models_dir: Path, target: Path) -> list[str]:
+    """Copy every model under ``models_dir`` (not fine-tuning outputs, not hidden staging folders)."""
+    if not models_dir.is_dir():
+        raise SystemExit(f"{models_dir} not found: run `make download` first, or pass --no-models")
+
+    def ignore(folder: str, names: list[str]) -> list[str]:
+        top = Path(folder) == models_dir
+        return [n for n in names if n.startswith(".") or (top and n in SKIP_MODELS)]
+
+    shutil.copytree(models_dir, target, ignore=ignore, dirs_exist_ok=True)
+    found: list[Path] = []
+    for path in sorted(target.rglob("*")):  # a parent sorts before its children
+        is_model = (path / "config.json").is_file() or (path / "modules.json").is_file()
+        if path.is_dir() and is_model and not any(parent in found for parent in path.parents):
+            found.append(path)
+    return [p.relative_to(target).as_posix() for p in found]
+
+
+def write_source(out: Path) -> str | None:
+    """A tarball of the repository's files (configs, Makefile, docs, scripts) as git sees them."""
+    try:
+        listed = subprocess.run(
+            ["git", "-C", str(ROOT), "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
+            check=True,
+            capture_output=True,
+        ).stdout.decode()
+    except (OSError, subprocess.CalledProcessError):
+        log("not a git checkout: no source tarball (the wheel still holds the package)")
+        return None
+    name = "offline-embft-source.tar.gz"
+    with tarfile.open(out / name, "w:gz") as tar:
+        for relative in sorted(filter(None, listed.split("\0"))):
+            path = ROOT / relative
+            if path.is_file() and not path.resolve().is_relative_to(out.resolve()):
+                tar.add(path, arcname=f"offline-embft/{relative}")
+    return name
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_checksums(out: Path) -> int:
+    """SHA256SUMS over every file in the bundle, in `sha256sum -c` format; returns the number of files."""
+    files = sorted(p for p in out.rglob("*") if p.is_file() and p.name != "SHA256SUMS")
+    lines = [f"{sha256(p)}  {p.relative_to(out).as_posix()}\n" for p in files]
+    (out / "SHA256SUMS").write_text("".join(lines), encoding="utf-8")
+    return len(lines)
+
+
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=Path("bundle"), help="Bundle directory (default: bundle).")
+    parser.add_argument("--python-version", default="{}.{}".format(*sys.version_info[:2]), help="Target Python.")
+    parser.add_argument("--glibc", default="2.28", help="Target glibc (`ldd --version` there; default 2.28).")
+    parser.add_argument("--arch", default="x86_64", help="Target CPU architecture (x86_64, aarch64).")
+    parser.add_argument("--platform", action="append", help="Explicit pip platform tag(s), instead of --glibc.")
+    parser.add_argument("--extras", default="", help="Project extras to include, e.g. vllm.")
+    parser.add_argument("--torch-index-url", default="", help="Extra index for torch (the CPU build's for CPU hosts).")
+    parser.add_argument("--models-dir", type=Path, default=Path("Models"), help="Models to carry (default: Models).")
+    parser.add_argument("--no-models", action="store_true", help="Leave the models out.")
+    parser.add_argument("--packages", nargs="+", default=[], help="Bundle only these packages (a trial run).")
+    parser.add_argument("--tar", action="store_true", help="Also pack the bundle into one OUT.tar.")
+    parser.add_argument("--resolve-only", action="store_true", help="Resolve and list the wheels; download none.")
+    parser.add_argument("--python", default=sys.executable, help="Python whose pip does the work.")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
+    out: Path = args.out
+    wheels = out / "wheels"
+    wheels.mkdir(parents=True, exist_ok=True)
+    project = build_local_wheels(wheels, args.python, args.packages)
+    reqs = requirements(project, args.extras, args.packages)
+    if args.resolve_only:
+        resolve_only(args, wheels, reqs)
+        return 0
+    download_wheels(args, wheels, reqs)
+    carried = [] if args.no_models else copy_models(args.models_dir, out / "models")
+    source = write_source(out)
+    shutil.copy2(INSTALL_SCRIPT, out / "install_offline.sh")
+    install = [f"offline-embft[{args.extras}]" if args.extras else "offline-embft"]
+    manifest = {
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "python_version": args.python_version,
+        "platforms": args.platform or platform_tags(args.glibc, args.arch),
+        "install": list(args.packages) if args.packages else install,
+        "wheels": sorted(p.name for p in wheels.glob("*.whl")),
+        "models": carried,
+        "source": source,
+    }
+    (out / "bundle.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    count = write_checksums(out)
+    size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
+    log(f"{out}: {len(manifest['wheels'])} wheels, {len(carried)} models, {count} files, {size / 1024**2:.1f} MiB")
+    if args.tar:
+        archive = out.with_name(out.name + ".tar")
+        with tarfile.open(archive, "w") as tar:  # wheels and safetensors are already compressed
+            tar.add(out, arcname=out.name)
+        (archive.with_name(archive.name + ".sha256")).write_text(f"{sha256(archive)}  {archive.name}\n")
+        log(f"{archive} (+ .sha256): carry it across, then `tar xf {archive.name}`")
+    log(f"next, on the air-gapped server: bash {out.name}/install_offline.sh {out.name}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

