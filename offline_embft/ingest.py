@@ -108,21 +108,13 @@ class Sizer:
         return info
 
 
-def _model_max_seq_length(model_dir: Path) -> int | None:
-    """max_seq_length declared by a sentence-transformers model directory, if any."""
-    config = model_dir / "sentence_bert_config.json"
-    try:
-        return int(json.loads(config.read_text(encoding="utf-8"))["max_seq_length"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-
-
 def resolve_sizer(cfg: IngestConfig) -> Sizer:
     """The tokenizer that sizes chunks, or characters (with a loud warning) when the default model isn't there.
 
     Raises:
         UserError: a tokenizer given explicitly (``tokenizer_strict``) does not exist or cannot be loaded.
     """
+    from offline_embft.models import st_max_seq_length
     from offline_embft.tokenizer_check import load_tokenizer
 
     if not cfg.tokenizer:
@@ -141,7 +133,7 @@ def resolve_sizer(cfg: IngestConfig) -> Sizer:
         return Sizer("characters", path=str(path), note=note)
     tokenizer = load_tokenizer(path)
     max_len = cfg.max_seq_length
-    declared = _model_max_seq_length(path)
+    declared = st_max_seq_length(path)
     note = ""
     if declared and declared < max_len:
         note = f"the model declares max_seq_length {declared} (< ingest.max_seq_length {max_len}); using {declared}"
