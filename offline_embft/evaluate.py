@@ -1,0 +1,462 @@
+"""Evaluate: base vs fine-tuned vs BM25 (and hybrids) on one EmbeddingQAFinetuneDataset, with a report.
+
+For every ``--model`` the corpus and the queries are each encoded once, in batches, and every query is scored against
+every passage with the model's own similarity. The top 100 passages per query form that model's ranking. BM25 and the
+hybrids (reciprocal-rank fusion of BM25 with each model) are rankings too, built from the stored ones without
+encoding anything again. Every ranking goes through the same metric code: sentence-transformers'
+``InformationRetrievalEvaluator.compute_metrics`` (so the numbers are exactly what that evaluator reports when run on
+the model), plus the hit rate@5 that LlamaIndex's fine-tuning guide computes with a VectorStoreIndex.
+
+Outputs (all written at the end, each atomically): metrics.csv, metrics.json, predictions.jsonl, report.md,
+report.png and evaluate_config.yaml in ``cfg.out_dir``.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import logging
+import os
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from offline_embft import report as report_mod
+from offline_embft.bm25 import BM25Index, top_k
+from offline_embft.config import EvaluateConfig, save_config
+from offline_embft.dataset import QADataset
+from offline_embft.errors import UserError
+
+logger = logging.getLogger(__name__)
+
+RANK_DEPTH = 100  # map@100 needs the top 100 of every ranking
+PREDICTION_DEPTH = 10  # top passages per query kept in predictions.jsonl
+HIT_RATE_K = 5
+SCORE_BLOCK = 1 << 25  # query × passage scores held at once (128 MB of float32)
+BM25_LABEL = "BM25"
+# Directory names that identify nothing on their own; the row label then includes the parent directory.
+GENERIC_DIR_NAMES = frozenset({"model", "models", "output", "outputs", "final", "best", "best_model", "last", "st"})
+
+
+@dataclass
+class Ranking:
+    """The top passages of every query for one retriever, best first (ties by ascending corpus id)."""
+
+    label: str
+    kind: str  # model, bm25 or hybrid
+    source: str
+    ids: np.ndarray  # (queries, depth): positions in the corpus list
+    scores: np.ndarray  # (queries, depth)
+    info: dict[str, Any] = field(default_factory=dict)
+    parent: str = ""
+
+
+@dataclass
+class EvalData:
+    """A dataset laid out as parallel lists, in the dataset's own order (the order the evaluator encodes in)."""
+
+    query_ids: list[str]
+    queries: list[str]
+    corpus_ids: list[str]
+    passages: list[str]
+    relevant: list[set[str]]
+    id_rank: np.ndarray  # position of each passage in ascending corpus-id order: the tie-break
+
+    @classmethod
+    def from_dataset(cls, dataset: QADataset) -> EvalData:
+        corpus_ids = list(dataset.corpus)
+        order = sorted(range(len(corpus_ids)), key=corpus_ids.__getitem__)
+        id_rank = np.empty(len(corpus_ids), dtype=np.int64)
+        id_rank[order] = np.arange(len(corpus_ids))
+        query_ids = list(dataset.queries)
+        return cls(
+            query_ids=query_ids,
+            queries=[dataset.queries[q] for q in query_ids],
+            corpus_ids=corpus_ids,
+            passages=[dataset.corpus[c] for c in corpus_ids],
+            relevant=[set(dataset.relevant_docs[q]) for q in query_ids],
+            id_rank=id_rank,
+        )
+
+    @property
+    def depth(self) -> int:
+        return min(RANK_DEPTH, len(self.corpus_ids))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Models
+
+
+def model_labels(paths: Sequence[str]) -> list[str]:
+    """Short readable row names: each directory's name, with parent directories added where two collide or where
+    the name alone says nothing (``model``, ``checkpoint-500``)."""
+    # abspath, not resolve: a symlinked run directory keeps the name the user gave it.
+    parts = [Path(os.path.abspath(os.path.expanduser(p))).parts or (str(p),) for p in paths]
+    depth = [2 if len(p) > 1 and _generic(p[-1]) else 1 for p in parts]
+    while True:
+        labels = ["/".join(p[-d:]) for p, d in zip(parts, depth, strict=True)]
+        grow = [
+            i
+            for i, label in enumerate(labels)
+            if depth[i] < len(parts[i]) and any(o == label and parts[j] != parts[i] for j, o in enumerate(labels))
+        ]
+        if not grow:
+            break
+        for i in grow:
+            depth[i] += 1
+    seen: dict[str, int] = {}
+    unique = []
+    for label in labels:  # the same directory given twice
+        seen[label] = seen.get(label, 0) + 1
+        unique.append(label if seen[label] == 1 else f"{label}#{seen[label]}")
+    # A model directory named like the BM25 row must not be mistaken for it.
+    return [f"{label} (model)" if label == BM25_LABEL else label for label in unique]
+
+
+def _generic(name: str) -> bool:
+    return name.lower() in GENERIC_DIR_NAMES or bool(re.fullmatch(r"(checkpoint|step|epoch)[-_]?\d+", name.lower()))
+
+
+def check_model_dir(path: str) -> Path:
+    """Fail early, before any encoding, on a model path that cannot be a model."""
+    model_dir = Path(path).expanduser()
+    hint = "pass a sentence-transformers model directory (written by `offline-embft convert` or `train`)"
+    if not model_dir.is_dir():
+        raise UserError(f"model directory {model_dir} not found; {hint}")
+    if not any((model_dir / name).is_file() for name in ("modules.json", "config.json")):
+        raise UserError(f"{model_dir} has neither modules.json nor config.json, so it is not a model; {hint}")
+    return model_dir
+
+
+def load_model(path: str | Path):
+    """Load a local sentence-transformers model (GPU when there is one), or raise a one-line UserError."""
+    from sentence_transformers import SentenceTransformer
+
+    model_dir = Path(path)
+    if not (model_dir / "modules.json").is_file():
+        logger.warning(
+            "%s is not in sentence-transformers layout: it loads with MEAN pooling, which is wrong for CLS models "
+            "such as BCE/BGE; run `offline-embft convert` first",
+            model_dir,
+        )
+    try:
+        model = SentenceTransformer(str(model_dir), local_files_only=True)
+    except Exception as exc:  # any failure here means "this directory is not a usable model"
+        reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+        raise UserError(
+            f"model directory {model_dir} does not load with sentence-transformers "
+            f"({type(exc).__name__}{': ' + reason if reason else ''}); check that it is a complete model directory"
+        ) from None
+    logger.info("loaded %s on %s (max_seq_length %s)", model_dir, model.device, model.max_seq_length)
+    return model
+
+
+def count_truncated(model, texts: Sequence[str]) -> int | None:
+    """How many texts are longer than the model's max_seq_length (they are silently cut when encoded)."""
+    tokenizer = getattr(model, "tokenizer", None)
+    limit = getattr(model, "max_seq_length", None)
+    if tokenizer is None or not limit:
+        return None
+    try:
+        encoded = tokenizer(list(texts), add_special_tokens=True, truncation=False, verbose=False)
+    except Exception as exc:  # an exotic tokenizer: the count is a nicety, not worth failing the run
+        logger.debug("could not count truncated passages: %s", exc)
+        return None
+    return sum(len(ids) > limit for ids in encoded["input_ids"])
+
+
+def score_blocks(query_emb, corpus_emb, similarity, n_corpus: int):
+    """Yield (start, scores) blocks of the query × passage similarity as float32 numpy arrays."""
+    rows = max(1, SCORE_BLOCK // max(1, n_corpus))
+    for start in range(0, len(query_emb), rows):
+        block = similarity(query_emb[start : start + rows], corpus_emb)
+        yield start, block.float().cpu().numpy()
+
+
+def rank_model(path: str, label: str, data: EvalData, cfg: EvaluateConfig, show_progress: bool) -> Ranking:
+    """Encode the corpus and the queries once with one model and rank every passage for every query."""
+    import torch
+
+    model = load_model(path)
+    started = time.perf_counter()
+    truncated = count_truncated(model, [cfg.passage_prompt + p for p in data.passages])
+    if truncated:
+        logger.warning(
+            "%s: %d of %d passages are longer than max_seq_length %s and are cut when encoded",
+            label,
+            truncated,
+            len(data.passages),
+            model.max_seq_length,
+        )
+    corpus_emb = model.encode_document(
+        data.passages,
+        prompt=cfg.passage_prompt or None,
+        batch_size=cfg.batch_size,
+        show_progress_bar=show_progress,
+        convert_to_tensor=True,
+    )
+    query_emb = model.encode_query(
+        data.queries,
+        prompt=cfg.query_prompt or None,
+        batch_size=cfg.batch_size,
+        show_progress_bar=show_progress,
+        convert_to_tensor=True,
+    )
+    encode_seconds = time.perf_counter() - started
+    ids, scores = [], []
+    with torch.inference_mode():
+        for _, block in score_blocks(query_emb, corpus_emb, model.similarity, len(data.passages)):
+            block_ids, block_scores = top_k(block, data.depth, data.id_rank)
+            ids.append(block_ids)
+            scores.append(block_scores)
+    info = {
+        "device": str(model.device),
+        "similarity": str(model.similarity_fn_name),
+        "max_seq_length": model.max_seq_length,
+        "truncated_passages": truncated,
+        "encode_seconds": round(encode_seconds, 2),
+        "seconds": round(time.perf_counter() - started, 2),
+    }
+    del model, corpus_emb, query_emb
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return Ranking(label, "model", str(path), np.concatenate(ids), np.concatenate(scores), info)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# BM25 and hybrid
+
+
+def rank_bm25(data: EvalData, show_progress: bool) -> Ranking:
+    """Rank every passage for every query with BM25 over jieba-segmented text."""
+    started = time.perf_counter()
+    index = BM25Index(data.passages, show_progress=show_progress)
+    ids, scores = [], []
+    for block in index.score_chunks(data.queries, chunk_size=max(1, SCORE_BLOCK // len(data.passages))):
+        block_ids, block_scores = top_k(block, data.depth, data.id_rank)
+        ids.append(block_ids)
+        scores.append(block_scores)
+    info = {"seconds": round(time.perf_counter() - started, 2)}
+    return Ranking(
+        BM25_LABEL, "bm25", "BM25 (jieba search-mode words, bm25s k1=1.5 b=0.75)", *_stack(ids, scores), info
+    )
+
+
+def _stack(ids: list[np.ndarray], scores: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    return np.concatenate(ids), np.concatenate(scores)
+
+
+def reciprocal_rank_fusion(rankings: Sequence[Ranking], n_corpus: int, depth: int, id_rank: np.ndarray, rrf_k: int):
+    """Fuse rankings: a passage scores the sum of 1 / (rrf_k + rank) over the rankings that list it.
+
+    Returns:
+        (ids, scores) of the fused top ``depth``, ties by ascending corpus id.
+    """
+    n_queries = rankings[0].ids.shape[0]
+    rows = max(1, SCORE_BLOCK // max(1, n_corpus))
+    ids, scores = [], []
+    for start in range(0, n_queries, rows):
+        stop = min(n_queries, start + rows)
+        fused = np.zeros((stop - start, n_corpus), dtype=np.float64)
+        for ranking in rankings:
+            block = ranking.ids[start:stop]
+            contribution = 1.0 / (rrf_k + np.arange(1, block.shape[1] + 1, dtype=np.float64))
+            # Each passage appears at most once per ranking row, so plain fancy-index += is exact.
+            fused[np.arange(stop - start)[:, None], block] += contribution
+        block_ids, block_scores = top_k(fused, depth, id_rank)
+        ids.append(block_ids)
+        scores.append(block_scores)
+    return _stack(ids, scores)
+
+
+def rank_hybrid(model: Ranking, bm25: Ranking, data: EvalData, rrf_k: int) -> Ranking:
+    """Reciprocal-rank fusion of a model's ranking with BM25's (no encoding: both rankings are already there)."""
+    ids, scores = reciprocal_rank_fusion([model, bm25], len(data.passages), data.depth, data.id_rank, rrf_k)
+    source = f"reciprocal-rank fusion (k={rrf_k}) of `{model.label}` and BM25"
+    return Ranking(f"{model.label}+BM25", "hybrid", source, ids, scores, parent=model.label)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Metrics
+
+
+def ir_evaluator(data: EvalData):
+    """sentence-transformers' InformationRetrievalEvaluator over the dataset, used only for its metric code."""
+    from sentence_transformers.sentence_transformer.evaluation import InformationRetrievalEvaluator
+
+    evaluator = InformationRetrievalEvaluator(
+        queries=dict(zip(data.query_ids, data.queries, strict=True)),
+        corpus=dict(zip(data.corpus_ids, data.passages, strict=True)),
+        relevant_docs=dict(zip(data.query_ids, data.relevant, strict=True)),
+        write_csv=False,
+    )
+    if evaluator.queries_ids != data.query_ids:  # it drops queries without relevant docs; the dataset has none
+        raise RuntimeError("InformationRetrievalEvaluator reordered or dropped queries")
+    return evaluator
+
+
+def hit_rate(ranking: Ranking, data: EvalData, k: int = HIT_RATE_K) -> float:
+    """Share of queries with a relevant passage among the top ``k`` (LlamaIndex's "hit rate")."""
+    hits = 0
+    for row, relevant in zip(ranking.ids, data.relevant, strict=True):
+        hits += any(data.corpus_ids[j] in relevant for j in row[:k])
+    return hits / len(data.query_ids)
+
+
+def compute_metrics(ranking: Ranking, data: EvalData, evaluator) -> dict[str, float]:
+    """All metrics of one ranking: the evaluator's accuracy/precision/recall@k, ndcg@10, mrr@10, map@100, and
+    hit_rate@5."""
+    results = [
+        [{"corpus_id": data.corpus_ids[j], "score": float(s)} for j, s in zip(row_ids, row_scores, strict=True)]
+        for row_ids, row_scores in zip(ranking.ids, ranking.scores, strict=True)
+    ]
+    raw = evaluator.compute_metrics(results)
+    metrics = {
+        f"{name.removesuffix('@k')}@{k}": float(value) for name, values in raw.items() for k, value in values.items()
+    }
+    metrics[f"hit_rate@{HIT_RATE_K}"] = hit_rate(ranking, data)
+    return metrics
+
+
+def gold_ranks(ranking: Ranking, data: EvalData) -> list[int | None]:
+    """Per query, the 1-based rank of the first relevant passage in the ranking (None: not in it)."""
+    ranks: list[int | None] = []
+    for row, relevant in zip(ranking.ids, data.relevant, strict=True):
+        ranks.append(next((i + 1 for i, j in enumerate(row) if data.corpus_ids[j] in relevant), None))
+    return ranks
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Outputs
+
+
+def predictions_jsonl(rankings: Sequence[Ranking], data: EvalData, ranks: dict[str, list[int | None]]) -> str:
+    """predictions.jsonl: per query its text, the right ids and every retriever's top 10 with scores."""
+    lines = []
+    for q, query_id in enumerate(data.query_ids):
+        row = {
+            "query_id": query_id,
+            "query": data.queries[q],
+            "relevant_ids": sorted(data.relevant[q]),
+            "results": {
+                r.label: {
+                    "ids": [data.corpus_ids[j] for j in r.ids[q, :PREDICTION_DEPTH]],
+                    "scores": [round(float(s), 6) for s in r.scores[q, :PREDICTION_DEPTH]],
+                    "first_relevant_rank": ranks[r.label][q],
+                }
+                for r in rankings
+            },
+        }
+        lines.append(json.dumps(row, ensure_ascii=False))
+    return "\n".join(lines) + "\n"
+
+
+def _show_progress() -> bool:
+    # Progress bars when the user sees INFO messages (the CLI's default), not under --quiet.
+    return logging.getLogger("offline_embft").isEnabledFor(logging.INFO)
+
+
+def run(cfg: EvaluateConfig) -> Path:
+    """Evaluate every model of ``cfg`` (plus BM25 and hybrids) and write the results and the report.
+
+    Returns:
+        The path of report.md.
+
+    Raises:
+        UserError: a bad dataset, no model given, or a model directory that is missing or does not load.
+    """
+    if not cfg.out_dir:
+        raise UserError("no results directory given; pass --out RESULTS_DIR")
+    dataset = QADataset.load(cfg.dataset)
+    if not cfg.models and not cfg.bm25:
+        raise UserError("nothing to evaluate; pass --model MODEL_DIR (repeatable) and/or --bm25")
+    model_dirs = [check_model_dir(path) for path in cfg.models]
+    labels = model_labels(cfg.models)
+    data = EvalData.from_dataset(dataset)
+    show_progress = _show_progress()
+    logger.info(
+        "evaluating %d model(s)%s on %s: %d queries, %d passages",
+        len(model_dirs),
+        " + BM25" if cfg.bm25 else "",
+        cfg.dataset,
+        len(data.queries),
+        len(data.passages),
+    )
+
+    rankings = [
+        rank_model(str(path), label, data, cfg, show_progress) for path, label in zip(model_dirs, labels, strict=True)
+    ]
+    if cfg.bm25 or (cfg.hybrid and rankings):
+        bm25 = rank_bm25(data, show_progress)
+        hybrids = [rank_hybrid(r, bm25, data, cfg.rrf_k) for r in rankings] if cfg.hybrid else []
+        rankings += ([bm25] if cfg.bm25 else []) + hybrids
+
+    evaluator = ir_evaluator(data)
+    ranks = {r.label: gold_ranks(r, data) for r in rankings}
+    rows = [
+        report_mod.Row(
+            r.label, r.kind, r.source, compute_metrics(r, data, evaluator), ranks[r.label], r.info, parent=r.parent
+        )
+        for r in rankings
+    ]
+    for row in rows:
+        logger.info(
+            "%-30s hit_rate@5 %.3f  ndcg@10 %.3f  mrr@10 %.3f",
+            row.label,
+            row.metrics["hit_rate@5"],
+            row.metrics["ndcg@10"],
+            row.metrics["mrr@10"],
+        )
+    report = report_mod.Report(
+        dataset=str(cfg.dataset),
+        n_queries=len(data.queries),
+        n_corpus=len(data.passages),
+        rows=rows,
+        relevant_per_query=float(np.mean([len(r) for r in data.relevant])),
+        settings={
+            "batch_size": cfg.batch_size,
+            "query_prompt": cfg.query_prompt,
+            "passage_prompt": cfg.passage_prompt,
+            "rrf_k": cfg.rrf_k,
+        },
+    )
+    files = report_mod.render(report)
+    files["predictions.jsonl"] = predictions_jsonl(rankings, data, ranks)
+    out_dir = Path(cfg.out_dir)
+    report_mod.write_files(out_dir, files)
+    save_config(cfg, out_dir / "evaluate_config.yaml")
+    logger.info("wrote %s (and metrics.csv, metrics.json, predictions.jsonl, report.png)", out_dir / "report.md")
+    return out_dir / "report.md"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The LlamaIndex method, kept to cross-check hit_rate@5 (tests, scripts/bench_evaluate.py)
+
+
+def llamaindex_hit_rate(dataset: QADataset, model_dir: str | Path, top_k: int = HIT_RATE_K) -> float:
+    """Hit rate as LlamaIndex's embedding fine-tuning guide computes it: a VectorStoreIndex over the corpus and one
+    retriever call per query, with ``HuggingFaceEmbedding(model_name=model_dir)``.
+
+    Slow by design (one forward pass per query); it exists to show that :func:`run` reports the same number.
+    """
+    from llama_index.core import Settings, VectorStoreIndex
+    from llama_index.core.llms import MockLLM
+    from llama_index.core.schema import TextNode
+    from llama_index.embeddings.huggingface import HuggingFaceEmbedding
+
+    embed_model = HuggingFaceEmbedding(model_name=str(model_dir), local_files_only=True)
+    Settings.llm = MockLLM()  # nothing here needs an LLM; never let it default to OpenAI
+    nodes = [TextNode(id_=doc_id, text=text) for doc_id, text in dataset.corpus.items()]
+    index = VectorStoreIndex(nodes, embed_model=embed_model, show_progress=_show_progress())
+    retriever = index.as_retriever(similarity_top_k=top_k)
+    hits = 0
+    for query_id, query in dataset.queries.items():
+        retrieved = {node.node.node_id for node in retriever.retrieve(query)}
+        hits += bool(retrieved & set(dataset.relevant_docs[query_id]))
+    return hits / len(dataset.queries)
