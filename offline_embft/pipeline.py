@@ -229,7 +229,7 @@ def run(
 
 
 def summary(cfg: PipelineConfig) -> str:
-    """The report's text followed by the paths of its files.
+    """The report's verdict and main table, followed by the paths of its files.
 
     Raises:
         UserError: there is no report yet.
@@ -239,6 +239,8 @@ def summary(cfg: PipelineConfig) -> str:
     if not report.is_file():
         raise UserError(f"no report at {report} yet; run `make all` (or `offline-embft evaluate`) first")
     files = [report, results / "report.png", results / "metrics.csv"]
-    lines = [report.read_text(encoding="utf-8").rstrip(), ""]
+    # The verdict and the main table come first in report.md; the rest (all metrics, paths) stays in the file.
+    text = report.read_text(encoding="utf-8").split("\n![", 1)[0]
+    lines = [text.rstrip(), ""]
     lines += [f"{path.name:<12} {path}" for path in files if path.exists()]
     return "\n".join(lines)
