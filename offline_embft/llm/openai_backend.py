@@ -1,0 +1,182 @@
+"""An OpenAI-compatible server inside the user's own network (``vllm serve``, SGLang, Xinference, llama.cpp ...).
+
+Requests of a batch go out concurrently through a bounded thread pool; the ``openai`` client retries connection
+errors, timeouts, 429 and 5xx with backoff. A prompt that still fails comes back as None (retried by the generate
+stage with another seed, then reported); a server that is gone, or that rejects the request outright, stops the run
+with one line.
+"""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+from urllib.parse import urlparse
+
+from llama_index.core.bridge.pydantic import PrivateAttr
+
+from offline_embft.errors import UserError
+from offline_embft.llm.base import CHAT_TEMPLATE_KWARGS, BatchLLM, Sampling
+
+logger = logging.getLogger(__name__)
+
+RETRYABLE_STATUS = {408, 409, 429}
+
+
+def normalize_base_url(base_url: str) -> str:
+    """``http://host:8000`` → ``http://host:8000/v1`` (what vLLM serves); a full endpoint URL loses its endpoint.
+
+    Raises:
+        UserError: the URL is empty or not http(s).
+    """
+    url = base_url.strip().rstrip("/")
+    if not url:
+        raise UserError("backend openai needs --base-url, e.g. http://gpu-server:8000/v1 where `vllm serve` runs")
+    parsed = urlparse(url)
+    if parsed.scheme not in ("http", "https") or not parsed.netloc:
+        raise UserError(f"--base-url {base_url!r} is not an http(s) URL; e.g. http://gpu-server:8000/v1")
+    for suffix in ("/chat/completions", "/completions"):
+        if url.endswith(suffix):
+            url = url[: -len(suffix)]
+    if urlparse(url).path in ("", "/"):
+        url += "/v1"
+    return url
+
+
+class OpenAILLM(BatchLLM):
+    """Chat completions from an OpenAI-compatible server, a batch at a time over a bounded pool of requests."""
+
+    backend = "openai"
+
+    _client: Any = PrivateAttr(default=None)
+    _pool: Any = PrivateAttr(default=None)
+    _url: str = PrivateAttr(default="")
+    _concurrency: int = PrivateAttr(default=16)
+
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        sampling: Sampling,
+        *,
+        api_key: str = "EMPTY",
+        concurrency: int = 16,
+        timeout: float = 120.0,
+        request_retries: int = 3,
+    ) -> None:
+        from openai import OpenAI
+
+        url = normalize_base_url(base_url)
+        client = OpenAI(base_url=url, api_key=api_key or "EMPTY", timeout=timeout, max_retries=request_retries)
+        model = _pick_model(model, _served_models(client, url), url)
+        super().__init__(model_name=model, sampling=sampling, fingerprint=model)
+        self._client = client
+        self._url = url
+        self._concurrency = concurrency
+
+    def settings(self) -> dict[str, Any]:
+        return {"backend": self.backend, "model": self.model_name, "base_url": self._url}
+
+    def _ask(self, prompt: str, sampling: Sampling) -> str | None:
+        import openai
+
+        extra: dict[str, Any] = {"min_p": sampling.min_p, "chat_template_kwargs": dict(CHAT_TEMPLATE_KWARGS)}
+        if sampling.top_k > 0:
+            extra["top_k"] = sampling.top_k
+        try:
+            response = self._client.chat.completions.create(
+                model=self.model_name,
+                messages=[{"role": "user", "content": prompt}],
+                max_tokens=sampling.max_tokens,
+                temperature=sampling.temperature,
+                top_p=sampling.top_p,
+                presence_penalty=sampling.presence_penalty,
+                seed=sampling.seed,
+                extra_body=extra,
+            )
+        except openai.APIConnectionError as exc:  # includes timeouts; the client already retried
+            logger.debug("request to %s failed: %s", self._url, exc)
+            return None
+        except openai.APIStatusError as exc:
+            if exc.status_code >= 500 or exc.status_code in RETRYABLE_STATUS:
+                logger.debug("request to %s failed: %s", self._url, exc)
+                return None
+            raise UserError(
+                f"the server at {self._url} rejected the request ({exc.status_code}: {_message(exc)}); "
+                "check --model and the server's log"
+            ) from None
+        if not response.choices:
+            return ""
+        return response.choices[0].message.content or ""
+
+    def _generate(self, prompts: list[str], sampling: Sampling) -> list[str | None]:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=self._concurrency, thread_name_prefix="openai-request")
+        answers = list(self._pool.map(lambda prompt: self._ask(prompt, sampling), prompts))
+        failed = sum(answer is None for answer in answers)
+        if failed == len(answers):
+            raise UserError(
+                f"every request to {self._url} failed (connection errors, timeouts or 5xx even after retries); "
+                "check the server's log, or lower generate.concurrency / raise generate.timeout"
+            )
+        if failed:
+            logger.warning("%d of %d requests to %s failed; they will be retried", failed, len(answers), self._url)
+        return answers
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+        if self._client is not None:
+            self._client.close()
+
+
+def _message(exc: Any) -> str:
+    body = getattr(exc, "body", None)
+    if isinstance(body, dict):
+        inner = body.get("error", body)
+        if isinstance(inner, dict) and inner.get("message"):
+            return str(inner["message"]).splitlines()[0][:200]
+        if isinstance(inner, str):
+            return inner[:200]
+    return str(exc).splitlines()[0][:200]
+
+
+def _served_models(client: Any, url: str) -> list[str] | None:
+    """Model names the server lists (None when it has no /models endpoint)."""
+    import openai
+
+    try:
+        return [m.id for m in client.models.list()]
+    except openai.APIConnectionError as exc:
+        raise UserError(
+            f"cannot reach the OpenAI-compatible server at {url} ({type(exc).__name__}); start it "
+            "(e.g. `vllm serve Models/Qwen/Qwen3-8B --served-model-name Qwen3-8B`) or fix --base-url"
+        ) from None
+    except openai.AuthenticationError:
+        raise UserError(f"the server at {url} rejected the API key; set generate.api_key") from None
+    except openai.APIStatusError:
+        return None
+
+
+def _pick_model(requested: str, served: list[str] | None, url: str) -> str:
+    """The served model name to use: the requested one, matched by name, or the only one the server has."""
+    if served is None:
+        if not requested:
+            raise UserError(f"the server at {url} does not list its models; pass --model with the served model name")
+        return requested
+    if not served:
+        raise UserError(f"the server at {url} serves no model; check its log")
+    if requested in served:
+        return requested
+    wanted = requested.rstrip("/").rsplit("/", 1)[-1].lower()
+    for name in served:
+        if name.rstrip("/").rsplit("/", 1)[-1].lower() == wanted:
+            return name
+    if len(served) == 1:
+        if requested:
+            logger.warning("the server at %s serves %r, not %r; using %r", url, served[0], requested, served[0])
+        return served[0]
+    raise UserError(
+        f"the server at {url} serves {', '.join(served)}, not {requested!r}; pass --model with one of them"
+    )

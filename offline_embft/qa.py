@@ -1,0 +1,413 @@
+"""``offline-embft generate``: chunks → questions from a local LLM → EmbeddingQAFinetuneDataset JSON.
+
+The native engine renders one prompt per chunk, sends them to the backend in large batches (one engine call per
+batch, prompts of similar length together), caches every answer on disk as soon as its batch returns, extracts and
+filters the questions (:mod:`offline_embft.questions`), and retries chunks left without enough valid questions with
+another seed. Chunks that still fail are listed in the stats file, with the model's last answer, and stay in the
+corpus (as distractors) without queries. The ``llamaindex`` engine runs the same prompt through LlamaIndex's
+``generate_qa_embedding_pairs`` instead, for users who want exactly its behaviour.
+
+Beside ``DATASET.json`` the stage writes ``DATASET.stats.json`` (counts, reasons, failures, speed) and
+``DATASET.config.yaml`` (the resolved generate config); answers live in ``generate_cache/DATASET.answers.jsonl``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections import Counter
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from offline_embft.answer_cache import AnswerCache
+from offline_embft.config import GenerateConfig, save_config
+from offline_embft.dataset import QADataset
+from offline_embft.errors import UserError
+from offline_embft.io import write_json
+from offline_embft.llm import BatchLLM, CachedLLM, create_llm
+from offline_embft.questions import FilterSettings, QuestionFilter
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_PROMPT = "default_zh.txt"
+# A chunk longer than this is cut in the prompt: one over-long prompt would make vLLM reject its whole batch
+# (max_model_len), and ingest's chunks are a few hundred characters anyway.
+MAX_CONTEXT_CHARS = 3000
+FAILED_ANSWER_CHARS = 300
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """One line of a chunks JSONL file (only the fields generation needs)."""
+
+    id: str
+    text: str
+
+
+def stats_path(out_path: str | Path) -> Path:
+    """Where the stats summary of ``out_path`` goes: ``<stem>.stats.json`` beside it."""
+    out_path = Path(out_path)
+    return out_path.with_name(out_path.stem + ".stats.json")
+
+
+def config_path(out_path: str | Path) -> Path:
+    """Where the resolved config of ``out_path`` goes: ``<stem>.config.yaml`` beside it."""
+    out_path = Path(out_path)
+    return out_path.with_name(out_path.stem + ".config.yaml")
+
+
+def cache_path(cfg: GenerateConfig, out_path: str | Path) -> Path:
+    """The answer cache of ``out_path``: ``<cache_dir or beside it>/generate_cache/<stem>.answers.jsonl``."""
+    out_path = Path(out_path)
+    directory = Path(cfg.cache_dir) if cfg.cache_dir else out_path.parent / "generate_cache"
+    return directory / f"{out_path.stem}.answers.jsonl"
+
+
+def load_chunks(path: str | Path) -> tuple[list[Chunk], int]:
+    """Read a chunks JSONL written by ingest; return the chunks and how many empty ones were skipped.
+
+    Raises:
+        UserError: the file is missing, not JSONL, has a line without ``id``/``text``, a duplicate id, or no chunk.
+    """
+    path = Path(path)
+    hint = 'pass a chunks JSONL written by `offline-embft ingest` (one {"id", "text", ...} object a line)'
+    if not path.is_file():
+        raise UserError(f"chunks file {path} not found; run `offline-embft ingest` first or {hint}")
+    chunks: list[Chunk] = []
+    seen: set[str] = set()
+    skipped = 0
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError:
+        raise UserError(f"chunks file {path} is not UTF-8 text; {hint}") from None
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise UserError(f"{path}:{number} is not valid JSON ({exc.msg}); {hint}") from None
+        if not isinstance(row, dict) or "id" not in row or not isinstance(row.get("text"), str):
+            raise UserError(f"{path}:{number} has no 'id' and 'text' fields; {hint}")
+        chunk_id = str(row["id"])
+        if chunk_id in seen:
+            raise UserError(f"{path}:{number} repeats chunk id {chunk_id!r}; chunk ids must be unique (re-run ingest)")
+        seen.add(chunk_id)
+        if not row["text"].strip():
+            skipped += 1
+            continue
+        chunks.append(Chunk(chunk_id, row["text"].strip()))
+    if not chunks:
+        raise UserError(f"chunks file {path} holds no chunk with text; check ingest's stats.json for why")
+    return chunks, skipped
+
+
+def load_template(prompt_file: str = "") -> str:
+    """The prompt template: ``prompt_file`` if given, else the built-in Chinese prompt.
+
+    Raises:
+        UserError: the file is missing, unreadable, or has no ``{context}`` placeholder.
+    """
+    if not prompt_file:
+        return resources.files("offline_embft").joinpath("prompts", DEFAULT_PROMPT).read_text(encoding="utf-8")
+    path = Path(prompt_file)
+    if not path.is_file():
+        raise UserError(f"prompt file {path} not found; pass a UTF-8 text file with a {{context}} placeholder")
+    try:
+        template = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise UserError(f"prompt file {path} is not UTF-8 text") from None
+    if "{context}" not in template:
+        raise UserError(
+            f"prompt file {path} has no {{context}} placeholder (where the chunk goes); "
+            "add it, and {num_questions} for the number of questions"
+        )
+    return template
+
+
+def render(template: str, text: str, num_questions: int) -> str:
+    """Fill the template (plain replacement, so other braces in a user's prompt stay as written)."""
+    return template.replace("{num_questions}", str(num_questions)).replace("{context}", text[:MAX_CONTEXT_CHARS])
+
+
+def llamaindex_template(template: str) -> str:
+    """The template in LlamaIndex's ``str.format`` placeholders (``{context_str}``, ``{num_questions_per_chunk}``)."""
+    escaped = template.replace("{", "{{").replace("}", "}}")
+    return escaped.replace("{{context}}", "{context_str}").replace("{{num_questions}}", "{num_questions_per_chunk}")
+
+
+def run(cfg: GenerateConfig, chunks_path: Path, out_path: Path, *, llm: BatchLLM | None = None) -> Path:
+    """Generate the question dataset of one chunks file.
+
+    Args:
+        cfg: The generate config.
+        chunks_path: Chunks JSONL written by ingest.
+        out_path: Dataset JSON to write (EmbeddingQAFinetuneDataset format), with stats and config beside it.
+        llm: A ready backend to use instead of building one from ``cfg`` (tests, notebooks, several files in a row).
+
+    Returns:
+        ``out_path``.
+
+    Raises:
+        UserError: bad input, a backend that cannot start, or not a single valid question.
+    """
+    started = time.perf_counter()
+    chunks_path, out_path = Path(chunks_path), Path(out_path)
+    chunks, skipped = load_chunks(chunks_path)
+    template = load_template(cfg.prompt_file)
+    owned = llm is None
+    llm = llm or create_llm(cfg, template=template)
+    calls_before = llm.engine_calls
+    try:
+        with AnswerCache(cache_path(cfg, out_path)) as cache:
+            if cfg.engine == "llamaindex":
+                dataset, stats = _run_llamaindex(cfg, chunks, template, llm, cache, out_path)
+            else:
+                dataset, stats = _run_native(cfg, chunks, template, llm, cache)
+            cache_hits = cache.hits
+    finally:
+        if owned:
+            llm.close()
+    elapsed = time.perf_counter() - started
+    stats = {
+        "chunks_file": str(chunks_path),
+        "output": str(out_path),
+        "engine": cfg.engine,
+        **llm.settings(),
+        "chunks": len(chunks),
+        "chunks_skipped_empty": skipped,
+        "questions_per_chunk": cfg.questions_per_chunk,
+        **stats,
+        "cache_hits": cache_hits,
+        "engine_calls": llm.engine_calls - calls_before,
+        "wall_seconds": round(elapsed, 3),
+        "chunks_per_second": round(len(chunks) / elapsed, 3) if elapsed > 0 else None,
+    }
+    write_json(stats_path(out_path), stats)
+    save_config(cfg, config_path(out_path))
+    if not dataset.queries:
+        reasons = ", ".join(f"{k} {v}" for k, v in Counter(stats.get("filtered", {})).most_common(3) if v)
+        raise UserError(
+            f"no valid question for any of the {len(chunks)} chunks of {chunks_path} ({reasons or 'no answers'}); "
+            f"the model's answers are in {stats_path(out_path)}: is {llm.model_name} an instruct model, "
+            f"and is generate.max_new_tokens ({cfg.max_new_tokens}) enough?"
+        )
+    dataset.save(out_path)
+    logger.info(
+        "%s: %d questions for %d of %d chunks (%d failed), %.1f chunks/s; stats in %s",
+        out_path,
+        len(dataset.queries),
+        stats["chunks_with_questions"],
+        len(chunks),
+        stats["chunks_failed"],
+        stats["chunks_per_second"] or 0.0,
+        stats_path(out_path),
+    )
+    return out_path
+
+
+def run_many(cfg: GenerateConfig, jobs: list[tuple[Path, Path]]) -> list[Path]:
+    """Generate several datasets (e.g. train and val) with ONE engine: a vLLM engine is loaded once per process.
+
+    Every chunks file is checked before the model loads, so a missing file fails in a second, not after the load.
+
+    Args:
+        cfg: The generate config.
+        jobs: (chunks file, dataset file) pairs, processed in order.
+    """
+    for chunks_path, _ in jobs:
+        load_chunks(chunks_path)
+    llm = create_llm(cfg, template=load_template(cfg.prompt_file))
+    try:
+        return [run(cfg, chunks_path, out_path, llm=llm) for chunks_path, out_path in jobs]
+    finally:
+        llm.close()
+
+
+def _answer_round(
+    cfg: GenerateConfig,
+    todo: list[Chunk],
+    template: str,
+    llm: BatchLLM,
+    cache: AnswerCache,
+    attempt: int,
+) -> tuple[dict[str, str], int]:
+    """Answers for ``todo`` (from the cache, else from the engine in batches); and how many were generated."""
+    seed = cfg.seed + attempt
+    sampling = llm.sampling.with_seed(seed).as_dict()
+    prompts = {c.id: render(template, c.text, cfg.questions_per_chunk) for c in todo}
+    keys = {c.id: AnswerCache.key(llm.identity, prompts[c.id], sampling, c.id) for c in todo}
+    answers: dict[str, str] = {}
+    for chunk_id, key in keys.items():
+        cached = cache.get(key)
+        if cached is not None:
+            answers[chunk_id] = cached
+    # Prompts of similar length share a batch: less padding for transformers, steadier batches for vLLM.
+    missing = sorted((c for c in todo if c.id not in answers), key=lambda c: len(prompts[c.id]))
+    if len(answers):
+        logger.info("attempt %d: %d answers from the cache, %d to generate", attempt + 1, len(answers), len(missing))
+    desc = "questions" if attempt == 0 else f"retry {attempt}"
+    with tqdm(total=len(missing), desc=desc, unit="chunk", disable=not missing) as bar:
+        for start in range(0, len(missing), cfg.batch_size):
+            batch = missing[start : start + cfg.batch_size]
+            outputs = llm.complete_batch([prompts[c.id] for c in batch], seed=seed)
+            done = [(c, out) for c, out in zip(batch, outputs, strict=True) if out is not None]
+            cache.put_many(
+                {"key": keys[c.id], "chunk_id": c.id, "attempt": attempt, "model": llm.identity, "answer": out}
+                for c, out in done
+            )
+            answers.update((c.id, out) for c, out in done)
+            bar.update(len(batch))
+    return answers, len(missing)
+
+
+def _run_native(
+    cfg: GenerateConfig, chunks: list[Chunk], template: str, llm: BatchLLM, cache: AnswerCache
+) -> tuple[QADataset, dict[str, Any]]:
+    wanted = cfg.questions_per_chunk
+    pseudo = llm.pseudo_queries
+    questions = QuestionFilter(
+        FilterSettings(
+            min_chars=cfg.min_question_chars,
+            max_chars=cfg.max_question_chars,
+            near_copy_ratio=cfg.near_copy_ratio,
+            require_question=not pseudo,
+            check_copy=not pseudo,
+        )
+    )
+    kept: dict[str, list[str]] = {c.id: [] for c in chunks}
+    last: dict[str, tuple[str | None, Counter[str]]] = {}
+    generated = engine_errors = retried = attempts = 0
+    for attempt in range(cfg.max_retries + 1):
+        todo = [c for c in chunks if len(kept[c.id]) < wanted]
+        if not todo:
+            break
+        attempts = attempt + 1
+        if attempt:
+            retried += len(todo)
+            logger.info(
+                "retrying %d chunks without enough valid questions, new seed (attempt %d)", len(todo), attempts
+            )
+        answers, fresh = _answer_round(cfg, todo, template, llm, cache, attempt)
+        generated += fresh
+        # File order, not batch order: the duplicate filter then decides the same way on a resumed run.
+        for chunk in todo:
+            raw = answers.get(chunk.id)
+            if raw is None:
+                engine_errors += 1
+                last[chunk.id] = (None, Counter({"engine_error": 1}))
+                continue
+            new, dropped = questions.select(raw, chunk.text, wanted - len(kept[chunk.id]))
+            kept[chunk.id].extend(new)
+            last[chunk.id] = (raw, dropped)
+
+    if pseudo:
+        from offline_embft.llm.ict_backend import mask_positive
+
+        corpus = {
+            c.id: mask_positive(c.text, kept[c.id], seed=cfg.seed, chunk_id=c.id, keep_prob=cfg.ict_keep_prob)
+            for c in chunks
+        }
+    else:
+        corpus = {c.id: c.text for c in chunks}
+    dataset = QADataset(corpus=corpus)
+    for chunk in chunks:
+        for number, question in enumerate(kept[chunk.id]):
+            query_id = f"{chunk.id}-q{number}"
+            dataset.queries[query_id] = question
+            dataset.relevant_docs[query_id] = [chunk.id]
+
+    failed = [c.id for c in chunks if not kept[c.id]]
+    if failed:
+        top = ", ".join(f"{k} {v}" for k, v in questions.dropped.most_common(3) if v)
+        logger.warning(
+            "%d of %d chunks got no valid question after %d attempts (dropped: %s); they stay in the corpus "
+            "without queries; their last answers are in the stats file",
+            len(failed),
+            len(chunks),
+            attempts,
+            top or "engine errors",
+        )
+    if questions.thinking_unclosed:
+        logger.warning(
+            "%d answers ran out of tokens inside a <think> block: the chat template ignored enable_thinking=False; "
+            "use a Qwen3 instruct checkpoint (or a template that honours it) or raise generate.max_new_tokens",
+            questions.thinking_unclosed,
+        )
+    stats = {
+        "questions": len(dataset.queries),
+        "chunks_with_questions": sum(1 for c in chunks if kept[c.id]),
+        "chunks_short": sum(1 for c in chunks if 0 < len(kept[c.id]) < wanted),
+        "chunks_failed": len(failed),
+        "filtered": dict(questions.dropped),
+        "surplus_dropped": questions.surplus,
+        "thinking_unclosed": questions.thinking_unclosed,
+        "engine_errors": engine_errors,
+        "attempts": attempts,
+        "retried_chunks": retried,
+        "prompts_generated": generated,
+        "chunks_truncated_in_prompt": sum(1 for c in chunks if len(c.text) > MAX_CONTEXT_CHARS),
+        "failed": [
+            {
+                "id": chunk_id,
+                "reasons": dict(last.get(chunk_id, (None, Counter()))[1]),
+                "last_answer": (last.get(chunk_id, (None, None))[0] or "")[:FAILED_ANSWER_CHARS],
+            }
+            for chunk_id in failed
+        ],
+    }
+    return dataset, stats
+
+
+def _run_llamaindex(
+    cfg: GenerateConfig, chunks: list[Chunk], template: str, llm: BatchLLM, cache: AnswerCache, out_path: Path
+) -> tuple[QADataset, dict[str, Any]]:
+    """The same prompt through ``llama_index.finetuning.generate_qa_embedding_pairs`` (one call per chunk)."""
+    from llama_index.core.schema import TextNode
+
+    handlers = list(logging.root.handlers)
+    from llama_index.finetuning import generate_qa_embedding_pairs
+
+    # Importing llama_index.finetuning adds a stdout handler to the root logger (its mistralai module): every log
+    # line would print twice.
+    for handler in [h for h in logging.root.handlers if h not in handlers]:
+        logging.root.removeHandler(handler)
+
+    # Its own resume skips chunks by position (wrong after a failed chunk); start clean and let the cache resume.
+    work = out_path.with_name(f".{out_path.stem}.llamaindex.json")
+    work.unlink(missing_ok=True)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    nodes = [TextNode(id_=c.id, text=c.text[:MAX_CONTEXT_CHARS]) for c in chunks]
+    try:
+        result = generate_qa_embedding_pairs(
+            nodes=nodes,
+            llm=CachedLLM(llm, cache),
+            qa_generate_prompt_tmpl=llamaindex_template(template),
+            num_questions_per_chunk=cfg.questions_per_chunk,
+            retry_limit=cfg.max_retries + 1,
+            on_failure="continue",
+            save_every=max(cfg.batch_size, 1),
+            output_path=str(work),
+            verbose=False,
+        )
+    finally:
+        work.unlink(missing_ok=True)
+    dataset = QADataset(
+        queries=dict(result.queries),
+        corpus=dict(result.corpus),
+        relevant_docs={k: list(v) for k, v in result.relevant_docs.items()},
+    )
+    answered = {doc for docs in dataset.relevant_docs.values() for doc in docs}
+    failed = [c.id for c in chunks if c.id not in answered]
+    stats = {
+        "questions": len(dataset.queries),
+        "chunks_with_questions": len(answered),
+        "chunks_failed": len(failed),
+        "failed": [{"id": chunk_id} for chunk_id in failed],
+    }
+    return dataset, stats

@@ -1,0 +1,256 @@
+"""From a raw LLM completion to clean questions, and the filters that keep a training set honest.
+
+Extraction undoes what chat models wrap around their questions: ``<think>`` blocks (closed, unclosed, or the empty
+one Qwen3 leaves with ``/no_think``), lead-in lines ("以下是生成的问题："), role words and prefixes (``问题：``,
+``Q1:``), numbering and bullets (``1.`` ``1、`` ``（1）`` ``一、`` ``-`` ``•`` ``①``), markdown and quotes; a question
+is kept up to and including its question mark (？ or ?).
+
+Each candidate then passes the filters, and every drop is counted by reason:
+
+* ``empty``          the answer held no text at all (or only thinking)
+* ``not_question``   a line without a question mark
+* ``too_short`` / ``too_long``
+* ``language``       a Chinese chunk needs a Chinese question (and the other way round)
+* ``near_copy``      the question is mostly a verbatim span of the chunk
+* ``duplicate``      the same question (ignoring spaces and punctuation) was already kept, for any chunk
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from difflib import SequenceMatcher
+
+REASONS = ("empty", "not_question", "too_short", "too_long", "language", "near_copy", "duplicate")
+
+_THINK_BLOCK = re.compile(r"<think>.*?</think>", re.DOTALL | re.IGNORECASE)
+_CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
+_LATIN_WORD = re.compile(r"[A-Za-z]+")
+_QUESTION = re.compile(r"[^？?]*[？?]")
+_CN_NUM = "一二三四五六七八九十"
+
+# Leading markers, stripped repeatedly: bullets, numbering in every style models use, role words and prefixes.
+_LEADING = re.compile(
+    r"""^(?:
+        [-–—•·*+●○◦▪■□►▶✓✔]+\s*                                  # bullets
+      | \d{1,3}\s*(?:[.．](?!\d)|[、:：)）])\s*                     # 1.  1、  1)  1：
+      | [（(]\s*\d{1,3}\s*[)）]\s*                                 # （1）  (1)
+      | [（(]?["""
+    + _CN_NUM
+    + r"""]{1,3}[)）、.．:：]\s*           # 一、  （一）
+      | [①-⑳]\s*
+      | 第\s*[\d"""
+    + _CN_NUM
+    + r"""]{1,3}\s*[个道]?\s*(?:问题|题)\s*[:：、.．]?\s*     # 第1个问题 (not 第一条)
+      | 【[^】]{0,8}】\s*                                          # 【问题】
+      | \[[^\]]{0,8}\]\s*
+      | (?:生成的问题|问题|提问|问|question|query|q|assistant|助手|回答|答案|答|a)\s*[\d"""
+    + _CN_NUM
+    + r"""]{0,3}
+        \s*[:：.．、]\s*                                            # 问题：  Q1:  Question 2.  assistant:
+      | [^？?:：\n]{0,24}问题\s*(?:如下|是)?\s*[:：]\s*              # 以下是生成的问题：xxx？ on one line
+    )""",
+    re.IGNORECASE | re.VERBOSE,
+)
+_PAIRED_QUOTES = {"“": "”", "「": "」", "『": "』", "‘": "’", "《": "》"}
+_PLAIN_QUOTES = "\"'`"
+# A line that only labels what follows ("问题", "Questions:", "生成的问题 1"): a heading, not an answer.
+_LABEL_ONLY = re.compile(
+    r"^(?:生成的)?(?:问题|提问|questions?|queries)\s*[\d一二三四五六七八九十]{0,3}$", re.IGNORECASE
+)
+_MARKDOWN_EMPHASIS = re.compile(r"\*\*|__|~~|`")
+_HEADING = re.compile(r"^\s*(?:#{1,6}|>+)\s*")
+_PUNCT_OR_SPACE = re.compile(r"[\W_]+", re.UNICODE)
+
+
+@dataclass(frozen=True)
+class FilterSettings:
+    """Thresholds of the filters (from :class:`~offline_embft.config.GenerateConfig`)."""
+
+    min_chars: int = 5
+    max_chars: int = 150
+    near_copy_ratio: float = 0.9
+    # Pseudo-queries (backend ict) are statements copied from the chunk by design.
+    require_question: bool = True
+    check_copy: bool = True
+
+
+def strip_thinking(text: str) -> tuple[str, bool]:
+    """Remove ``<think>…</think>`` blocks; return the rest and whether a block was left unclosed.
+
+    An unclosed ``<think>`` (the answer ran out of tokens while thinking) drops everything after it; a lone
+    ``</think>`` (templates that open the block in the prompt) drops everything before it.
+    """
+    text = _THINK_BLOCK.sub("", text)
+    lowered = text.lower()
+    closing = lowered.rfind("</think>")
+    if closing >= 0:
+        text = text[closing + len("</think>") :]
+        lowered = text.lower()
+    opening = lowered.find("<think>")
+    if opening >= 0:
+        return text[:opening], True
+    return text, False
+
+
+def _clean_line(line: str) -> str:
+    line = _HEADING.sub("", line)
+    line = _MARKDOWN_EMPHASIS.sub("", line).strip()
+    previous = None
+    while previous != line:
+        previous = line
+        line = _unquote(_LEADING.sub("", line).strip())
+    return line
+
+
+def _unquote(text: str) -> str:
+    """Strip quotes around a whole question, or left unpaired at its ends; keep quoted terms inside it."""
+    while text:
+        first, last = text[0], text[-1]
+        if first in _PAIRED_QUOTES and first != "《":
+            closing = _PAIRED_QUOTES[first]
+            if text.find(closing) == len(text) - 1 or text.count(first) > text.count(closing):
+                text = text[1:].removesuffix(closing if text.endswith(closing) else "").strip()
+                continue
+        if last in _PAIRED_QUOTES.values() and last != "》":
+            opening = next(k for k, v in _PAIRED_QUOTES.items() if v == last)
+            if text.count(last) > text.count(opening):
+                text = text[:-1].strip()
+                continue
+        if first in _PLAIN_QUOTES and (last == first or text.count(first) % 2):
+            text = text[1:].removesuffix(first).strip()
+            continue
+        if last in _PLAIN_QUOTES and text.count(last) % 2:
+            text = text[:-1].strip()
+            continue
+        return text
+    return text
+
+
+def _balance_quotes(question: str) -> str:
+    """Drop a quote mark left unpaired by cutting at the question mark (e.g. ``什么是“关联关系？``)."""
+    for left, right in _PAIRED_QUOTES.items():
+        if question.count(left) != question.count(right):
+            question = question.replace(left, "").replace(right, "")
+    for plain in _PLAIN_QUOTES:
+        if question.count(plain) % 2:
+            question = question.replace(plain, "")
+    return question
+
+
+@dataclass
+class Extraction:
+    """Candidates found in one raw answer, and how many of its lines were not questions."""
+
+    candidates: list[str] = field(default_factory=list)
+    not_questions: int = 0
+    thinking_unclosed: bool = False
+
+
+def extract_questions(raw: str, *, require_question: bool = True) -> Extraction:
+    """Turn a raw completion into candidate questions (cleaned, each ending at its question mark).
+
+    Args:
+        raw: The model's answer, exactly as it came back.
+        require_question: Keep only text up to a question mark (False for ict pseudo-queries: whole lines).
+    """
+    text, unclosed = strip_thinking(raw or "")
+    result = Extraction(thinking_unclosed=unclosed)
+    for raw_line in text.splitlines():
+        line = _clean_line(raw_line)
+        if not line or set(line) <= set("-=*_~#|: ") or _LABEL_ONLY.match(line):
+            continue
+        if line.endswith((":", "：")) and not _QUESTION.search(line):
+            continue  # a lead-in such as "以下是根据资料生成的问题：" announces questions, it is not one
+        if not require_question:
+            result.candidates.append(line)
+            continue
+        segments = _QUESTION.findall(line)
+        if not segments:
+            result.not_questions += 1
+            continue
+        for segment in segments:
+            question = _balance_quotes(_clean_line(segment))
+            if question.strip("？? "):
+                result.candidates.append(question)
+    return result
+
+
+def language(text: str) -> str | None:
+    """``zh`` when Chinese characters outnumber Latin words, ``other`` when not, None for too little text."""
+    cjk = len(_CJK.findall(text))
+    words = len(_LATIN_WORD.findall(text))
+    if cjk + words < 3:
+        return None
+    return "zh" if cjk >= words else "other"
+
+
+def normalize(text: str) -> str:
+    """Lower-cased text without spaces or punctuation, for duplicate and copy checks."""
+    return _PUNCT_OR_SPACE.sub("", text).lower()
+
+
+def copied_share(question: str, chunk: str) -> float:
+    """Share of the question (punctuation ignored) that is one verbatim span of the chunk."""
+    q, c = normalize(question), normalize(chunk)
+    if not q or not c:
+        return 0.0
+    match = SequenceMatcher(None, c, q, autojunk=False).find_longest_match(0, len(c), 0, len(q))
+    return match.size / len(q)
+
+
+class QuestionFilter:
+    """Applies the filters to the answers of a whole run, counting every drop by reason.
+
+    One instance spans the run so that a question kept for one chunk counts as a duplicate for every other.
+    """
+
+    def __init__(self, settings: FilterSettings | None = None) -> None:
+        self.settings = settings or FilterSettings()
+        self.dropped: Counter[str] = Counter({reason: 0 for reason in REASONS})
+        self.surplus = 0
+        self.thinking_unclosed = 0
+        self._seen: set[str] = set()
+
+    def reason(self, question: str, chunk: str) -> str | None:
+        """Why ``question`` must be dropped for ``chunk`` (None: keep it). Does not count anything."""
+        s = self.settings
+        length = len(question)
+        if length < s.min_chars:
+            return "too_short"
+        if length > s.max_chars:
+            return "too_long"
+        chunk_language = language(chunk)
+        if chunk_language and language(question) != chunk_language:
+            return "language"
+        if s.check_copy and copied_share(question, chunk) >= s.near_copy_ratio:
+            return "near_copy"
+        if normalize(question) in self._seen:
+            return "duplicate"
+        return None
+
+    def select(self, raw: str, chunk: str, limit: int) -> tuple[list[str], Counter[str]]:
+        """Up to ``limit`` clean questions from one raw answer for ``chunk``, and what was dropped from it.
+
+        Kept questions are remembered, so the same question later (for any chunk) is a duplicate.
+        """
+        extraction = extract_questions(raw, require_question=self.settings.require_question)
+        dropped: Counter[str] = Counter()
+        if extraction.thinking_unclosed:
+            self.thinking_unclosed += 1
+        if not extraction.candidates and not extraction.not_questions:
+            dropped["empty"] += 1
+        dropped["not_question"] += extraction.not_questions
+        kept: list[str] = []
+        for question in extraction.candidates:
+            why = self.reason(question, chunk)
+            if why:
+                dropped[why] += 1
+            elif len(kept) < limit:
+                kept.append(question)
+                self._seen.add(normalize(question))
+            else:
+                self.surplus += 1
+        self.dropped.update(dropped)
+        return kept, +dropped

@@ -1,0 +1,482 @@
+"""The backends at their boundaries: a tiny real Qwen3 (transformers), a faithful fake of vLLM's API, a local
+OpenAI-compatible HTTP server, and the no-LLM ict generator. No GPU, no network beyond 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import socket
+import sys
+import threading
+import time
+import types
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pytest
+from tiny_qwen import build_tiny_qwen
+
+from offline_embft.config import GenerateConfig
+from offline_embft.errors import UserError
+from offline_embft.llm import BatchLLM, create_llm, find_preset, resolve_model
+from offline_embft.llm.ict_backend import mask_positive, pick_sentences
+from offline_embft.llm.openai_backend import normalize_base_url
+from offline_embft.qa import load_template, render
+
+TEXTS = [
+    "公司是企业法人，有独立的法人财产，享有法人财产权。公司以其全部财产对公司的债务承担责任。",
+    "有限责任公司的股东以其认缴的出资额为限对公司承担责任。",
+    "股份有限公司的股东以其认购的股份为限对公司承担责任。",
+    "公司的合法权益受法律保护，不受侵犯。",
+    "公司从事经营活动，应当遵守法律法规，遵守社会公德、商业道德，诚实守信，接受政府和社会公众的监督。",
+]
+
+
+@pytest.fixture(scope="module")
+def tiny_qwen(tmp_path_factory) -> Path:
+    return build_tiny_qwen(tmp_path_factory.mktemp("models") / "Qwen3-0.6B", [*TEXTS, load_template()])
+
+
+def _cfg(**overrides: Any) -> GenerateConfig:
+    return GenerateConfig(**{"max_new_tokens": 12, "batch_size": 4, **overrides})
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# transformers: the real thing, on a tiny random Qwen3
+
+
+def test_transformers_backend_batches_with_left_padding_and_thinking_off(tiny_qwen, monkeypatch):
+    llm = create_llm(_cfg(backend="transformers", model=str(tiny_qwen), device="cpu"))
+    assert llm.model_name == "Qwen3-0.6B"  # the preset matched by folder name
+    tokenizer = llm._tokenizer
+    rendered = llm._render("你好？")
+    assert rendered.endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n")  # enable_thinking=False reached it
+
+    calls: list[Any] = []
+    real_generate = llm._model.generate
+
+    def spy(**kwargs):
+        calls.append(kwargs)
+        return real_generate(**kwargs)
+
+    monkeypatch.setattr(llm._model, "generate", spy)
+    prompts = [render(load_template(), text, 1) for text in TEXTS]
+    answers = llm.complete_batch(prompts, seed=7)
+
+    assert len(calls) == 1  # one engine call for the whole batch
+    ids = calls[0]["input_ids"]
+    assert ids.shape[0] == len(prompts)
+    assert calls[0]["max_new_tokens"] == 12 and calls[0]["do_sample"] and calls[0]["top_k"] == 20
+    # Left padding: every row ends with the generation prompt; the shorter prompts start with padding.
+    assert (ids[:, -1] == ids[0, -1]).all()
+    assert (ids[:, 0] == tokenizer.pad_token_id).any()
+    assert len(answers) == len(prompts) and all(isinstance(a, str) and a for a in answers)
+    # Same seed, same batch → same answers (the resume cache relies on keys, but reproducibility is nice).
+    assert llm.complete_batch(prompts, seed=7) == answers
+    assert llm.engine_calls == 2
+
+
+def test_transformers_backend_is_a_llamaindex_llm(tiny_qwen):
+    from llama_index.core.llms import CustomLLM
+
+    llm = create_llm(_cfg(backend="transformers", model=str(tiny_qwen), device="cpu", max_new_tokens=8))
+    assert isinstance(llm, CustomLLM)
+    response = llm.complete("公司是什么？")
+    assert isinstance(response.text, str)
+    assert "".join(chunk.delta for chunk in llm.stream_complete("公司是什么？"))
+    assert llm.metadata.num_output == 8
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# vLLM: a fake with the real signatures and output shapes (vLLM needs a GPU and is not installed here)
+
+
+@dataclass
+class CompletionOutput:
+    index: int
+    text: str
+    token_ids: list[int]
+    cumulative_logprob: float | None = None
+    logprobs: Any = None
+    finish_reason: str | None = "stop"
+    stop_reason: Any = None
+
+
+@dataclass
+class RequestOutput:
+    request_id: str
+    prompt: str | None
+    prompt_token_ids: list[int]
+    prompt_logprobs: Any
+    outputs: list[CompletionOutput]
+    finished: bool = True
+    metrics: Any = None
+
+
+@dataclass
+class SamplingParams:
+    n: int = 1
+    best_of: int | None = None
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    min_p: float = 0.0
+    seed: int | None = None
+    stop: Any = None
+    stop_token_ids: Any = None
+    ignore_eos: bool = False
+    max_tokens: int | None = 16  # vLLM's default: the trap the backend must avoid
+    min_tokens: int = 0
+    logprobs: int | None = None
+
+
+class FakeVllmLLM:
+    """``vllm.LLM``: renders each conversation with the model's own chat template, then plays Qwen3.
+
+    Like Qwen3, it thinks at length unless the template closed an empty think block, and its answer is cut at
+    ``max_tokens`` (one character per token here).
+    """
+
+    instances: ClassVar[list[FakeVllmLLM]] = []
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        tokenizer: str | None = None,
+        tensor_parallel_size: int = 1,
+        dtype: str = "auto",
+        quantization: str | None = None,
+        seed: int | None = None,
+        gpu_memory_utilization: float = 0.9,
+        max_model_len: int | None = None,
+        **kwargs: Any,
+    ) -> None:
+        from transformers import AutoTokenizer
+
+        self.kwargs = dict(
+            model=model,
+            tensor_parallel_size=tensor_parallel_size,
+            dtype=dtype,
+            quantization=quantization,
+            seed=seed,
+            gpu_memory_utilization=gpu_memory_utilization,
+            max_model_len=max_model_len,
+            **kwargs,
+        )
+        self.tokenizer = AutoTokenizer.from_pretrained(model)
+        self.chat_calls: list[dict[str, Any]] = []
+        FakeVllmLLM.instances.append(self)
+
+    def chat(
+        self,
+        messages,
+        sampling_params=None,
+        use_tqdm=True,
+        lora_request=None,
+        chat_template=None,
+        chat_template_content_format="auto",
+        add_generation_prompt=True,
+        continue_final_message=False,
+        tools=None,
+        chat_template_kwargs=None,
+        mm_processor_kwargs=None,
+    ) -> list[RequestOutput]:
+        conversations = messages if messages and isinstance(messages[0], list) else [messages]
+        params = sampling_params or SamplingParams()
+        self.chat_calls.append({"n": len(conversations), "params": params, "kwargs": chat_template_kwargs})
+        outputs = []
+        for i, conversation in enumerate(conversations):
+            prompt = self.tokenizer.apply_chat_template(
+                conversation,
+                tokenize=False,
+                add_generation_prompt=add_generation_prompt,
+                **(chat_template_kwargs or {}),
+            )
+            text = _qwen3_answer(prompt, conversation[-1]["content"])
+            cut = text[: params.max_tokens]
+            outputs.append(
+                RequestOutput(
+                    request_id=str(i),
+                    prompt=prompt,
+                    prompt_token_ids=[],
+                    prompt_logprobs=None,
+                    outputs=[CompletionOutput(0, cut, [], finish_reason="length" if len(cut) < len(text) else "stop")],
+                )
+            )
+        return outputs
+
+
+def _chunk_of(prompt: str) -> str:
+    return prompt.split("---------------------")[1].strip() if "-----" in prompt else prompt
+
+
+def _qwen3_answer(rendered: str, user_message: str) -> str:
+    question = f"{_chunk_of(user_message)[:6]}的相关规定是什么？"
+    if rendered.endswith("<think>\n\n</think>\n\n"):
+        return question
+    return "<think>\n好的，用户希望我根据资料提出问题。我先仔细阅读这段资料，找出其中的关键概念" + "。" * 300
+
+
+@pytest.fixture
+def fake_vllm(monkeypatch):
+    module = types.ModuleType("vllm")
+    module.LLM = FakeVllmLLM
+    module.SamplingParams = SamplingParams
+    monkeypatch.setitem(sys.modules, "vllm", module)
+    FakeVllmLLM.instances.clear()
+    return module
+
+
+def test_vllm_backend_one_chat_call_per_batch_thinking_off_max_tokens_set(tiny_qwen, fake_vllm):
+    cfg = _cfg(backend="vllm", model=str(tiny_qwen), max_new_tokens=64, seed=5)
+    llm = create_llm(cfg)
+    (engine,) = FakeVllmLLM.instances
+    # Preset defaults for Qwen3-0.6B (found from the folder name), seed passed through.
+    assert engine.kwargs["model"] == str(tiny_qwen)
+    assert engine.kwargs["tensor_parallel_size"] == 1
+    assert engine.kwargs["max_model_len"] == 4096
+    assert engine.kwargs["gpu_memory_utilization"] == 0.9
+    assert engine.kwargs["seed"] == 5 and engine.kwargs["quantization"] is None
+
+    prompts = [render(load_template(), text, 1) for text in TEXTS]
+    answers = llm.complete_batch(prompts, seed=11)
+
+    assert len(engine.chat_calls) == 1 and engine.chat_calls[0]["n"] == len(prompts)
+    call = engine.chat_calls[0]
+    assert call["kwargs"] == {"enable_thinking": False}
+    params = call["params"]
+    assert params.max_tokens == 64 and params.seed == 11 and params.n == 1
+    assert (params.temperature, params.top_p, params.top_k, params.min_p) == (0.7, 0.8, 20, 0.0)
+    assert answers == [f"{text[:6]}的相关规定是什么？" for text in TEXTS]
+
+
+def test_vllm_backend_settings_override_presets(tiny_qwen, fake_vllm):
+    create_llm(
+        _cfg(
+            backend="vllm",
+            model=str(tiny_qwen),
+            tensor_parallel_size=1,
+            gpu_memory_utilization=0.5,
+            max_model_len=2048,
+            quantization="fp8",
+            dtype="bfloat16",
+        )
+    )
+    kwargs = FakeVllmLLM.instances[-1].kwargs
+    assert (kwargs["gpu_memory_utilization"], kwargs["max_model_len"]) == (0.5, 2048)
+    assert (kwargs["quantization"], kwargs["dtype"]) == ("fp8", "bfloat16")
+
+
+def test_vllm_missing_is_a_one_line_install_hint(tiny_qwen, monkeypatch):
+    monkeypatch.setitem(sys.modules, "vllm", None)  # makes `import vllm` raise ImportError
+    with pytest.raises(UserError, match=r"pip install 'offline-embft\[vllm\]'") as info:
+        create_llm(_cfg(backend="vllm", model=str(tiny_qwen)))
+    assert "\n" not in str(info.value)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# openai: a local OpenAI-compatible server on 127.0.0.1
+
+
+class _Server:
+    def __init__(self, models: list[str] | None = None, delay: float = 0.05) -> None:
+        self.models = models if models is not None else ["Qwen3-8B"]
+        self.delay = delay
+        self.requests: list[dict[str, Any]] = []
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self.failures_left: dict[str, int] = {}
+        self.lock = threading.Lock()
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def _send(self, status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> None:
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                for key, value in (headers or {}).items():
+                    self.send_header(key, value)
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self) -> None:
+                if self.path == "/v1/models":
+                    self._send(200, {"object": "list", "data": [{"id": m, "object": "model"} for m in server.models]})
+                else:
+                    self._send(404, {"error": {"message": "not found"}})
+
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                if self.path != "/v1/chat/completions":
+                    self._send(404, {"error": {"message": "not found"}})
+                    return
+                if body["model"] not in server.models:
+                    self._send(404, {"error": {"message": f"The model `{body['model']}` does not exist."}})
+                    return
+                content = body["messages"][-1]["content"]
+                with server.lock:
+                    server.requests.append(body)
+                    server.in_flight += 1
+                    server.max_in_flight = max(server.max_in_flight, server.in_flight)
+                    fail = server.failures_left.get(_chunk_of(content), 0)
+                    if fail:
+                        server.failures_left[_chunk_of(content)] = fail - 1
+                time.sleep(server.delay)
+                with server.lock:
+                    server.in_flight -= 1
+                if fail:
+                    self._send(500, {"error": {"message": "overloaded"}}, {"retry-after-ms": "10"})
+                    return
+                self._send(
+                    200,
+                    {
+                        "id": "chatcmpl-1",
+                        "object": "chat.completion",
+                        "created": 0,
+                        "model": body["model"],
+                        "choices": [
+                            {
+                                "index": 0,
+                                "message": {"role": "assistant", "content": f"{_chunk_of(content)[:6]}指什么？"},
+                                "finish_reason": "stop",
+                            }
+                        ],
+                        "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+                    },
+                )
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def server():
+    srv = _Server()
+    yield srv
+    srv.close()
+
+
+def test_openai_backend_concurrent_bounded_with_retries(server):
+    server.failures_left[TEXTS[0]] = 1  # one 500, then fine: the client's retry must recover it
+    llm = create_llm(_cfg(backend="openai", base_url=server.url, model="Qwen/Qwen3-8B", concurrency=3))
+    assert llm.model_name == "Qwen3-8B"  # matched by name to what the server serves
+    prompts = [render(load_template(), text, 1) for text in TEXTS] * 2
+    answers = llm.complete_batch(prompts, seed=9)
+    llm.close()
+
+    assert answers == [f"{text[:6]}指什么？" for text in TEXTS] * 2
+    assert 1 < server.max_in_flight <= 3
+    assert len(server.requests) == len(prompts) + 1  # the retried one
+    request = server.requests[-1]
+    assert request["max_tokens"] == 12 and request["seed"] == 9 and request["top_k"] == 20
+    assert request["chat_template_kwargs"] == {"enable_thinking": False}
+
+
+def test_openai_backend_failed_prompt_comes_back_as_none(server):
+    server.failures_left[TEXTS[1]] = 5
+    llm = create_llm(_cfg(backend="openai", base_url=server.url + "/v1", request_retries=0))
+    answers = llm.complete_batch([render(load_template(), text, 1) for text in TEXTS[:3]])
+    assert answers[1] is None and answers[0] and answers[2]
+
+
+def test_openai_backend_times_out_slow_requests(server):
+    server.delay = 1.0
+    llm = create_llm(_cfg(backend="openai", base_url=server.url, timeout=0.2, request_retries=0))
+    with pytest.raises(UserError, match="every request .* failed"):
+        llm.complete_batch([render(load_template(), TEXTS[0], 1)])
+
+
+def test_openai_backend_errors_are_one_line(server):
+    with pytest.raises(UserError, match="--base-url"):
+        create_llm(_cfg(backend="openai", base_url=""))
+    server.models = ["a", "b"]
+    with pytest.raises(UserError, match="serves a, b"):
+        create_llm(_cfg(backend="openai", base_url=server.url, model="c"))
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    with pytest.raises(UserError, match="cannot reach") as info:
+        create_llm(_cfg(backend="openai", base_url=dead, request_retries=0, timeout=2))
+    assert "\n" not in str(info.value)
+
+
+def test_normalize_base_url():
+    assert normalize_base_url("http://gpu:8000") == "http://gpu:8000/v1"
+    assert normalize_base_url("http://gpu:8000/v1/") == "http://gpu:8000/v1"
+    assert normalize_base_url("http://gpu:8000/v1/chat/completions") == "http://gpu:8000/v1"
+    with pytest.raises(UserError):
+        normalize_base_url("gpu:8000")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# ict, presets, model lookup
+
+
+def test_ict_is_deterministic_per_seed_and_draws_from_the_chunk():
+    text = "第一句讲公司的定义。第二句讲股东的责任。第三句讲公司的权利。"
+    first = pick_sentences(text, 2, seed=1)
+    assert first == pick_sentences(text, 2, seed=1)
+    assert len(set(first)) == 2 and all(sentence + "。" in text for sentence in first)
+    seeds = {tuple(pick_sentences(text, 1, seed=s)) for s in range(20)}
+    assert len(seeds) > 1  # another seed (a retry) draws another sentence
+    # One long sentence: clauses, never the whole passage.
+    single = "为了规范公司的组织和行为，保护公司、股东、职工和债权人的合法权益，制定本法。"
+    assert pick_sentences(single, 1, seed=0)[0] != single.rstrip("。")
+
+
+def test_ict_masks_the_positive_most_of_the_time():
+    text = "第一句讲公司的定义。第二句讲股东的责任。第三句讲公司的权利。"
+    removed = 0
+    for i in range(200):
+        masked = mask_positive(text, ["第二句讲股东的责任"], seed=0, chunk_id=str(i), keep_prob=0.1)
+        assert masked in (text, "第一句讲公司的定义。第三句讲公司的权利。")
+        removed += masked != text
+    assert 160 <= removed <= 195
+    assert mask_positive(text, ["第二句讲股东的责任"], seed=0, chunk_id="x", keep_prob=1.0) == text
+
+
+def test_ict_backend_finds_the_chunk_inside_the_prompt():
+    template = load_template()
+    llm = create_llm(_cfg(backend="ict", questions_per_chunk=2), template=template)
+    assert isinstance(llm, BatchLLM) and llm.pseudo_queries
+    text = "第一句讲公司的定义。第二句讲股东的责任。第三句讲公司的权利。"
+    (answer,) = llm.complete_batch([render(template, text, 2)])
+    lines = answer.splitlines()
+    assert len(lines) == 2 and all(line in text for line in lines)
+
+
+def test_presets_and_model_lookup(tmp_path):
+    assert find_preset("Qwen/Qwen3-8B").name == "Qwen3-8B"
+    assert find_preset("qwen3-32b-awq").quantization == "awq"
+    assert find_preset("Models/Qwen/Qwen3-32B").tensor_parallel_size == 2
+    assert find_preset("my-model") is None
+    model_dir = tmp_path / "Qwen" / "Qwen3-4B"
+    model_dir.mkdir(parents=True)
+    (model_dir / "config.json").write_text("{}")
+    resolved = resolve_model("Qwen3-4B", tmp_path)
+    assert resolved.path == model_dir and resolved.preset.name == "Qwen3-4B"
+    with pytest.raises(UserError, match="offline-embft download") as info:
+        resolve_model("Qwen3-14B", tmp_path)
+    assert "\n" not in str(info.value)
+    with pytest.raises(UserError, match="not found"):
+        resolve_model(str(tmp_path / "nope"), tmp_path)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match=r"no config\.json"):
+        resolve_model(str(tmp_path / "empty"), tmp_path)
+    with pytest.raises(UserError, match="no LLM given"):
+        create_llm(_cfg(backend="transformers", model=""))
