@@ -223,6 +223,9 @@ def run(
             continue
         stage_start = time.perf_counter()
         _run_stage(stage.args, runner)
+        # Like make's `touch $@`: a stage that copies files (convert's pass-through) keeps their old mtimes.
+        for output in stage.outputs:
+            os.utime(output)
         logger.info("[%s] done in %.1f s", stage.name, time.perf_counter() - stage_start)
     logger.info("pipeline finished in %.1f s", time.perf_counter() - started)
     return Path(cfg.evaluate.out_dir) / "report.md"

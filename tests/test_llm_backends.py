@@ -397,7 +397,7 @@ def test_openai_backend_failed_prompt_comes_back_as_none(server):
 def test_openai_backend_times_out_slow_requests(server):
     server.delay = 1.0
     llm = create_llm(_cfg(backend="openai", base_url=server.url, timeout=0.2, request_retries=0))
-    with pytest.raises(UserError, match="every request .* failed"):
+    with pytest.raises(UserError, match=r"every request .* failed"):
         llm.complete_batch([render(load_template(), TEXTS[0], 1)])
 
 

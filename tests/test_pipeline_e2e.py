@@ -1,0 +1,69 @@
+"""The whole CPU pipeline on real statute PDFs, in-process, with the network cut.
+
+Every stage runs through the real CLI (download → doctor → convert → ingest → generate → train → evaluate) with
+socket connections and DNS refused by the ``no_network`` fixture; any connection attempt fails the test. A second
+run must find every stage fresh and redo nothing.
+"""
+
+from __future__ import annotations
+
+import csv
+import shutil
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from offline_embft import pipeline
+from offline_embft.cli import app
+from offline_embft.config import load_config
+
+REPO = Path(__file__).resolve().parents[1]
+PDFS = ("中华人民共和国期货和衍生品法.pdf", "中华人民共和国证券投资基金法.pdf")
+
+
+@pytest.mark.slow
+def test_cpu_pipeline_end_to_end_without_network(tmp_path, laws_dir, minilm_path, no_network, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # stamps (.make/) and any stray relative path land in the sandbox
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    for name in PDFS:
+        shutil.copy(laws_dir / "pdf" / name, docs / name)
+    config = REPO / "configs" / "cpu.yaml"
+    overrides = [
+        f"ingest.input_dir={docs}",
+        f"dataset_dir={tmp_path / 'Dataset'}",
+        f"models_dir={tmp_path / 'Models'}",
+        f"results_dir={tmp_path / 'results'}",
+        "ingest.val_ratio=0.5",
+        "train.epochs=1",
+        "train.batch_size=16",
+    ]
+    cfg = load_config(config, overrides).resolve()
+    calls: list[str] = []
+
+    def in_process(args: list[str]) -> int:
+        calls.append(args[0])
+        result = CliRunner().invoke(app, args)
+        if result.exit_code != 0:
+            print(result.output)  # shown by pytest when the test fails
+            if result.exception and not isinstance(result.exception, SystemExit):
+                raise result.exception
+        return result.exit_code
+
+    report = pipeline.run(cfg, config_path=config, overrides=overrides, runner=in_process)
+    assert calls == ["download", "doctor", "convert", "ingest", "generate", "train", "evaluate"]
+
+    results = tmp_path / "results"
+    assert report == results / "report.md" and report.is_file()
+    assert (results / "report.png").stat().st_size > 10_000
+    with open(results / "metrics.csv", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) >= 3, "base model, fine-tuned model and BM25 each get a row"
+    for row in rows:
+        assert 0.0 <= float(row["ndcg@10"]) <= 1.0 and 0.0 <= float(row["hit_rate@5"]) <= 1.0
+    assert (tmp_path / "Models" / "model_outdir" / "minilm-demo" / "modules.json").is_file()
+
+    calls.clear()
+    pipeline.run(cfg, config_path=config, overrides=overrides, runner=in_process)
+    assert calls == ["doctor"], f"a second run with nothing changed must redo no stage, ran {calls}"
