@@ -157,7 +157,7 @@ class TrainConfig:
     loss: str = _help("mnrl or cached-mnrl (big effective batches on small GPUs).", "mnrl")
     matryoshka_dims: list[int] = _help("Wrap the loss in MatryoshkaLoss with these dims (empty: off).", factory=list)
     hard_negatives: int = _help("Hard negatives mined per query (0: in-batch negatives only).", 0)
-    hard_negative_source: str = _help("Where hard negatives come from: model, bm25 or both.", "model")
+    hard_negative_source: str = _help("Where hard negatives come from: model, bm25 or both (rank-fused).", "both")
     extend_vocab: str = _help("Add corpus characters the tokenizer maps to UNK: auto, on, off.", "auto")
     max_seq_length: int = _help("Truncate passages to this many tokens (0: keep the model's).", 0)
     query_prompt: str = _help("Instruction prepended to queries (e.g. BGE's Chinese instruction).", "")

@@ -1,0 +1,431 @@
+"""Fine-tune a sentence-transformers model with MultipleNegativesRankingLoss, done right.
+
+What "right" means here, each a trap users of the legacy ``model.fit`` recipe fall into (docs/train.md):
+
+- Duplicate texts in one batch are false negatives for MNRL → ``BatchSamplers.NO_DUPLICATES``.
+- Gradient accumulation adds no in-batch negatives → ``--loss cached-mnrl`` (GradCache) for big batches on small GPUs.
+- A tokenizer that maps the corpus to [UNK] cannot learn it → the corpus's UNK characters become tokens
+  (:mod:`offline_embft.vocab`).
+- The last epoch is not necessarily the best → evaluate on the validation set, keep the best checkpoint by ndcg@10.
+- Multi-GPU without gathering gives each device only its own negatives → ``gather_across_devices`` under
+  ``torchrun``/``accelerate launch``.
+
+Outputs: ``out_dir`` is a complete sentence-transformers directory (written atomically: it is either absent, the old
+model, or the new one) holding also ``train_config.yaml``, ``train_log.json`` (loss per step, eval metrics),
+``train_metrics.json`` (final metrics, timings) and ``vocab_extension.json``. Checkpoints live in
+``<out_dir>.checkpoints/`` while training, so a crashed run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import resource
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from offline_embft.config import TrainConfig, save_config
+from offline_embft.dataset import QADataset
+from offline_embft.errors import UserError
+from offline_embft.io import atomic_dir, read_json, write_json
+
+logger = logging.getLogger(__name__)
+
+EVAL_NAME = "val"
+FINGERPRINT_FILE = "run_fingerprint.json"
+# Settings that do not change what a run computes, so changing them must not block a resume.
+_NOT_FINGERPRINTED = ("out_dir", "resume", "keep_checkpoints")
+
+
+def checkpoints_dir(out_dir: str | Path) -> Path:
+    """Where the checkpoints of a run writing ``out_dir`` live: ``<out_dir>.checkpoints`` beside it."""
+    out_dir = Path(out_dir)
+    return out_dir.with_name(out_dir.name + ".checkpoints")
+
+
+def load_model(model_dir: str | Path, device: str | None = None) -> Any:
+    """Load a local sentence-transformers model, refusing raw Hugging Face checkpoints.
+
+    A raw checkpoint would load with MEAN pooling and no normalisation, silently: wrong for BCE/BGE (CLS models).
+
+    Raises:
+        UserError: the directory is missing, is a raw HF model (run convert first), or does not load.
+    """
+    path = Path(model_dir)
+    if not path.is_dir():
+        raise UserError(f"model directory {path} not found; run `offline-embft download` or fix --model")
+    if not (path / "modules.json").is_file():
+        if (path / "config.json").is_file():
+            raise UserError(
+                f"{path} is a Hugging Face model without sentence-transformers files (modules.json); "
+                f"run `offline-embft convert {path} --out {path}-st` first and train that"
+            )
+        raise UserError(f"{path} is not a sentence-transformers model directory (no modules.json); fix --model")
+    from sentence_transformers import SentenceTransformer
+
+    try:
+        return SentenceTransformer(str(path), device=device, local_files_only=True)
+    except (OSError, ValueError, KeyError) as exc:
+        raise UserError(f"cannot load the model in {path}: {str(exc).splitlines()[0]}") from None
+
+
+def resolve_precision(precision: str) -> str:
+    """auto → bf16 on a GPU that supports it, fp16 on other GPUs, fp32 on CPU."""
+    import torch
+
+    cuda = torch.cuda.is_available()
+    if precision == "auto":
+        if not cuda:
+            return "fp32"
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if precision == "fp16" and not cuda:
+        raise UserError("train.precision=fp16 needs a CUDA GPU; use auto or fp32 on this machine")
+    return precision
+
+
+def build_loss(model: Any, cfg: TrainConfig) -> Any:
+    """MNRL or CachedMNRL (optionally inside MatryoshkaLoss), gathering negatives across devices when distributed."""
+    from sentence_transformers.sentence_transformer import losses
+
+    # Under torchrun/accelerate each process sees its own batch; gathering makes every device's passages negatives
+    # for every query, so 4 GPUs x batch 32 train like batch 128 instead of four times batch 32.
+    gather = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if cfg.loss == "cached-mnrl":
+        loss = losses.CachedMultipleNegativesRankingLoss(
+            model, mini_batch_size=cfg.mini_batch_size, gather_across_devices=gather
+        )
+    else:
+        loss = losses.MultipleNegativesRankingLoss(model, gather_across_devices=gather)
+    if cfg.matryoshka_dims:
+        full = model.get_embedding_dimension()
+        too_big = [d for d in cfg.matryoshka_dims if d <= 0 or d > full]
+        if too_big:
+            raise UserError(f"train.matryoshka_dims {too_big} must be between 1 and the model's dimension {full}")
+        dims = sorted({full, *cfg.matryoshka_dims}, reverse=True)
+        loss = losses.MatryoshkaLoss(model, loss, matryoshka_dims=dims)
+    return loss
+
+
+def build_evaluator(val: QADataset, cfg: TrainConfig, model: Any) -> Any:
+    """InformationRetrievalEvaluator on the validation dataset, with the training prompts."""
+    from sentence_transformers.sentence_transformer.evaluation import InformationRetrievalEvaluator
+
+    return InformationRetrievalEvaluator(
+        queries=val.queries,
+        corpus=val.corpus,
+        relevant_docs={qid: set(docs) for qid, docs in val.relevant_docs.items()},
+        name=EVAL_NAME,
+        main_score_function=model.similarity_fn_name or "cosine",
+        query_prompt=cfg.query_prompt or None,
+        corpus_prompt=cfg.passage_prompt or None,
+        batch_size=max(cfg.batch_size, 32),
+        show_progress_bar=False,
+    )
+
+
+def run(cfg: TrainConfig, callbacks: list[Any] | None = None) -> Path:
+    """Fine-tune ``cfg.model`` on ``cfg.train_file`` and write the best model to ``cfg.out_dir``.
+
+    Args:
+        cfg: the resolved training config.
+        callbacks: extra ``transformers.TrainerCallback`` objects (tests and benchmarks hook in here).
+
+    Returns:
+        The output model directory.
+
+    Raises:
+        UserError: bad dataset, model directory, or settings; checkpoints from a different run.
+    """
+    started = time.time()
+    if not cfg.train_file:
+        raise UserError("no training dataset given; pass TRAIN.json (written by `offline-embft generate`)")
+    if not cfg.out_dir:
+        raise UserError("no output directory given; pass --out OUT_DIR")
+    train_data = QADataset.load(cfg.train_file)
+    val_data = None
+    if cfg.val_file:
+        if not Path(cfg.val_file).is_file():
+            raise UserError(
+                f"validation dataset {cfg.val_file} not found; pass --val FILE, "
+                "or --set train.val_file= to train without validation"
+            )
+        val_data = QADataset.load(cfg.val_file)
+    pairs = train_data.pairs()
+    if len(pairs) < 2:
+        raise UserError(f"{cfg.train_file} has {len(pairs)} (query, passage) pair; MNRL needs at least 2")
+
+    import transformers
+
+    precision = resolve_precision(cfg.precision)
+    out_dir = Path(cfg.out_dir)
+    ckpt_dir = checkpoints_dir(out_dir)
+    model = load_model(cfg.model)
+    cfg = _with_model_prompts(cfg, model)
+    resume_from = _prepare_checkpoints(ckpt_dir, _fingerprint(cfg), cfg.resume)
+    transformers.set_seed(cfg.seed)
+    if cfg.max_seq_length:
+        model.max_seq_length = cfg.max_seq_length
+
+    from offline_embft.vocab import extend_vocabulary
+
+    vocab = extend_vocabulary(model, _corpus_texts(train_data, val_data), cfg.extend_vocab)
+    # Mine with the model training starts from: after vocabulary extension it can already tell the corpus's
+    # characters apart, which the base model (all [UNK]) could not.
+    rows = _training_rows(train_data, pairs, cfg, model)
+    if cfg.query_prompt or cfg.passage_prompt:
+        # Saved in config_sentence_transformers.json: encode_query/encode_document (and evaluate) use them.
+        model.prompts = {**model.prompts, "query": cfg.query_prompt, "document": cfg.passage_prompt}
+
+    evaluator = build_evaluator(val_data, cfg, model) if val_data else None
+    trainer = _build_trainer(model, rows, cfg, evaluator, ckpt_dir, precision, callbacks or [])
+    logger.info(
+        "training %s on %d pairs%s for %d epochs (batch %d, lr %g, %s, %s)%s",
+        cfg.model,
+        len(rows),
+        f" with {cfg.hard_negatives} hard negatives each" if cfg.hard_negatives else "",
+        cfg.epochs,
+        cfg.batch_size,
+        cfg.lr,
+        cfg.loss,
+        precision,
+        f"; resuming from {resume_from}" if resume_from else "",
+    )
+    result = trainer.train(resume_from_checkpoint=resume_from)
+    state = trainer.state
+    summary = _summary(cfg, state, result.metrics, vocab.to_dict(), precision, resume_from, started, len(rows))
+    summary["device"] = str(model.device)
+    del summary["vocab"]["added"]
+
+    if not trainer.is_world_process_zero():
+        return out_dir  # under torchrun/accelerate only the first process writes
+    with atomic_dir(out_dir) as tmp:
+        model.save(str(tmp))
+        save_config(cfg, tmp / "train_config.yaml")
+        write_json(tmp / "train_log.json", state.log_history)
+        write_json(tmp / "train_metrics.json", summary)
+        write_json(tmp / "vocab_extension.json", vocab.to_dict())
+    if not cfg.keep_checkpoints:
+        shutil.rmtree(ckpt_dir, ignore_errors=True)
+    best = summary.get("val_metrics", {}).get("ndcg@10")
+    logger.info(
+        "saved %s (%s) in %.0fs",
+        out_dir,
+        f"best val ndcg@10 {best:.4f} at step {summary['best_step']}" if best is not None else "no validation",
+        summary["wall_seconds"],
+    )
+    return out_dir
+
+
+def _with_model_prompts(cfg: TrainConfig, model: Any) -> TrainConfig:
+    """The config with the prompts the model itself declares, where the config sets none.
+
+    A model saved with prompts (config_sentence_transformers.json, e.g. an instruction-tuned BGE/E5 converted with
+    its instruction) is used with them at inference, so it must be trained with them too. Explicit prompts win.
+    """
+    prompts = getattr(model, "prompts", None) or {}
+    query = cfg.query_prompt or prompts.get("query", "")
+    passage = cfg.passage_prompt or prompts.get("document", "") or prompts.get("passage", "")
+    if (query, passage) != (cfg.query_prompt, cfg.passage_prompt):
+        logger.info("using the model's own prompts: query %r, passage %r", query, passage)
+    return dataclasses.replace(cfg, query_prompt=query, passage_prompt=passage)
+
+
+def _training_rows(train: QADataset, pairs: list[tuple[str, str]], cfg: TrainConfig, model: Any) -> list[dict]:
+    """(anchor, positive[, negative_1..N]) rows for the trainer."""
+    if not cfg.hard_negatives:
+        return [{"anchor": query, "positive": passage} for query, passage in pairs]
+    from offline_embft import negatives
+
+    return negatives.mine(
+        train,
+        cfg.hard_negatives,
+        source=cfg.hard_negative_source,
+        model=model,
+        query_prompt=cfg.query_prompt,
+        passage_prompt=cfg.passage_prompt,
+        seed=cfg.seed,
+    )
+
+
+def _corpus_texts(train: QADataset, val: QADataset | None) -> list[str]:
+    """Every text the model will read: the vocabulary must cover the user's whole corpus, validation included.
+
+    Only characters are taken from the validation set (no labels), exactly what a user's deployment embeds anyway.
+    """
+    texts = [*train.queries.values(), *train.corpus.values()]
+    if val is not None:
+        texts += [*val.queries.values(), *val.corpus.values()]
+    return texts
+
+
+def _build_trainer(
+    model: Any,
+    rows: list[dict],
+    cfg: TrainConfig,
+    evaluator: Any,
+    ckpt_dir: Path,
+    precision: str,
+    callbacks: list[Any],
+) -> Any:
+    import torch
+    from datasets import Dataset
+    from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+    from sentence_transformers.sentence_transformer.training_args import BatchSamplers
+    from transformers.trainer_callback import ProgressCallback
+
+    class _QuietProgress(ProgressCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            pass
+
+    columns = list(rows[0])
+    dataset = Dataset.from_dict({column: [row[column] for row in rows] for column in columns})
+    prompts = {
+        column: cfg.query_prompt if column == "anchor" else cfg.passage_prompt
+        for column in columns
+        if (cfg.query_prompt if column == "anchor" else cfg.passage_prompt)
+    }
+    strategy = "steps" if cfg.eval_steps else "epoch"
+    args = SentenceTransformerTrainingArguments(
+        output_dir=str(ckpt_dir),
+        num_train_epochs=cfg.epochs,
+        per_device_train_batch_size=cfg.batch_size,
+        per_device_eval_batch_size=cfg.batch_size,
+        learning_rate=cfg.lr,
+        # transformers 5: a float below 1 is a share of the total steps.
+        warmup_steps=cfg.warmup_ratio,
+        weight_decay=cfg.weight_decay,
+        lr_scheduler_type="linear",
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
+        batch_sampler=BatchSamplers.NO_DUPLICATES,
+        prompts=prompts or None,
+        eval_strategy=strategy if evaluator is not None else "no",
+        eval_steps=cfg.eval_steps or None,
+        save_strategy=strategy,
+        save_steps=cfg.eval_steps or None,
+        # The best checkpoint and the last one (to resume from) are all that need to stay on disk.
+        save_total_limit=2,
+        load_best_model_at_end=evaluator is not None,
+        metric_for_best_model=_best_metric(evaluator, model),
+        greater_is_better=True,
+        logging_steps=1,
+        logging_first_step=True,
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        report_to="none",
+        dataloader_drop_last=False,
+        dataloader_pin_memory=torch.cuda.is_available(),
+    )
+    trainer = SentenceTransformerTrainer(
+        model=model,
+        args=args,
+        train_dataset=dataset,
+        loss=build_loss(model, cfg),
+        evaluator=evaluator,
+        callbacks=[_log_callback(), *callbacks],
+    )
+    # Keep the progress bar but not its dump of every step's log dict: logging_steps=1 keeps the loss of every step
+    # for train_log.json, which would flood the terminal; evaluations get one readable line from _log_callback.
+    if trainer.pop_callback(ProgressCallback) is not None:
+        trainer.add_callback(_QuietProgress)
+    return trainer
+
+
+def _best_metric(evaluator: Any, model: Any) -> str | None:
+    if evaluator is None:
+        return None
+    return f"eval_{EVAL_NAME}_{model.similarity_fn_name or 'cosine'}_ndcg@10"
+
+
+def _summary(
+    cfg: TrainConfig,
+    state: Any,
+    train_metrics: dict[str, Any],
+    vocab: dict[str, Any],
+    precision: str,
+    resume_from: str | None,
+    started: float,
+    rows: int,
+) -> dict[str, Any]:
+    """Final metrics and timings for ``train_metrics.json``."""
+    best_step = None
+    val_metrics: dict[str, float] = {}
+    if state.best_model_checkpoint:
+        best_step = int(state.best_model_checkpoint.rsplit("-", 1)[-1])
+        prefix = f"eval_{EVAL_NAME}_"
+        for entry in state.log_history:
+            if entry.get("step") == best_step and any(key.startswith(prefix) for key in entry):
+                for key, value in entry.items():
+                    if key.startswith(prefix):
+                        # eval_val_cosine_ndcg@10 → ndcg@10 (the score function is the model's own)
+                        val_metrics[key[len(prefix) :].split("_", 1)[-1]] = value
+    return {
+        "train_pairs": rows,
+        "epochs": cfg.epochs,
+        "global_step": state.global_step,
+        "best_step": best_step,
+        "val_metrics": val_metrics,
+        "train_runtime_seconds": round(train_metrics.get("train_runtime", 0.0), 2),
+        "train_samples_per_second": round(train_metrics.get("train_samples_per_second", 0.0), 3),
+        "train_loss": train_metrics.get("train_loss"),
+        "wall_seconds": round(time.time() - started, 2),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "precision": precision,
+        "resumed_from": resume_from,
+        "resumed_from_step": int(resume_from.rsplit("-", 1)[-1]) if resume_from else None,
+        "vocab": vocab,
+    }
+
+
+def _fingerprint(cfg: TrainConfig) -> dict[str, Any]:
+    """What a checkpoint must match to be resumed: the settings that shape training and the input files' content."""
+    settings = {key: value for key, value in dataclasses.asdict(cfg).items() if key not in _NOT_FINGERPRINTED}
+    files = {}
+    for key in ("train_file", "val_file"):
+        path = getattr(cfg, key)
+        if path and Path(path).is_file():
+            files[key] = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    settings["model"] = str(Path(cfg.model).resolve())
+    return {"settings": settings, "files": files}
+
+
+def _prepare_checkpoints(ckpt_dir: Path, fingerprint: dict[str, Any], resume: bool) -> str | None:
+    """The checkpoint to resume from (None: start fresh), after checking it belongs to this very run."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    last = get_last_checkpoint(str(ckpt_dir)) if ckpt_dir.is_dir() else None
+    marker = ckpt_dir / FINGERPRINT_FILE
+    if last and resume:
+        saved = read_json(marker) if marker.is_file() else None
+        if saved != json.loads(json.dumps(fingerprint)):
+            raise UserError(
+                f"checkpoints in {ckpt_dir} come from a run with other settings or data; "
+                "delete that folder, or pass --set train.resume=false to start over"
+            )
+        return last
+    if int(os.environ.get("RANK", "0")) != 0:
+        return None  # in a distributed run the first process owns the folder
+    if ckpt_dir.exists():
+        logger.info("starting over: removing old checkpoints in %s", ckpt_dir)
+        shutil.rmtree(ckpt_dir)
+    ckpt_dir.mkdir(parents=True)
+    write_json(marker, fingerprint)
+    return None
+
+
+def _log_callback() -> Any:
+    """Our log line for each evaluation (the trainer's own progress bar shows the steps)."""
+    from transformers import TrainerCallback
+
+    class LogCallback(TrainerCallback):
+        def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+            key = args.metric_for_best_model
+            if metrics and key in metrics:
+                logger.info("step %d (epoch %.2f): val ndcg@10 %.4f", state.global_step, state.epoch, metrics[key])
+
+    return LogCallback()

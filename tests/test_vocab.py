@@ -1,0 +1,110 @@
+"""Vocabulary extension on the real all-MiniLM-L6-v2 and real statute text: exactly the UNK characters are added,
+the UNK rate drops to ~0, the model computes the same thing until it is trained, and the extension survives a save."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import numpy as np
+import pytest
+
+from offline_embft.tokenizer_check import measure
+from offline_embft.vocab import AUTO_MIN_UNK_RATE, extend_vocabulary
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """One CPU thread: on a shared machine two spin-waiting threads train several times slower than one."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def base_model(minilm_path):
+    from sentence_transformers import SentenceTransformer
+
+    return SentenceTransformer(str(minilm_path), device="cpu", local_files_only=True)
+
+
+@pytest.fixture
+def model(base_model):
+    return copy.deepcopy(base_model)
+
+
+@pytest.fixture(scope="module")
+def texts(laws_dir):
+    data = json.loads((laws_dir / "qa" / "company_law.json").read_text(encoding="utf-8"))
+    queries = list(data["queries"].values())[:40]
+    passages = list(data["corpus"].values())[:40]
+    return queries + passages
+
+
+def _unk_chars_by_brute_force(tokenizer, texts):
+    """Every distinct character that the tokenizer turns into [UNK] when it stands alone."""
+    chars = {ch for text in texts for ch in text if not ch.isspace()}
+    return {ch for ch in chars if tokenizer.tokenize(ch) == [tokenizer.unk_token]}
+
+
+def test_adds_exactly_the_unk_characters_and_removes_unk(model, texts):
+    expected = _unk_chars_by_brute_force(model.tokenizer, texts)
+    before = len(model.tokenizer)
+    english = "The board of directors shall convene a meeting in 2023."
+    english_tokens = model.tokenizer.tokenize(english)
+
+    report = extend_vocabulary(model, texts, mode="on")
+
+    assert set(report.added) == expected
+    assert report.tokens_added == len(expected) == len(model.tokenizer) - before
+    assert report.unk_rate_before > 0.5  # MiniLM reads most Chinese characters as [UNK]
+    assert report.unk_rate_after < 0.001
+    assert measure(model.tokenizer, texts).unk_rate == pytest.approx(report.unk_rate_after)
+    # Known characters and words are tokenized as before: nothing but UNK characters was touched.
+    assert model.tokenizer.tokenize(english) == english_tokens
+    assert model[0].auto_model.get_input_embeddings().weight.shape[0] == len(model.tokenizer)
+
+
+def test_unk_init_keeps_the_base_models_function(base_model, model, texts):
+    sample = texts[:8]
+    before = base_model.encode(sample, convert_to_numpy=True)
+
+    extend_vocabulary(model, texts, mode="on", init="unk")
+
+    ids = model.tokenizer(sample[0])["input_ids"]
+    assert model.tokenizer.unk_token_id not in ids  # the text now reads as real tokens ...
+    after = model.encode(sample, convert_to_numpy=True)
+    np.testing.assert_allclose(after, before, atol=1e-5)  # ... yet the untrained model computes the same embedding
+
+
+def test_sample_init_gives_distinct_rows(model, texts):
+    report = extend_vocabulary(model, texts, mode="on", init="sample")
+    rows = model[0].auto_model.get_input_embeddings().weight[-report.tokens_added :].detach()
+    assert rows.shape[0] == report.tokens_added
+    assert not np.allclose(rows[0].numpy(), rows[1].numpy())
+
+
+def test_off_and_auto_on_a_covered_corpus_change_nothing(model):
+    size = len(model.tokenizer)
+    assert extend_vocabulary(model, ["公司法"], mode="off").tokens_added == 0
+    english = ["The board of directors shall convene a meeting every quarter."] * 200 + ["龘"]
+    report = extend_vocabulary(model, english, mode="auto")
+    assert report.unk_rate_before < AUTO_MIN_UNK_RATE
+    assert report.tokens_added == 0 and "below" in report.skipped_reason
+    assert len(model.tokenizer) == size
+
+
+def test_extension_survives_save_and_load(model, texts, tmp_path):
+    from sentence_transformers import SentenceTransformer
+
+    report = extend_vocabulary(model, texts, mode="on")
+    model.save(str(tmp_path / "m"))
+    loaded = SentenceTransformer(str(tmp_path / "m"), device="cpu", local_files_only=True)
+
+    assert len(loaded.tokenizer) == len(model.tokenizer)
+    assert loaded.tokenizer.tokenize(report.added[0]) == [report.added[0]]
+    assert measure(loaded.tokenizer, texts).unk_rate < 0.001
+    np.testing.assert_allclose(loaded.encode(texts[:4]), model.encode(texts[:4]), atol=1e-5)
