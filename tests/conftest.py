@@ -29,6 +29,29 @@ def minilm_path() -> Path:
     return Path(gt.get_model_path())
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a module: on a small machine shared with other jobs, OpenMP threads spin-waiting for each
+    other make MiniLM several times slower (a single-query forward pass went from 30 ms to 240 ms here)."""
+    torch = pytest.importorskip("torch")
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def no_caches(tmp_path, monkeypatch) -> Path:
+    """A fake home without download caches or cache variables: model resolution sees only what a test puts there."""
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(home / ".cache"))
+    for key in ("MODELSCOPE_CACHE", "HF_HOME", "HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
+        monkeypatch.delenv(key, raising=False)
+    return home
+
+
 class NetworkAttempt(AssertionError):
     """Raised when code under test tries to open a network connection."""
 

@@ -16,17 +16,6 @@ CHINESE = "公司的股东会由全体股东组成，是公司的权力机构，
 ENGLISH = "The shareholders' meeting consists of all shareholders and is the organ of authority of the company."
 
 
-@pytest.fixture
-def no_caches(tmp_path, monkeypatch) -> Path:
-    home = tmp_path / "home"
-    home.mkdir()
-    monkeypatch.setenv("HOME", str(home))
-    monkeypatch.setenv("XDG_CACHE_HOME", str(home / ".cache"))
-    for key in ("MODELSCOPE_CACHE", "HF_HOME", "HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
-        monkeypatch.delenv(key, raising=False)
-    return home
-
-
 def write_chunks(directory: Path, texts: list[str]) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     rows = [

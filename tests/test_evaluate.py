@@ -18,6 +18,8 @@ from offline_embft.dataset import QADataset
 from offline_embft.errors import UserError
 from offline_embft.report import METRIC_COLUMNS
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 OUTPUTS = {"metrics.csv", "metrics.json", "predictions.jsonl", "report.md", "report.png", "evaluate_config.yaml"}
 
 
@@ -108,17 +110,6 @@ def test_metrics_of_a_hand_made_ranking(tmp_path):
 
 # ---------------------------------------------------------------------------------------------------------------
 # The real model on the real data
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """One torch thread: on a small machine shared with other jobs, OpenMP threads spinning against each other make
-    MiniLM several times slower (a single-query forward pass went from 30 ms to 240 ms here)."""
-    torch = pytest.importorskip("torch")
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

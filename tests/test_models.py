@@ -24,18 +24,6 @@ BGE = "BAAI/bge-small-en-v1.5"
 # Fixtures
 
 
-@pytest.fixture
-def no_caches(tmp_path, monkeypatch) -> Path:
-    """A fake home with no download caches, and no cache variables: resolution sees only what a test puts there."""
-    home = tmp_path / "home"
-    home.mkdir()
-    monkeypatch.setenv("HOME", str(home))
-    monkeypatch.setenv("XDG_CACHE_HOME", str(home / ".cache"))
-    for key in ("MODELSCOPE_CACHE", "HF_HOME", "HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
-        monkeypatch.delenv(key, raising=False)
-    return home
-
-
 def fake_model(path: Path, shards: int = 0, skip_shard: int | None = None) -> Path:
     """A model directory with config, tokenizer and weights (sharded with an index when ``shards`` > 0)."""
     path.mkdir(parents=True, exist_ok=True)

@@ -15,18 +15,7 @@ from offline_embft.config import TrainConfig
 from offline_embft.dataset import QADataset
 from offline_embft.errors import UserError
 
-pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """One CPU thread: on a shared machine two spin-waiting threads train several times slower than one."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
 
 
 def _subset(laws_dir: Path, name: str, start: int, count: int) -> QADataset:

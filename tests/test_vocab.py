@@ -12,16 +12,7 @@ import pytest
 from offline_embft.tokenizer_check import measure
 from offline_embft.vocab import AUTO_MIN_UNK_RATE, extend_vocabulary
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """One CPU thread: on a shared machine two spin-waiting threads train several times slower than one."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
