@@ -225,6 +225,10 @@ def run(
         _run_stage(stage.args, runner)
         # Like make's `touch $@`: a stage that copies files (convert's pass-through) keeps their old mtimes.
         for output in stage.outputs:
+            if not output.exists():
+                raise UserError(
+                    f"stage `{stage.name}` finished but did not write {output}; run it alone with -v to see why"
+                )
             os.utime(output)
         logger.info("[%s] done in %.1f s", stage.name, time.perf_counter() - stage_start)
     logger.info("pipeline finished in %.1f s", time.perf_counter() - started)

@@ -72,11 +72,20 @@ def test_failed_stage_is_one_line_and_stops(tmp_path):
 
     def runner(args):
         seen.append(args)
+        if args[0] == "convert":
+            Path(cfg.convert.out_dir).mkdir(parents=True)
+            (Path(cfg.convert.out_dir) / "modules.json").write_text("[]", encoding="utf-8")
         return 0 if args[0] in ("download", "doctor", "convert") else 3
 
     with pytest.raises(pipeline.UserError, match="stage `ingest` failed"):
         pipeline.run(cfg, config_path=REPO / "configs" / "cpu.yaml", runner=runner, force=True)
     assert [a[0] for a in seen] == ["download", "doctor", "convert", "ingest"]
+
+
+def test_stage_that_writes_nothing_is_reported(tmp_path):
+    cfg = _cfg(tmp_path)
+    with pytest.raises(pipeline.UserError, match="stage `convert` finished but did not write"):
+        pipeline.run(cfg, config_path=REPO / "configs" / "cpu.yaml", runner=lambda args: 0, force=True)
 
 
 @pytest.mark.skipif(subprocess.run(["make", "--version"], capture_output=True).returncode != 0, reason="no make")
