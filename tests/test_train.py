@@ -183,11 +183,15 @@ def test_hard_negatives_with_cached_mnrl_and_matryoshka(data, minilm_path, tmp_p
         loss="cached-mnrl",
         mini_batch_size=8,
         matryoshka_dims=[128, 64],
+        query_prompt="问题：",
     )
     train.run(cfg)
     summary = json.loads((out / "train_metrics.json").read_text(encoding="utf-8"))
     assert summary["global_step"] == 3 and summary["best_step"] is None  # no validation set: the last step is kept
     assert np.isfinite(summary["train_loss"])
+    # The query prompt used in training is saved with the model, so encode_query applies it at inference.
+    saved = json.loads((out / "config_sentence_transformers.json").read_text(encoding="utf-8"))
+    assert saved["prompts"]["query"] == "问题："
 
 
 @pytest.mark.parametrize(
