@@ -165,31 +165,22 @@ def _model_candidates(
 
 
 def _bm25_candidates(dataset: QADataset, wanted: int) -> dict[str, list[str]]:
-    """Per query id, corpus ids ranked by BM25 over jieba words (positives included; filtered by the caller)."""
-    import bm25s
-    import numpy as np
+    """Per query id, corpus ids ranked by BM25 over jieba words (positives included; filtered by the caller).
+
+    The same lexical retriever as evaluation's BM25 baseline (:class:`offline_embft.bm25.BM25Index`).
+    """
+    from offline_embft.bm25 import BM25Index
 
     doc_ids = list(dataset.corpus)
-    retriever = bm25s.BM25()
-    retriever.index([_words(dataset.corpus[doc]) for doc in doc_ids], show_progress=False)
+    qids = list(dataset.queries)
+    index = BM25Index([dataset.corpus[doc] for doc in doc_ids], show_progress=False)
+    depth = wanted + max(len(docs) for docs in dataset.relevant_docs.values())
+    positions, scores = index.search([dataset.queries[qid] for qid in qids], k=depth)
     ranked: dict[str, list[str]] = {}
-    for qid, query in dataset.queries.items():
-        words = [w for w in _words(query) if w in retriever.vocab_dict]
-        if not words:
-            ranked[qid] = []
-            continue
-        scores = retriever.get_scores(words)
-        top = np.argsort(-scores, kind="stable")[: wanted + len(dataset.relevant_docs[qid])]
-        ranked[qid] = [doc_ids[i] for i in top if scores[i] > 0]
+    for qid, row, row_scores in zip(qids, positions, scores, strict=True):
+        limit = wanted + len(dataset.relevant_docs[qid])
+        ranked[qid] = [doc_ids[i] for i, score in zip(row[:limit], row_scores[:limit], strict=True) if score > 0]
     return ranked
-
-
-def _words(text: str) -> list[str]:
-    """jieba words without whitespace and punctuation-only tokens."""
-    import jieba
-
-    jieba.setLogLevel(logging.WARNING)
-    return [w for w in jieba.lcut(text) if w.strip() and any(ch.isalnum() for ch in w)]
 
 
 def _fuse(rankings: list[dict[str, list[str]]]) -> dict[str, list[str]]:
