@@ -20,6 +20,8 @@ from functools import cache
 import numpy as np
 from tqdm.auto import tqdm
 
+from offline_embft.ranking import top_k
+
 logger = logging.getLogger(__name__)
 
 # Function words that occur in nearly every passage and question; BM25's idf already discounts them, dropping them
@@ -55,32 +57,6 @@ def tokenize_all(texts: Sequence[str], desc: str = "Segmenting", show_progress: 
     """:func:`tokenize` every text, with a progress bar."""
     _jieba()
     return [tokenize(text) for text in tqdm(texts, desc=desc, unit="text", disable=not show_progress)]
-
-
-def top_k(scores: np.ndarray, k: int, id_rank: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """The ``k`` best columns of each row of ``scores``, best first.
-
-    Equal scores are ordered by ``id_rank`` (ascending; default: column order), so a ranking never depends on how
-    the sort happened to break a tie — the same rule as sentence-transformers' InformationRetrievalEvaluator.
-
-    Returns:
-        (indices, scores), both of shape (rows, min(k, columns)).
-    """
-    scores = np.asarray(scores)
-    k = min(k, scores.shape[1])
-    rank = np.arange(scores.shape[1]) if id_rank is None else np.asarray(id_rank)
-    if k == 0:
-        return np.empty((scores.shape[0], 0), dtype=np.int64), np.empty((scores.shape[0], 0), dtype=scores.dtype)
-    candidates = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-    threshold = np.take_along_axis(scores, candidates, axis=1).min(axis=1, keepdims=True)
-    # A tie at the k-th score: argpartition picked among the tied columns arbitrarily, so pick again by id.
-    for row in np.flatnonzero((scores >= threshold).sum(axis=1) > k):
-        above = np.flatnonzero(scores[row] >= threshold[row, 0])
-        candidates[row] = above[np.lexsort((rank[above], -scores[row, above]))][:k]
-    candidate_scores = np.take_along_axis(scores, candidates, axis=1)
-    order = np.lexsort((rank[candidates], -candidate_scores), axis=1)
-    indices = np.take_along_axis(candidates, order, axis=1)
-    return indices, np.take_along_axis(candidate_scores, order, axis=1)
 
 
 class BM25Index:

@@ -170,7 +170,7 @@ def generate(
     """Chunks → questions from a local LLM (batched, cleaned, cached) → EmbeddingQAFinetuneDataset JSON."""
 
     def body() -> None:
-        from offline_embft import qa as stage
+        from offline_embft import generate as stage
         from offline_embft.config import apply_overrides
         from offline_embft.paths import Layout
 
@@ -214,7 +214,7 @@ def convert(
     """HF encoder → sentence-transformers (Transformer → Pooling → Normalize), verified against raw transformers."""
 
     def body() -> None:
-        from offline_embft import models as stage
+        from offline_embft import convert as stage
         from offline_embft.config import apply_overrides
 
         pipeline = _load(config, set_)
@@ -229,7 +229,7 @@ def convert(
             pooling=_value(pooling),
             max_seq_length=max_seq_length,
         )
-        stage.convert(cfg)
+        stage.run(cfg)
 
     _guard(body)
 
@@ -316,7 +316,7 @@ def download(config: ConfigOpt = None, set_: SetOpt = None) -> None:
     """(Connected machine) Fetch the config's LLM and embedding model from ModelScope into Models/."""
 
     def body() -> None:
-        from offline_embft import models as stage
+        from offline_embft import download as stage
 
         stage.download(_load(config, set_))
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import importlib.metadata as metadata
 import importlib.util
-import itertools
 import json
 import os
 import platform
@@ -22,10 +21,12 @@ from pathlib import Path
 from typing import IO
 
 from offline_embft import offline
+from offline_embft.chunks import read as read_chunks
 from offline_embft.config import PipelineConfig
+from offline_embft.convert import CONVERT_REPORT
 from offline_embft.errors import UserError
-from offline_embft.models import CONVERT_REPORT, hub_id, locate, missing_files, st_max_seq_length, st_pooling
-from offline_embft.paths import PACKAGE_PREFIX, Layout
+from offline_embft.model_files import PACKAGE_PREFIX, hub_id, locate, missing_files, st_max_seq_length, st_pooling
+from offline_embft.paths import Layout
 
 OK, WARN, FAIL = "OK", "WARN", "FAIL"
 _RANK = {OK: 0, WARN: 1, FAIL: 2}
@@ -222,17 +223,16 @@ def check_offline() -> Check:
 
 
 def _chunk_texts(chunks_dir: Path) -> list[str]:
+    """Up to SAMPLE_TEXTS chunk texts from ingest's output (none when there is no readable chunks file yet)."""
     texts: list[str] = []
     for name in ("train.jsonl", "val.jsonl"):
         path = chunks_dir / name
         if not path.is_file():
             continue
-        with open(path, encoding="utf-8") as handle:
-            for line in itertools.islice(handle, SAMPLE_TEXTS):
-                if line.strip():
-                    text = json.loads(line).get("text", "")
-                    if text:
-                        texts.append(text)
+        try:
+            texts += [chunk.text for chunk in read_chunks(path, limit=SAMPLE_TEXTS)[0]]
+        except UserError:
+            continue
     return texts[:SAMPLE_TEXTS]
 
 

@@ -27,10 +27,11 @@ from typing import Any
 import numpy as np
 
 from offline_embft import report as report_mod
-from offline_embft.bm25 import BM25Index, top_k
+from offline_embft.bm25 import BM25Index
 from offline_embft.config import EvaluateConfig, save_config
 from offline_embft.dataset import QADataset
 from offline_embft.errors import UserError
+from offline_embft.ranking import reciprocal_rank_fusion, top_k
 
 logger = logging.getLogger(__name__)
 
@@ -252,32 +253,11 @@ def _stack(ids: list[np.ndarray], scores: list[np.ndarray]) -> tuple[np.ndarray,
     return np.concatenate(ids), np.concatenate(scores)
 
 
-def reciprocal_rank_fusion(rankings: Sequence[Ranking], n_corpus: int, depth: int, id_rank: np.ndarray, rrf_k: int):
-    """Fuse rankings: a passage scores the sum of 1 / (rrf_k + rank) over the rankings that list it.
-
-    Returns:
-        (ids, scores) of the fused top ``depth``, ties by ascending corpus id.
-    """
-    n_queries = rankings[0].ids.shape[0]
-    rows = max(1, SCORE_BLOCK // max(1, n_corpus))
-    ids, scores = [], []
-    for start in range(0, n_queries, rows):
-        stop = min(n_queries, start + rows)
-        fused = np.zeros((stop - start, n_corpus), dtype=np.float64)
-        for ranking in rankings:
-            block = ranking.ids[start:stop]
-            contribution = 1.0 / (rrf_k + np.arange(1, block.shape[1] + 1, dtype=np.float64))
-            # Each passage appears at most once per ranking row, so plain fancy-index += is exact.
-            fused[np.arange(stop - start)[:, None], block] += contribution
-        block_ids, block_scores = top_k(fused, depth, id_rank)
-        ids.append(block_ids)
-        scores.append(block_scores)
-    return _stack(ids, scores)
-
-
 def rank_hybrid(model: Ranking, bm25: Ranking, data: EvalData, rrf_k: int) -> Ranking:
     """Reciprocal-rank fusion of a model's ranking with BM25's (no encoding: both rankings are already there)."""
-    ids, scores = reciprocal_rank_fusion([model, bm25], len(data.passages), data.depth, data.id_rank, rrf_k)
+    ids, scores = reciprocal_rank_fusion(
+        [model.ids, bm25.ids], len(data.passages), data.depth, data.id_rank, rrf_k, SCORE_BLOCK
+    )
     source = f"reciprocal-rank fusion (k={rrf_k}) of `{model.label}` and BM25"
     return Ranking(f"{model.label}+BM25", "hybrid", source, ids, scores, parent=model.label)
 

@@ -13,7 +13,6 @@ chunk and no chunk overlap crosses from train into validation.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import multiprocessing
@@ -29,6 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from offline_embft.chunks import Chunk
+from offline_embft.chunks import write as write_chunks
 from offline_embft.clean import CleanText, clean_pages
 from offline_embft.config import IngestConfig, save_config
 from offline_embft.errors import UserError
@@ -114,7 +115,7 @@ def resolve_sizer(cfg: IngestConfig) -> Sizer:
     Raises:
         UserError: a tokenizer given explicitly (``tokenizer_strict``) does not exist or cannot be loaded.
     """
-    from offline_embft.models import st_max_seq_length
+    from offline_embft.model_files import st_max_seq_length
     from offline_embft.tokenizer_check import load_tokenizer
 
     if not cfg.tokenizer:
@@ -163,25 +164,6 @@ def make_splitter(chunk_size: int, chunk_overlap: int, count: Callable[[str], li
 
 # ---------------------------------------------------------------------------------------------------------------
 # Chunking
-
-
-@dataclass
-class Chunk:
-    """One chunk: a contiguous stretch ``[start, end)`` of a cleaned document."""
-
-    text: str
-    source: str
-    pages: list[int]
-    start: int
-    end: int
-
-    @property
-    def id(self) -> str:
-        """A stable content hash: the same text gets the same id in every run."""
-        return hashlib.sha256(self.text.encode("utf-8")).hexdigest()[:16]
-
-    def row(self) -> dict[str, Any]:
-        return {"id": self.id, "text": self.text, "source": self.source, "pages": self.pages}
 
 
 @dataclass
@@ -606,7 +588,6 @@ def _write(out_dir: Path, train: list[Chunk], val: list[Chunk], stats: dict[str,
         handles = {
             name: stack.enter_context(atomic_open(out_dir / name)) for name in (TRAIN_FILE, VAL_FILE, STATS_FILE)
         }
-        for name, chunks in ((TRAIN_FILE, train), (VAL_FILE, val)):
-            for chunk in chunks:
-                handles[name].write(json.dumps(chunk.row(), ensure_ascii=False) + "\n")
+        write_chunks(handles[TRAIN_FILE], train)
+        write_chunks(handles[VAL_FILE], val)
         handles[STATS_FILE].write(json.dumps(stats, ensure_ascii=False, indent=2) + "\n")

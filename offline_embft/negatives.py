@@ -25,6 +25,7 @@ from typing import Any
 
 from offline_embft.dataset import QADataset
 from offline_embft.errors import UserError
+from offline_embft.ranking import fuse_ranked_lists
 
 logger = logging.getLogger(__name__)
 
@@ -32,7 +33,6 @@ SOURCES = ("model", "bm25", "both")
 NEAR_DUPLICATE = 0.8  # character-bigram Jaccard at or above which a candidate counts as a copy of a positive
 RELATIVE_MARGIN = 0.05  # NV-Retriever TopK-PercPos: skip candidates scoring above 95% of the positive's score
 CANDIDATE_FACTOR = 4  # candidates ranked per wanted negative, so that filtering still leaves enough
-RRF_K = 60  # reciprocal-rank-fusion constant for source "both"
 
 
 def mine(
@@ -67,7 +67,7 @@ def mine(
         if model is None:
             raise ValueError("source 'model' needs a model")
         rankings.append(_model_candidates(dataset, model, wanted, query_prompt, passage_prompt))
-    candidates = _fuse(rankings)
+    candidates = fuse_ranked_lists(rankings)
 
     rng = random.Random(seed)
     bigrams = {doc: _bigrams(text) for doc, text in dataset.corpus.items()}
@@ -181,20 +181,6 @@ def _bm25_candidates(dataset: QADataset, wanted: int) -> dict[str, list[str]]:
         limit = wanted + len(dataset.relevant_docs[qid])
         ranked[qid] = [doc_ids[i] for i, score in zip(row[:limit], row_scores[:limit], strict=True) if score > 0]
     return ranked
-
-
-def _fuse(rankings: list[dict[str, list[str]]]) -> dict[str, list[str]]:
-    """Reciprocal-rank fusion of several rankings (one ranking passes through unchanged)."""
-    if len(rankings) == 1:
-        return rankings[0]
-    fused: dict[str, list[str]] = {}
-    for qid in set().union(*rankings):
-        scores: dict[str, float] = defaultdict(float)
-        for ranking in rankings:
-            for rank, doc in enumerate(ranking.get(qid, [])):
-                scores[doc] += 1.0 / (RRF_K + rank + 1)
-        fused[qid] = sorted(scores, key=lambda doc: -scores[doc])
-    return fused
 
 
 def _bigrams(text: str) -> set[str]:

@@ -15,10 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from offline_embft.model_files import locate
+
 if TYPE_CHECKING:
     from offline_embft.config import PipelineConfig
-
-PACKAGE_PREFIX = "package:"
 
 
 def model_dir(ref: str, models_dir: str | Path = "Models") -> Path:
@@ -28,17 +28,13 @@ def model_dir(ref: str, models_dir: str | Path = "Models") -> Path:
     inside a Python package) lives under ``models_dir`` once ``offline-embft download`` has copied it there; a hub
     id ``org/name`` is found under ``models_dir`` or in the ModelScope / Hugging Face caches, else it is
     ``models_dir/org/name``, where ``offline-embft download`` puts it. Filesystem checks only (see
-    :func:`offline_embft.models.locate`).
+    :func:`offline_embft.model_files.locate`).
     """
-    from offline_embft.models import locate
-
     return locate(ref, models_dir).path
 
 
 def model_home(ref: str, models_dir: str | Path = "Models") -> Path:
     """Where a model belongs under ``models_dir`` (its files may sit in a download cache instead)."""
-    from offline_embft.models import locate
-
     return locate(ref, models_dir).home
 
 

@@ -26,7 +26,8 @@ import yaml
 
 from offline_embft.config import PipelineConfig, to_dict
 from offline_embft.errors import UserError
-from offline_embft.paths import PACKAGE_PREFIX, Layout
+from offline_embft.model_files import PACKAGE_PREFIX
+from offline_embft.paths import Layout
 
 logger = logging.getLogger(__name__)
 

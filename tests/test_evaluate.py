@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from offline_embft import evaluate
-from offline_embft.bm25 import BM25Index, tokenize, top_k
+from offline_embft.bm25 import BM25Index, tokenize
 from offline_embft.config import EvaluateConfig
 from offline_embft.dataset import QADataset
 from offline_embft.errors import UserError
@@ -59,23 +59,6 @@ def test_bm25_finds_the_matching_passage():
     assert (scores[:, 0] > scores[:, 1]).all()
     ids, scores = index.search(["火星探测器"], k=10)  # no known word: all zero, ordered by position, k clamped
     assert ids.tolist() == [[0, 1, 2, 3]] and not scores.any()
-
-
-def test_top_k_orders_ties_by_id_rank():
-    scores = np.array([[0.5, 0.9, 0.5, 0.5, 0.1]])
-    ids, values = top_k(scores, 3)
-    assert ids.tolist() == [[1, 0, 2]] and values.tolist() == [[0.9, 0.5, 0.5]]
-    ids, _ = top_k(scores, 3, id_rank=np.array([4, 0, 3, 1, 2]))  # passage 3 has the smallest id of the tied ones
-    assert ids.tolist() == [[1, 3, 2]]
-
-
-def test_reciprocal_rank_fusion_rewards_agreement():
-    a = evaluate.Ranking("a", "model", "", np.array([[0, 1, 2]]), np.zeros((1, 3)))
-    b = evaluate.Ranking("b", "bm25", "", np.array([[1, 3, 0]]), np.zeros((1, 3)))
-    ids, scores = evaluate.reciprocal_rank_fusion([a, b], n_corpus=5, depth=5, id_rank=np.arange(5), rrf_k=60)
-    # 1 is near the top of both lists, 0 of both but lower in b; 3 and 2 are in one list each; 4 in none.
-    assert ids.tolist() == [[1, 0, 3, 2, 4]]
-    assert scores[0].tolist() == pytest.approx([1 / 62 + 1 / 61, 1 / 61 + 1 / 63, 1 / 62, 1 / 63, 0.0])
 
 
 def test_model_labels_are_short_and_unique(tmp_path):

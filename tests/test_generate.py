@@ -20,8 +20,8 @@ from typer.testing import CliRunner
 from offline_embft.config import GenerateConfig
 from offline_embft.dataset import QADataset
 from offline_embft.errors import UserError
+from offline_embft.generate import cache_path, config_path, load_template, render, run, stats_path
 from offline_embft.llm import BatchLLM, Sampling
-from offline_embft.qa import cache_path, config_path, load_template, render, run, stats_path
 
 
 def _chunk_of(prompt: str) -> str:
@@ -314,14 +314,14 @@ def test_cli_generate(tmp_path, chunks):
 
 
 def test_cli_generates_both_splits_with_one_engine(tmp_path, articles, monkeypatch):
-    from offline_embft import qa
+    from offline_embft import generate
     from offline_embft.cli import app
 
     _write_chunks(tmp_path / "Dataset" / "chunks" / "train.jsonl", articles[:12])
     _write_chunks(tmp_path / "Dataset" / "chunks" / "val.jsonl", articles[12:18])
     built = []
-    real_create = qa.create_llm
-    monkeypatch.setattr(qa, "create_llm", lambda *a, **k: built.append(1) or real_create(*a, **k))
+    real_create = generate.create_llm
+    monkeypatch.setattr(generate, "create_llm", lambda *a, **k: built.append(1) or real_create(*a, **k))
     args = ["generate", "--backend", "ict", "--set", f"dataset_dir={tmp_path / 'Dataset'}", "--set", "llm="]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output

@@ -19,10 +19,10 @@ from tiny_qwen import build_tiny_qwen
 
 from offline_embft.config import GenerateConfig
 from offline_embft.errors import UserError
+from offline_embft.generate import load_template, render
 from offline_embft.llm import BatchLLM, create_llm, find_preset, resolve_model
 from offline_embft.llm.ict_backend import mask_positive, pick_sentences
 from offline_embft.llm.openai_backend import normalize_base_url
-from offline_embft.qa import load_template, render
 
 TEXTS = [
     "公司是企业法人，有独立的法人财产，享有法人财产权。公司以其全部财产对公司的债务承担责任。",

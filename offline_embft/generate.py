@@ -13,11 +13,9 @@ Beside ``DATASET.json`` the stage writes ``DATASET.stats.json`` (counts, reasons
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections import Counter
-from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -25,6 +23,8 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from offline_embft.answer_cache import AnswerCache
+from offline_embft.chunks import Chunk
+from offline_embft.chunks import read as read_chunks
 from offline_embft.config import GenerateConfig, save_config
 from offline_embft.dataset import QADataset
 from offline_embft.errors import UserError
@@ -39,14 +39,6 @@ DEFAULT_PROMPT = "default_zh.txt"
 # (max_model_len), and ingest's chunks are a few hundred characters anyway.
 MAX_CONTEXT_CHARS = 3000
 FAILED_ANSWER_CHARS = 300
-
-
-@dataclass(frozen=True)
-class Chunk:
-    """One line of a chunks JSONL file (only the fields generation needs)."""
-
-    id: str
-    text: str
 
 
 def stats_path(out_path: str | Path) -> Path:
@@ -66,45 +58,6 @@ def cache_path(cfg: GenerateConfig, out_path: str | Path) -> Path:
     out_path = Path(out_path)
     directory = Path(cfg.cache_dir) if cfg.cache_dir else out_path.parent / "generate_cache"
     return directory / f"{out_path.stem}.answers.jsonl"
-
-
-def load_chunks(path: str | Path) -> tuple[list[Chunk], int]:
-    """Read a chunks JSONL written by ingest; return the chunks and how many empty ones were skipped.
-
-    Raises:
-        UserError: the file is missing, not JSONL, has a line without ``id``/``text``, a duplicate id, or no chunk.
-    """
-    path = Path(path)
-    hint = 'pass a chunks JSONL written by `offline-embft ingest` (one {"id", "text", ...} object a line)'
-    if not path.is_file():
-        raise UserError(f"chunks file {path} not found; run `offline-embft ingest` first or {hint}")
-    chunks: list[Chunk] = []
-    seen: set[str] = set()
-    skipped = 0
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError:
-        raise UserError(f"chunks file {path} is not UTF-8 text; {hint}") from None
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise UserError(f"{path}:{number} is not valid JSON ({exc.msg}); {hint}") from None
-        if not isinstance(row, dict) or "id" not in row or not isinstance(row.get("text"), str):
-            raise UserError(f"{path}:{number} has no 'id' and 'text' fields; {hint}")
-        chunk_id = str(row["id"])
-        if chunk_id in seen:
-            raise UserError(f"{path}:{number} repeats chunk id {chunk_id!r}; chunk ids must be unique (re-run ingest)")
-        seen.add(chunk_id)
-        if not row["text"].strip():
-            skipped += 1
-            continue
-        chunks.append(Chunk(chunk_id, row["text"].strip()))
-    if not chunks:
-        raise UserError(f"chunks file {path} holds no chunk with text; check ingest's stats.json for why")
-    return chunks, skipped
 
 
 def load_template(prompt_file: str = "") -> str:
@@ -158,7 +111,7 @@ def run(cfg: GenerateConfig, chunks_path: Path, out_path: Path, *, llm: BatchLLM
     """
     started = time.perf_counter()
     chunks_path, out_path = Path(chunks_path), Path(out_path)
-    chunks, skipped = load_chunks(chunks_path)
+    chunks, skipped = read_chunks(chunks_path)
     template = load_template(cfg.prompt_file)
     owned = llm is None
     llm = llm or create_llm(cfg, template=template)
@@ -221,7 +174,7 @@ def run_many(cfg: GenerateConfig, jobs: list[tuple[Path, Path]]) -> list[Path]:
         jobs: (chunks file, dataset file) pairs, processed in order.
     """
     for chunks_path, _ in jobs:
-        load_chunks(chunks_path)
+        read_chunks(chunks_path)
     llm = create_llm(cfg, template=load_template(cfg.prompt_file))
     try:
         return [run(cfg, chunks_path, out_path, llm=llm) for chunks_path, out_path in jobs]

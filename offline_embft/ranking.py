@@ -1,0 +1,83 @@
+"""Rankings: the top k of a score matrix, and reciprocal-rank fusion of several rankings.
+
+Used by evaluate (model, BM25 and hybrid rankings), bm25 (search) and negatives (fused candidate lists).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+
+import numpy as np
+
+RRF_K = 60  # the reciprocal-rank-fusion constant of Cormack et al. (2009)
+
+
+def top_k(scores: np.ndarray, k: int, id_rank: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` best columns of each row of ``scores``, best first.
+
+    Equal scores are ordered by ``id_rank`` (ascending; default: column order), so a ranking never depends on how
+    the sort happened to break a tie — the same rule as sentence-transformers' InformationRetrievalEvaluator.
+
+    Returns:
+        (indices, scores), both of shape (rows, min(k, columns)).
+    """
+    scores = np.asarray(scores)
+    k = min(k, scores.shape[1])
+    rank = np.arange(scores.shape[1]) if id_rank is None else np.asarray(id_rank)
+    if k == 0:
+        return np.empty((scores.shape[0], 0), dtype=np.int64), np.empty((scores.shape[0], 0), dtype=scores.dtype)
+    candidates = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    threshold = np.take_along_axis(scores, candidates, axis=1).min(axis=1, keepdims=True)
+    # A tie at the k-th score: argpartition picked among the tied columns arbitrarily, so pick again by id.
+    for row in np.flatnonzero((scores >= threshold).sum(axis=1) > k):
+        above = np.flatnonzero(scores[row] >= threshold[row, 0])
+        candidates[row] = above[np.lexsort((rank[above], -scores[row, above]))][:k]
+    candidate_scores = np.take_along_axis(scores, candidates, axis=1)
+    order = np.lexsort((rank[candidates], -candidate_scores), axis=1)
+    indices = np.take_along_axis(candidates, order, axis=1)
+    return indices, np.take_along_axis(candidate_scores, order, axis=1)
+
+
+def reciprocal_rank_fusion(
+    rankings: Sequence[np.ndarray],
+    n_corpus: int,
+    depth: int,
+    id_rank: np.ndarray,
+    rrf_k: int = RRF_K,
+    block_cells: int = 1 << 25,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Fuse rankings: a passage scores the sum of 1 / (rrf_k + rank) over the rankings that list it.
+
+    Returns:
+        (ids, scores) of the fused top ``depth``, ties by ascending corpus id.
+    """
+    n_queries = rankings[0].shape[0]
+    rows = max(1, block_cells // max(1, n_corpus))
+    ids, scores = [], []
+    for start in range(0, n_queries, rows):
+        stop = min(n_queries, start + rows)
+        fused = np.zeros((stop - start, n_corpus), dtype=np.float64)
+        for ranking in rankings:
+            block = ranking[start:stop]
+            contribution = 1.0 / (rrf_k + np.arange(1, block.shape[1] + 1, dtype=np.float64))
+            # Each passage appears at most once per ranking row, so plain fancy-index += is exact.
+            fused[np.arange(stop - start)[:, None], block] += contribution
+        block_ids, block_scores = top_k(fused, depth, id_rank)
+        ids.append(block_ids)
+        scores.append(block_scores)
+    return np.concatenate(ids), np.concatenate(scores)
+
+
+def fuse_ranked_lists(rankings: list[dict[str, list[str]]], rrf_k: int = RRF_K) -> dict[str, list[str]]:
+    """Reciprocal-rank fusion of several rankings (one ranking passes through unchanged)."""
+    if len(rankings) == 1:
+        return rankings[0]
+    fused: dict[str, list[str]] = {}
+    for qid in set().union(*rankings):
+        scores: dict[str, float] = defaultdict(float)
+        for ranking in rankings:
+            for rank, doc in enumerate(ranking.get(qid, [])):
+                scores[doc] += 1.0 / (rrf_k + rank + 1)
+        fused[qid] = sorted(scores, key=lambda doc: -scores[doc])
+    return fused
