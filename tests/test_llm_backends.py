@@ -4,10 +4,11 @@ OpenAI-compatible HTTP server, and the no-LLM ict generator. No GPU, no network 
 from __future__ import annotations
 
 import json
+import logging
 import socket
+import struct
 import sys
 import threading
-import time
 import types
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -283,23 +284,44 @@ def test_vllm_missing_is_a_one_line_install_hint(tiny_qwen, monkeypatch):
 # openai: a local OpenAI-compatible server on 127.0.0.1
 
 
+# vLLM 0.33's answer to a prompt longer than max_model_len: VLLMValidationError in vllm/renderers/params.py
+# (_token_len_check), turned into a 400 by vllm/entrypoints/serve/exception_handling/error_response.py.
+CONTEXT_MESSAGE = (
+    "This model's maximum context length is 4096 tokens. However, your prompt contains 5213 input tokens, which "
+    "exceeds this limit even without any output tokens. Please reduce the length of the input prompt. "
+    "(parameter=input_tokens, value=5213)"
+)
+
+
 class _Server:
-    def __init__(self, models: list[str] | None = None, delay: float = 0.05) -> None:
+    """An OpenAI-compatible server that fails the way real ones do, scripted per chunk.
+
+    ``script[chunk text]`` is a list of behaviours played one per request for that chunk (then it answers normally):
+    ``500``; ``429`` (with retry-after, as a proxy in front of vLLM sends it); ``400-context`` (vLLM's message);
+    ``401`` (vLLM's auth middleware); ``no-choices``; ``null-content`` (vLLM's reasoning parser with the whole output
+    inside the think block); ``malformed`` (a 200 whose body is cut off); ``reset`` (the connection is reset); ``hang``
+    (no answer until the server closes).
+    """
+
+    def __init__(self, models: list[str] | None = None, api_key: str = "") -> None:
         self.models = models if models is not None else ["Qwen3-8B"]
-        self.delay = delay
+        self.api_key = api_key
         self.requests: list[dict[str, Any]] = []
         self.in_flight = 0
         self.max_in_flight = 0
-        self.failures_left: dict[str, int] = {}
+        self.hold_until_in_flight = 0  # >0: hold every request until this many are in flight at once
+        self.script: dict[str, list[str]] = {}
         self.lock = threading.Lock()
+        self.released = threading.Event()
+        self.closed = threading.Event()
         server = self
 
         class Handler(BaseHTTPRequestHandler):
             def log_message(self, *args: Any) -> None:
                 pass
 
-            def _send(self, status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> None:
-                data = json.dumps(body).encode()
+            def _send(self, status: int, body: Any, headers: dict[str, str] | None = None) -> None:
+                data = body if isinstance(body, bytes) else json.dumps(body).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
@@ -308,7 +330,15 @@ class _Server:
                 self.end_headers()
                 self.wfile.write(data)
 
+            def _authorized(self) -> bool:
+                if server.api_key and self.headers.get("Authorization") != f"Bearer {server.api_key}":
+                    self._send(401, {"error": "Unauthorized"})  # vllm/entrypoints/serve/middleware/authenticate.py
+                    return False
+                return True
+
             def do_GET(self) -> None:
+                if not self._authorized():
+                    return
                 if self.path == "/v1/models":
                     self._send(200, {"object": "list", "data": [{"id": m, "object": "model"} for m in server.models]})
                 else:
@@ -316,50 +346,87 @@ class _Server:
 
             def do_POST(self) -> None:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                if not self._authorized():
+                    return
                 if self.path != "/v1/chat/completions":
                     self._send(404, {"error": {"message": "not found"}})
                     return
                 if body["model"] not in server.models:
                     self._send(404, {"error": {"message": f"The model `{body['model']}` does not exist."}})
                     return
-                content = body["messages"][-1]["content"]
+                chunk = _chunk_of(body["messages"][-1]["content"])
                 with server.lock:
                     server.requests.append(body)
                     server.in_flight += 1
                     server.max_in_flight = max(server.max_in_flight, server.in_flight)
-                    fail = server.failures_left.get(_chunk_of(content), 0)
-                    if fail:
-                        server.failures_left[_chunk_of(content)] = fail - 1
-                time.sleep(server.delay)
+                    if server.in_flight >= server.hold_until_in_flight:
+                        server.released.set()
+                    queue = server.script.get(chunk, [])
+                    behaviour = queue.pop(0) if queue else "ok"
+                server.released.wait(timeout=30)
                 with server.lock:
                     server.in_flight -= 1
-                if fail:
-                    self._send(500, {"error": {"message": "overloaded"}}, {"retry-after-ms": "10"})
+                self._behave(behaviour, body, chunk)
+
+            def _behave(self, behaviour: str, body: dict[str, Any], chunk: str) -> None:
+                message: dict[str, Any] = {"role": "assistant", "content": f"{chunk[:6]}指什么？"}
+                choices = [{"index": 0, "message": message, "finish_reason": "stop"}]
+                if behaviour == "hang":
+                    server.closed.wait(timeout=60)
                     return
-                self._send(
-                    200,
-                    {
-                        "id": "chatcmpl-1",
-                        "object": "chat.completion",
-                        "created": 0,
-                        "model": body["model"],
-                        "choices": [
-                            {
-                                "index": 0,
-                                "message": {"role": "assistant", "content": f"{_chunk_of(content)[:6]}指什么？"},
-                                "finish_reason": "stop",
-                            }
-                        ],
-                        "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
-                    },
-                )
+                if behaviour == "reset":
+                    # SO_LINGER 0: closing sends a TCP RST instead of a clean FIN, like a crashed proxy.
+                    self.request.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                    self.close_connection = True
+                    return
+                if behaviour == "500":
+                    self._send(500, {"error": {"message": "overloaded", "type": "InternalServerError", "code": 500}})
+                    return
+                if behaviour == "429":
+                    error = {"message": "Too Many Requests", "type": "RateLimitError", "code": 429}
+                    self._send(429, {"error": error}, {"retry-after": "0.01"})
+                    return
+                if behaviour == "400-context":
+                    error = {
+                        "message": CONTEXT_MESSAGE,
+                        "type": "BadRequestError",
+                        "param": "input_tokens",
+                        "code": 400,
+                    }
+                    self._send(400, {"error": error})
+                    return
+                if behaviour == "401":
+                    self._send(401, {"error": "Unauthorized"})
+                    return
+                if behaviour == "no-choices":
+                    choices = []
+                elif behaviour == "null-content":
+                    message.update(content=None, reasoning="好的，用户希望我根据资料提出问题。我先")
+                    choices[0]["finish_reason"] = "length"
+                response = {
+                    "id": "chatcmpl-1",
+                    "object": "chat.completion",
+                    "created": 0,
+                    "model": body["model"],
+                    "choices": choices,
+                    "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+                }
+                data = json.dumps(response).encode()
+                self._send(200, data[: len(data) // 2] if behaviour == "malformed" else data)
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.handle_error = lambda request, address: None  # a reset connection is the point, not news
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
         self.thread.start()
 
+    def asked(self, text: str) -> int:
+        """How many requests the server received for a chunk."""
+        return sum(_chunk_of(r["messages"][-1]["content"]) == text for r in self.requests)
+
     def close(self) -> None:
+        self.closed.set()
+        self.released.set()
         self.httpd.shutdown()
         self.httpd.server_close()
 
@@ -367,38 +434,119 @@ class _Server:
 @pytest.fixture
 def server():
     srv = _Server()
+    srv.released.set()
     yield srv
     srv.close()
 
 
+def _prompts(texts: list[str]) -> list[str]:
+    return [render(load_template(), text, 1) for text in texts]
+
+
 def test_openai_backend_concurrent_bounded_with_retries(server):
-    server.failures_left[TEXTS[0]] = 1  # one 500, then fine: the client's retry must recover it
+    server.script[TEXTS[0]] = ["500"]  # one 500, then fine: the client's retry must recover it
+    server.released.clear()
+    server.hold_until_in_flight = 3  # nothing is answered until three requests are in flight at once
     llm = create_llm(_cfg(backend="openai", base_url=server.url, model="Qwen/Qwen3-8B", concurrency=3))
     assert llm.model_name == "Qwen3-8B"  # matched by name to what the server serves
-    prompts = [render(load_template(), text, 1) for text in TEXTS] * 2
+    prompts = _prompts(TEXTS) * 2
     answers = llm.complete_batch(prompts, seed=9)
     llm.close()
 
     assert answers == [f"{text[:6]}指什么？" for text in TEXTS] * 2
-    assert 1 < server.max_in_flight <= 3
+    assert server.max_in_flight == 3  # concurrent, and never more than generate.concurrency
     assert len(server.requests) == len(prompts) + 1  # the retried one
     request = server.requests[-1]
     assert request["max_tokens"] == 12 and request["seed"] == 9 and request["top_k"] == 20
     assert request["chat_template_kwargs"] == {"enable_thinking": False}
 
 
-def test_openai_backend_failed_prompt_comes_back_as_none(server):
-    server.failures_left[TEXTS[1]] = 5
+def test_openai_backend_failed_prompt_comes_back_as_none(server, caplog):
+    server.script[TEXTS[1]] = ["500"] * 5
     llm = create_llm(_cfg(backend="openai", base_url=server.url + "/v1", request_retries=0))
-    answers = llm.complete_batch([render(load_template(), text, 1) for text in TEXTS[:3]])
-    assert answers[1] is None and answers[0] and answers[2]
+    with caplog.at_level(logging.WARNING, logger="offline_embft.llm.openai_backend"):
+        answers = llm.complete_batch(_prompts(TEXTS[:3]))
+    assert answers == [f"{TEXTS[0][:6]}指什么？", None, f"{TEXTS[2][:6]}指什么？"]
+    assert "1 of 3 requests" in caplog.text
+
+
+@pytest.mark.parametrize("behaviour", ["429", "reset", "500"])
+def test_openai_backend_transient_failures_are_retried_and_recovered(server, behaviour):
+    server.script[TEXTS[0]] = [behaviour]
+    llm = create_llm(_cfg(backend="openai", base_url=server.url, request_retries=2))
+    answers = llm.complete_batch(_prompts(TEXTS[:2]))
+    assert answers == [f"{TEXTS[0][:6]}指什么？", f"{TEXTS[1][:6]}指什么？"]
+    assert server.asked(TEXTS[0]) == 2  # failed once, answered on the client's retry
+
+
+@pytest.mark.parametrize("behaviour", ["429", "reset", "malformed", "no-choices", "400-context"])
+def test_openai_backend_persistent_failures_are_counted_not_raised(server, behaviour, caplog):
+    """A prompt that keeps failing is None (retried later with another seed, then listed as failed): the others
+    still come back, and nothing raises."""
+    server.script[TEXTS[0]] = [behaviour] * 10
+    llm = create_llm(_cfg(backend="openai", base_url=server.url, request_retries=1))
+    with caplog.at_level(logging.WARNING, logger="offline_embft.llm.openai_backend"):
+        answers = llm.complete_batch(_prompts(TEXTS[:3]))
+    assert answers == [None, f"{TEXTS[1][:6]}指什么？", f"{TEXTS[2][:6]}指什么？"]
+    assert "1 of 3 requests" in caplog.text
+    if behaviour == "400-context":
+        # Not retried by the client (a 400 is final) and named once: the prompt is over the context length.
+        assert server.asked(TEXTS[0]) == 1
+        assert "maximum context length is 4096 tokens" in caplog.text
+
+
+def test_a_prompt_over_the_context_length_is_a_counted_failure_of_generate(server, tmp_path):
+    from offline_embft.qa import run, stats_path
+
+    chunks = tmp_path / "chunks.jsonl"
+    rows = [{"id": f"c{i}", "text": text} for i, text in enumerate(TEXTS)]
+    chunks.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    server.script[TEXTS[2]] = ["400-context"] * 10
+    cfg = _cfg(backend="openai", base_url=server.url, max_retries=1, request_retries=0)
+    out = run(cfg, chunks, tmp_path / "ds.json")
+    stats = json.loads(stats_path(out).read_text(encoding="utf-8"))
+    assert stats["questions"] == 4 and stats["chunks_failed"] == 1 and stats["engine_errors"] == 2
+    assert stats["failed"] == [{"id": "c2", "reasons": {"engine_error": 1}, "last_answer": ""}]
+
+
+def test_reasoning_without_content_is_kept_as_an_unclosed_think_block(server, tmp_path):
+    """vLLM's reasoning parser moves a think block into `reasoning` and leaves `content` null when the answer was cut
+    while thinking: that is the model's answer (cached, counted as thinking_unclosed), not an empty string."""
+    server.script[TEXTS[0]] = ["null-content"]
+    llm = create_llm(_cfg(backend="openai", base_url=server.url))
+    (answer,) = llm.complete_batch(_prompts(TEXTS[:1]))
+    assert answer == "<think>\n好的，用户希望我根据资料提出问题。我先"
+    from offline_embft.questions import FilterSettings, QuestionFilter
+
+    kept, dropped = QuestionFilter(FilterSettings()).select(answer, TEXTS[0], 1)
+    assert kept == [] and sum(dropped.values()) >= 1
+
+
+def test_a_batch_of_one_over_long_prompt_does_not_stop_the_run(server):
+    server.script[TEXTS[0]] = ["400-context"]
+    llm = create_llm(_cfg(backend="openai", base_url=server.url))
+    assert llm.complete_batch(_prompts(TEXTS[:1])) == [None]
 
 
 def test_openai_backend_times_out_slow_requests(server):
-    server.delay = 1.0
+    server.script[TEXTS[0]] = ["hang"]  # never answers: the client's timeout must end the request
     llm = create_llm(_cfg(backend="openai", base_url=server.url, timeout=0.2, request_retries=0))
     with pytest.raises(UserError, match=r"every request .* failed"):
-        llm.complete_batch([render(load_template(), TEXTS[0], 1)])
+        llm.complete_batch(_prompts(TEXTS[:1]))
+
+
+def test_a_wrong_api_key_is_one_line(server):
+    server.api_key = "secret"
+    with pytest.raises(UserError, match=r"rejected the API key; set generate\.api_key") as info:
+        create_llm(_cfg(backend="openai", base_url=server.url, api_key="wrong"))
+    assert "\n" not in str(info.value)
+    # A proxy that lists models freely but guards completions: the same line, from the first batch.
+    server.api_key = ""
+    llm = create_llm(_cfg(backend="openai", base_url=server.url, api_key="wrong"))
+    server.script[TEXTS[0]] = ["401"]
+    with pytest.raises(UserError, match=r"rejected the API key; set generate\.api_key") as info:
+        llm.complete_batch(_prompts(TEXTS[:2]))
+    assert "\n" not in str(info.value)
 
 
 def test_openai_backend_errors_are_one_line(server):
@@ -407,11 +555,12 @@ def test_openai_backend_errors_are_one_line(server):
     server.models = ["a", "b"]
     with pytest.raises(UserError, match="serves a, b"):
         create_llm(_cfg(backend="openai", base_url=server.url, model="c"))
+    # A port that is bound but not listening refuses every connection, for as long as we hold it.
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         dead = f"http://127.0.0.1:{sock.getsockname()[1]}"
-    with pytest.raises(UserError, match="cannot reach") as info:
-        create_llm(_cfg(backend="openai", base_url=dead, request_retries=0, timeout=2))
+        with pytest.raises(UserError, match="cannot reach") as info:
+            create_llm(_cfg(backend="openai", base_url=dead, request_retries=0, timeout=2))
     assert "\n" not in str(info.value)
 
 

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+import shutil
+import stat
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,6 +15,12 @@ from offline_embft import pipeline
 from offline_embft.config import load_config
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def in_tmp_dir(tmp_path, monkeypatch):
+    """Every test runs in its own directory: pipeline.run writes its stamps under ./.make, never into the repo's."""
+    monkeypatch.chdir(tmp_path)
 
 
 def _cfg(tmp_path, *overrides):
@@ -88,15 +97,38 @@ def test_stage_that_writes_nothing_is_reported(tmp_path):
         pipeline.run(cfg, config_path=REPO / "configs" / "cpu.yaml", runner=lambda args: 0, force=True)
 
 
-@pytest.mark.skipif(subprocess.run(["make", "--version"], capture_output=True).returncode != 0, reason="no make")
-def test_make_dry_run_shows_stage_order():
+def test_pipeline_stamps_land_in_the_working_directory(tmp_path):
+    cfg = _cfg(tmp_path)
+    with pytest.raises(pipeline.UserError):
+        pipeline.run(cfg, config_path=REPO / "configs" / "cpu.yaml", runner=lambda args: 0, force=True)
+    written = {p.name for p in (tmp_path / ".make" / "cpu").iterdir()}
+    assert {f"{name}.yaml" for name in pipeline.STAMP_KEYS} <= written
+
+
+def _cli_shim(directory: Path) -> Path:
+    """A venv-like folder whose bin/offline-embft runs the CLI of the interpreter running the tests (this checkout)."""
+    bin_dir = directory / "bin"
+    bin_dir.mkdir(parents=True)
+    shim = bin_dir / "offline-embft"
+    shim.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m offline_embft.cli "$@"\n', encoding="utf-8")
+    shim.chmod(shim.stat().st_mode | stat.S_IXUSR)
+    return directory
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="no make")
+def test_make_dry_run_shows_stage_order(tmp_path):
+    # A copy of the Makefile and configs: even `make -n` writes .make/paths.mk, which must not land in the repo.
+    shutil.copy(REPO / "Makefile", tmp_path / "Makefile")
+    shutil.copytree(REPO / "configs", tmp_path / "configs")
+    (tmp_path / "data").symlink_to(REPO / "data")
+    venv = _cli_shim(tmp_path / "venv")
+    env = {
+        **os.environ,
+        "MAKEFLAGS": "",
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+    }
     out = subprocess.run(
-        ["make", "-n", "demo"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        check=False,
-        env={**os.environ, "MAKEFLAGS": ""},
+        ["make", "-n", "demo", f"VENV={venv}"], cwd=tmp_path, capture_output=True, text=True, check=False, env=env
     )
     assert out.returncode == 0, out.stderr
     order = [
@@ -104,3 +136,4 @@ def test_make_dry_run_shows_stage_order():
     ]
     positions = [out.stdout.index(f"offline-embft {cmd} ") for cmd in order]
     assert order == ["convert", "ingest", "generate", "train", "evaluate"] and positions == sorted(positions)
+    assert (tmp_path / ".make" / "paths.mk").is_file()

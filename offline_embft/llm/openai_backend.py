@@ -1,9 +1,10 @@
 """An OpenAI-compatible server inside the user's own network (``vllm serve``, SGLang, Xinference, llama.cpp ...).
 
 Requests of a batch go out concurrently through a bounded thread pool; the ``openai`` client retries connection
-errors, timeouts, 429 and 5xx with backoff. A prompt that still fails comes back as None (retried by the generate
-stage with another seed, then reported); a server that is gone, or that rejects the request outright, stops the run
-with one line.
+errors, resets, timeouts, 429 (honouring retry-after) and 5xx with backoff. A prompt that still fails, a prompt the
+server refuses as longer than its context, a body that is not a chat completion or one without an answer comes back
+as None (retried by the generate stage with another seed, then reported); a server that is gone, a wrong API key,
+or a request rejected outright stops the run with one line.
 """
 
 from __future__ import annotations
@@ -21,6 +22,16 @@ from offline_embft.llm.base import CHAT_TEMPLATE_KWARGS, BatchLLM, Sampling
 logger = logging.getLogger(__name__)
 
 RETRYABLE_STATUS = {408, 409, 429}
+# vLLM's 400 for a prompt longer than max_model_len (vllm/renderers/params.py, 0.33); SGLang and llama.cpp say the
+# same words.
+CONTEXT_LENGTH_ERROR = "maximum context length"
+
+
+class _Refused:
+    """The server refused one prompt on its own merits (not a sign that the server is gone)."""
+
+
+REFUSED = _Refused()
 
 
 def normalize_base_url(base_url: str) -> str:
@@ -77,7 +88,9 @@ class OpenAILLM(BatchLLM):
     def settings(self) -> dict[str, Any]:
         return {"backend": self.backend, "model": self.model_name, "base_url": self._url}
 
-    def _ask(self, prompt: str, sampling: Sampling) -> str | None:
+    def _ask(self, prompt: str, sampling: Sampling) -> str | _Refused | None:
+        """The answer to one prompt; None when the server could not answer it (connection, timeout, 5xx, a bad body);
+        ``REFUSED`` when it refused this prompt alone (over the context length)."""
         import openai
 
         extra: dict[str, Any] = {"min_p": sampling.min_p, "chat_template_kwargs": dict(CHAT_TEMPLATE_KWARGS)}
@@ -98,27 +111,37 @@ class OpenAILLM(BatchLLM):
             logger.debug("request to %s failed: %s", self._url, exc)
             return None
         except openai.APIStatusError as exc:
+            if exc.status_code in (401, 403):
+                raise UserError(f"the server at {self._url} rejected the API key; set generate.api_key") from None
             if exc.status_code >= 500 or exc.status_code in RETRYABLE_STATUS:
                 logger.debug("request to %s failed: %s", self._url, exc)
                 return None
+            message = _message(exc)
+            if exc.status_code == 400 and CONTEXT_LENGTH_ERROR in message:
+                # One over-long prompt fails alone (vLLM checks each request); the chunk is counted as failed.
+                logger.warning("the server at %s refused a prompt: %s", self._url, message)
+                return REFUSED
             raise UserError(
-                f"the server at {self._url} rejected the request ({exc.status_code}: {_message(exc)}); "
+                f"the server at {self._url} rejected the request ({exc.status_code}: {message}); "
                 "check --model and the server's log"
             ) from None
-        if not response.choices:
-            return ""
-        return response.choices[0].message.content or ""
+        except (openai.APIResponseValidationError, ValueError) as exc:  # a body that is not a chat completion
+            logger.warning("the server at %s sent a malformed answer: %s", self._url, str(exc).splitlines()[0][:200])
+            return None
+        return _answer_text(response)
 
     def _generate(self, prompts: list[str], sampling: Sampling) -> list[str | None]:
         if self._pool is None:
             self._pool = ThreadPoolExecutor(max_workers=self._concurrency, thread_name_prefix="openai-request")
-        answers = list(self._pool.map(lambda prompt: self._ask(prompt, sampling), prompts))
-        failed = sum(answer is None for answer in answers)
-        if failed == len(answers):
+        results = list(self._pool.map(lambda prompt: self._ask(prompt, sampling), prompts))
+        answers = [None if result is REFUSED else result for result in results]
+        unreachable = sum(result is None for result in results)
+        if unreachable == len(results):
             raise UserError(
                 f"every request to {self._url} failed (connection errors, timeouts or 5xx even after retries); "
                 "check the server's log, or lower generate.concurrency / raise generate.timeout"
             )
+        failed = sum(answer is None for answer in answers)
         if failed:
             logger.warning("%d of %d requests to %s failed; they will be retried", failed, len(answers), self._url)
         return answers
@@ -131,12 +154,29 @@ class OpenAILLM(BatchLLM):
             self._client.close()
 
 
+def _answer_text(response: Any) -> str | None:
+    """The answer in a chat completion; None when the server sent none (the prompt is retried, then reported).
+
+    With vLLM's reasoning parser a response cut inside the think block has ``content`` null and the text in
+    ``reasoning`` (``reasoning_content`` before vLLM 0.10): it comes back as an unclosed think block, so the question
+    filter counts it as ``thinking_unclosed`` and the failure report shows what the model wrote.
+    """
+    if not response.choices:
+        logger.debug("a response without choices: %s", response)
+        return None
+    message = response.choices[0].message
+    if message.content is not None:
+        return message.content
+    reasoning = getattr(message, "reasoning", None) or getattr(message, "reasoning_content", None)
+    return f"<think>\n{reasoning}" if reasoning else None
+
+
 def _message(exc: Any) -> str:
     body = getattr(exc, "body", None)
     if isinstance(body, dict):
         inner = body.get("error", body)
         if isinstance(inner, dict) and inner.get("message"):
-            return str(inner["message"]).splitlines()[0][:200]
+            return str(inner["message"]).splitlines()[0][:300]
         if isinstance(inner, str):
             return inner[:200]
     return str(exc).splitlines()[0][:200]
