@@ -496,7 +496,7 @@ def test_openai_backend_persistent_failures_are_counted_not_raised(server, behav
 
 
 def test_a_prompt_over_the_context_length_is_a_counted_failure_of_generate(server, tmp_path):
-    from offline_embft.qa import run, stats_path
+    from offline_embft.generate import run, stats_path
 
     chunks = tmp_path / "chunks.jsonl"
     rows = [{"id": f"c{i}", "text": text} for i, text in enumerate(TEXTS)]
