@@ -1,8 +1,10 @@
 """The chunk format, in one place: what ingest writes and generate and doctor read.
 
-A chunks file is JSONL, one object a line: ``{"id", "text", "source", "pages"}``. The id is a content hash of the
-text (the same text gets the same id in every run); ``source`` is the document's path relative to the input folder
-and ``pages`` the 1-based pages the chunk spans (empty for unpaged formats).
+A chunks file is JSONL, one object a line: ``{"id", "text", "source", "pages", "headings"}``. The id is a content
+hash of the text (the same text gets the same id in every run); ``source`` is the document's path relative to the
+input folder, ``pages`` the 1-based pages the chunk spans (empty for unpaged formats) and ``headings`` the heading
+path of its text, outermost first (e.g. ``["中华人民共和国公司法", "第三章 …"]``; empty without headings; files
+written before it existed have none).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ class Chunk:
         start: Where it starts in the cleaned document (-1: unknown, e.g. read back from a file).
         end: Where it ends in the cleaned document (-1: unknown).
         id: The chunk id; empty means the content hash of ``text``.
+        headings: The heading path of its text, outermost first (:mod:`offline_embft.structure`).
     """
 
     text: str
@@ -43,6 +46,7 @@ class Chunk:
     start: int = -1
     end: int = -1
     id: str = ""
+    headings: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if not self.id:
@@ -50,7 +54,13 @@ class Chunk:
 
     def row(self) -> dict[str, Any]:
         """The chunk as one line of a chunks file."""
-        return {"id": self.id, "text": self.text, "source": self.source, "pages": self.pages}
+        return {
+            "id": self.id,
+            "text": self.text,
+            "source": self.source,
+            "pages": self.pages,
+            "headings": self.headings,
+        }
 
 
 def write(handle: IO[str], chunks: Iterable[Chunk]) -> None:
@@ -101,7 +111,13 @@ def read(path: str | Path, limit: int | None = None) -> tuple[list[Chunk], int]:
             skipped += 1
             continue
         chunks.append(
-            Chunk(row["text"].strip(), str(row.get("source", "")), list(row.get("pages") or []), id=chunk_id)
+            Chunk(
+                row["text"].strip(),
+                str(row.get("source", "")),
+                list(row.get("pages") or []),
+                id=chunk_id,
+                headings=[str(h) for h in row.get("headings") or []],
+            )
         )
     if not chunks:
         raise UserError(f"chunks file {path} holds no chunk with text; check ingest's stats.json for why")

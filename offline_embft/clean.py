@@ -44,7 +44,7 @@ _MULTI_SPACE_RE = re.compile(r"[ \t]{2,}")
 
 # A structural marker at the start of a line (第一条, 第二章, 第三节): the space after it is kept for readability.
 _NUM = "一二三四五六七八九十百千零〇两0-9"
-_MARKER_SPACE_RE = re.compile(f"^(第[{_NUM}]+[条章节编卷篇部])[ \t]+(?=\\S)")
+_MARKER_SPACE_RE = re.compile(f"^(第[{_NUM}]+(?:[条章节编卷篇]|部分?))[ \t]+(?=\\S)")
 # A heading line: 第X章/节/编... followed by a short title and no sentence punctuation.
 HEADING_RE = re.compile(f"^第[{_NUM}]+(?:[章节编卷篇]|部分)(?:[ \t]*[^。；，,;！？!?]{{0,30}})?$")
 
@@ -260,6 +260,8 @@ class CleanText:
     text: str
     spans: list[tuple[int, int, int]] = field(default_factory=list)  # (start, end, page) with 1-based pages
     removed_lines: int = 0
+    # (start, end, level) of the headings the document marked up (Markdown `#` lines; see clean_pages(markup=True))
+    headings: list[tuple[int, int, int]] = field(default_factory=list)
 
     def pages_for(self, start: int, end: int) -> list[int]:
         """The 1-based pages that the text between ``start`` and ``end`` comes from (in order, no repeats)."""
@@ -270,34 +272,47 @@ class CleanText:
         return pages
 
 
-def join_lines(lines: Sequence[tuple[int, str]]) -> CleanText:
+def join_lines(
+    lines: Sequence[tuple[int, str]], levels: dict[int, int] | None = None, one_per_line: bool = False
+) -> CleanText:
     """Rebuild paragraphs from ``(page, line)`` pairs; lines broken inside a sentence are joined.
 
     Blank lines always separate paragraphs; a page boundary does not (sentences run on across pages).
+
+    Args:
+        lines: The lines with their 1-based pages.
+        levels: Line index → heading level for the lines that are marked-up headings: each is a paragraph of its
+            own, and its place is recorded in the result's ``headings``.
+        one_per_line: Every line is a paragraph already (text read from a DOCX or HTML, where the document says
+            where paragraphs end): nothing is joined.
     """
-    layout = _layout([line for _, line in lines])
-    paragraphs: list[list[tuple[int, str]]] = []
+    levels = levels or {}
+    layout = _layout([line for i, (_, line) in enumerate(lines) if i not in levels])
+    paragraphs: list[tuple[int | None, list[tuple[int, str]]]] = []
     current: list[tuple[int, str]] = []
     prev_raw = ""
-    for page, raw in lines:
-        if not raw.strip():
+    for index, (page, raw) in enumerate(lines):
+        if not raw.strip() or index in levels:
             if current:
-                paragraphs.append(current)
+                paragraphs.append((None, current))
                 current = []
+            if raw.strip():
+                paragraphs.append((levels[index], [(page, raw)]))
             prev_raw = ""
             continue
-        if current and _breaks_paragraph(prev_raw, raw, layout):
-            paragraphs.append(current)
+        if current and (one_per_line or _breaks_paragraph(prev_raw, raw, layout)):
+            paragraphs.append((None, current))
             current = []
         current.append((page, raw))
         prev_raw = raw
     if current:
-        paragraphs.append(current)
+        paragraphs.append((None, current))
 
     parts: list[str] = []
     spans: list[tuple[int, int, int]] = []
+    headings: list[tuple[int, int, int]] = []
     offset = 0
-    for paragraph in paragraphs:
+    for level, paragraph in paragraphs:
         text = ""
         for page, raw in paragraph:
             piece = tidy_line(raw)
@@ -311,9 +326,11 @@ def join_lines(lines: Sequence[tuple[int, str]]) -> CleanText:
             continue
         if parts:
             offset += 1  # the newline between paragraphs
+        if level is not None:
+            headings.append((offset, offset + len(text), level))
         parts.append(text)
         offset += len(text)
-    return CleanText("\n".join(parts), _merge_spans(spans))
+    return CleanText("\n".join(parts), _merge_spans(spans), headings=headings)
 
 
 def _merge_spans(spans: list[tuple[int, int, int]]) -> list[tuple[int, int, int]]:
@@ -326,14 +343,32 @@ def _merge_spans(spans: list[tuple[int, int, int]]) -> list[tuple[int, int, int]
     return merged
 
 
-def clean_pages(pages: Sequence[str]) -> CleanText:
+# A Markdown heading line, as loaders write headings (markup=True): `#` × level, a space, the title.
+MARKDOWN_HEADING_RE = re.compile(r"^(#{1,6})[ \t]+(\S.*?)[ \t]*$")
+
+
+def clean_pages(pages: Sequence[str], markup: bool = False, one_per_line: bool = False) -> CleanText:
     """Clean a document given as the text of each page (a TXT or Markdown file is one page, or is split at form
-    feeds by the caller). Returns the cleaned text with its page spans (1-based)."""
+    feeds by the caller). Returns the cleaned text with its page spans (1-based).
+
+    Args:
+        pages: Each page's raw text.
+        markup: Lines ``# Title`` … ``###### Title`` are headings the document marked up: each becomes a paragraph
+            without its ``#`` marks, and its place and level are recorded in ``headings``.
+        one_per_line: Each line is already a paragraph (DOCX, HTML): no line is joined to the next.
+    """
     # Blank lines at a page's edges say nothing about paragraphs: a sentence runs on onto the next page.
     page_lines = [normalize_chars(page).replace("\f", "\n").strip("\n").split("\n") for page in pages]
     page_lines, removed = strip_running_lines(page_lines)
     numbered = [(number, line) for number, lines in enumerate(page_lines, start=1) for line in lines]
-    result = join_lines(numbered)
+    levels: dict[int, int] = {}
+    if markup:
+        for index, (number, line) in enumerate(numbered):
+            heading = MARKDOWN_HEADING_RE.match(line.strip())
+            if heading:
+                levels[index] = len(heading.group(1))
+                numbered[index] = (number, heading.group(2))
+    result = join_lines(numbered, levels, one_per_line)
     result.removed_lines = removed
     return result
 

@@ -51,6 +51,12 @@ class IngestConfig:
     )
     chunk_size: int = _help("Chunk size in tokens of the tokenizer (characters without one).", 300)
     chunk_overlap: int = _help("Overlap between consecutive chunks, in the same unit.", 30)
+    chunking: str = _help(
+        "sentences: pack sentences up to chunk_size (LlamaIndex SentenceSplitter); units: cut at the document's own "
+        "units first (第X章/节/条, 1.2.3 and Markdown/Word headings), merge small neighbours, split only units "
+        "longer than chunk_size (by sentences, with chunk_overlap).",
+        "sentences",
+    )
     max_seq_length: int = _help("The embedding model's max_seq_length; longer chunks are counted as truncated.", 512)
     val_ratio: float = _help("Share of files (or of chunks, for a single file) held out for validation.", 0.3)
     seed: int = _help("Seed of the train/val split.", 42)
@@ -64,6 +70,10 @@ class IngestConfig:
             f"ingest.chunk_overlap must be in [0, chunk_size), got {self.chunk_overlap}",
         )
         _check(0.0 <= self.val_ratio < 1.0, f"ingest.val_ratio must be in [0, 1), got {self.val_ratio}")
+        _check(
+            self.chunking in ("sentences", "units"),
+            f"ingest.chunking must be 'sentences' or 'units', got {self.chunking!r}",
+        )
 
 
 @dataclass

@@ -35,6 +35,7 @@ from offline_embft.config import IngestConfig, save_config
 from offline_embft.errors import UserError
 from offline_embft.io import atomic_open
 from offline_embft.loaders import SUFFIXES, LoadError, RawDocument, SkipReason, load
+from offline_embft.structure import Outline, UnitSplitter, find_outline
 
 logger = logging.getLogger(__name__)
 
@@ -176,6 +177,14 @@ class Document:
     page_count: int | None = None
     chunks: list[Chunk] = field(default_factory=list)
     val_chunks: list[Chunk] = field(default_factory=list)  # single-file split only
+    _outline: Outline | None = None
+
+    @property
+    def outline(self) -> Outline:
+        """The document's headings and units (:mod:`offline_embft.structure`), found once."""
+        if self._outline is None:
+            self._outline = find_outline(self.clean.text, self.clean.headings)
+        return self._outline
 
 
 class Chunker:
@@ -202,9 +211,23 @@ class Chunker:
         self.sizer = sizer
         self.splitter = make_splitter(size, self.overlap, sizer.pieces)
         self.resplit = 0
+        self.by_units = cfg.chunking == "units"
+        self.units = UnitSplitter(size, sizer.count, lambda text: self._fit(self.splitter.split_text(text)))
 
     def chunk(self, doc: Document, start: int, end: int) -> list[Chunk]:
         """Chunks of ``doc.clean.text[start:end]``, each located in the document and sized to fit."""
+        if self.by_units:
+            return [
+                Chunk(
+                    p.text,
+                    doc.source,
+                    doc.clean.pages_for(p.start, p.end) if doc.raw.paged and p.start >= 0 else [],
+                    p.start,
+                    p.end,
+                    headings=p.headings,
+                )
+                for p in self.units.split(doc.clean.text, doc.outline, start, end)
+            ]
         text = doc.clean.text[start:end]
         chunks: list[Chunk] = []
         cursor = 0
@@ -217,7 +240,7 @@ class Chunker:
             cursor = found + 1
             a, b = start + found, start + found + len(piece)
             pages = doc.clean.pages_for(a, b) if doc.raw.paged else []
-            chunks.append(Chunk(piece, doc.source, pages, a, b))
+            chunks.append(Chunk(piece, doc.source, pages, a, b, headings=doc.outline.path_of(a, b)))
         return chunks
 
     def _fit(self, pieces: list[str]) -> list[str]:
@@ -301,7 +324,7 @@ def _read_one(path: Path, source: str) -> tuple[Document | None, dict[str, str] 
         raw = load(path)
     except LoadError as exc:
         return None, {"source": source, "reason": exc.reason.value, "message": str(exc)}
-    cleaned = clean_pages(raw.pages)
+    cleaned = clean_pages(raw.pages, markup=raw.markup, one_per_line=raw.one_per_line)
     if not cleaned.text.strip():
         return None, {"source": source, "reason": SkipReason.no_text.value, "message": "no text after cleaning"}
     page_count = len(raw.pages) if raw.paged else None

@@ -21,7 +21,28 @@ from pathlib import Path
 
 logger = logging.getLogger(__name__)
 
-SUFFIXES = {".pdf": "pdf", ".md": "markdown", ".markdown": "markdown", ".txt": "text"}
+SUFFIXES = {
+    ".pdf": "pdf",
+    ".md": "markdown",
+    ".markdown": "markdown",
+    ".txt": "text",
+}
+# Office formats that are not read, and the LibreOffice command that turns each into one that is.
+_CONVERT = 'soffice --headless --convert-to {target} "{name}"'
+NEEDS_CONVERSION = {
+    ".doc": "docx",
+    ".wps": "docx",
+    ".rtf": "docx",
+    ".odt": "docx",
+    ".xlsx": "html",
+    ".xls": "html",
+    ".et": "html",
+    ".ods": "html",
+    ".pptx": "pdf",
+    ".ppt": "pdf",
+    ".dps": "pdf",
+    ".odp": "pdf",
+}
 
 # File signatures, to name what a misnamed file really is.
 _MAGIC: tuple[tuple[bytes, str], ...] = (
@@ -50,6 +71,7 @@ class SkipReason(str, Enum):
     image_only = "image-only"
     no_text = "no-text"
     misnamed = "misnamed"
+    needs_conversion = "needs-conversion"
     unsupported = "unsupported"
 
 
@@ -66,11 +88,15 @@ class RawDocument:
     """A readable file's raw text, page by page (a TXT/Markdown file is one page, or several at form feeds)."""
 
     path: Path
-    kind: str  # pdf | markdown | text
+    kind: str  # pdf | docx | html | markdown | text
     pages: list[str]
     paged: bool  # True for PDFs: chunk pages are reported
     encoding: str = ""
     notes: list[str] = field(default_factory=list)
+    # Headings are written as Markdown heading lines (`#` × level, a space, the title): DOCX, HTML, Markdown.
+    markup: bool = False
+    # Each line is one paragraph (DOCX, HTML): the cleaner joins no lines. Table rows are lines, cells ` | `-separated.
+    one_per_line: bool = False
 
 
 def load(path: Path) -> RawDocument:
@@ -79,7 +105,14 @@ def load(path: Path) -> RawDocument:
     Raises:
         LoadError: the file is empty, encrypted, corrupt, image-only, has no text, is misnamed or unsupported.
     """
-    kind = SUFFIXES.get(path.suffix.lower())
+    suffix = path.suffix.lower()
+    kind = SUFFIXES.get(suffix)
+    if suffix in NEEDS_CONVERSION:
+        command = _CONVERT.format(target=NEEDS_CONVERSION[suffix], name=path.name)
+        raise LoadError(
+            SkipReason.needs_conversion,
+            f"{suffix} files are not read; convert it with LibreOffice first: {command}",
+        )
     if kind is None:
         supported = ", ".join(sorted(SUFFIXES))
         raise LoadError(SkipReason.unsupported, f"unsupported file type {path.suffix or '(none)'} ({supported})")
@@ -181,11 +214,11 @@ def load_text(path: Path, kind: str) -> RawDocument:
         text = markdown_to_text(text)
     if not text.strip():
         raise LoadError(SkipReason.empty, "empty file (no text)")
-    return RawDocument(path, kind, text.split("\f"), paged=False, encoding=encoding)
+    return RawDocument(path, kind, text.split("\f"), paged=False, encoding=encoding, markup=kind == "markdown")
 
 
 _MD_FRONT_MATTER = re.compile(r"\A---\n.*?\n---\n", re.DOTALL)
-_MD_HEADING = re.compile(r"^\s{0,3}#{1,6}\s+(.*?)\s*#*\s*$")
+_MD_HEADING = re.compile(r"^\s{0,3}(#{1,6})\s+(.*?)\s*#*\s*$")
 _MD_LIST = re.compile(r"^\s*(?:[-*+]\s+|(\d+[.)])\s+)")
 _MD_RULE = re.compile(r"^\s{0,3}(?:[-*_]\s*){3,}$")
 _MD_TABLE_SEP = re.compile(r"^\s*\|?\s*:?-{3,}:?\s*(?:\|\s*:?-{3,}:?\s*)*\|?\s*$")
@@ -197,7 +230,8 @@ _MD_EMPHASIS = re.compile(r"(\*\*|__|~~|`)")
 
 def markdown_to_text(text: str) -> str:
     """Plain text from Markdown: markup removed, and headings, list items and table rows made paragraphs of their
-    own (a blank line around each), so the line joiner never glues a heading to the sentence after it."""
+    own (a blank line around each), so the line joiner never glues a heading to the sentence after it. Headings stay
+    Markdown heading lines (``## Title``): the cleaner records them as the document's outline."""
     text = _MD_FRONT_MATTER.sub("", text.replace("\r\n", "\n"))
     out: list[str] = []
     for line in text.split("\n"):
@@ -208,7 +242,7 @@ def markdown_to_text(text: str) -> str:
         line = re.sub(r"^\s*>\s?", "", line)
         heading = _MD_HEADING.match(line)
         if heading:
-            out.extend(["", heading.group(1), ""])
+            out.extend(["", f"{heading.group(1)} {heading.group(2)}" if heading.group(2) else "", ""])
             continue
         listed = _MD_LIST.match(line)
         if listed:

@@ -190,7 +190,9 @@ def test_markdown_headings_and_list_items_are_their_own_paragraphs():
         "# 第一章 总则\n本制度适用于**全体员工**，详见[附件](a.md)。\n## 适用范围\n- 总部\n- 分公司\n\n"
         "| 项目 | 金额 |\n|---|---|\n| 差旅 | 100 |\n"
     )
-    assert clean_text(markdown_to_text(md)).split("\n") == [
+    cleaned = clean_pages([markdown_to_text(md)], markup=True)
+    assert [(cleaned.text[a:b], level) for a, b, level in cleaned.headings] == [("第一章 总则", 1), ("适用范围", 2)]
+    assert cleaned.text.split("\n") == [
         "第一章 总则",
         "本制度适用于全体员工，详见附件。",
         "适用范围",

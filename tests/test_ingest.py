@@ -78,7 +78,7 @@ def test_real_pdf_chunks_are_clean_and_know_their_pages(company_law_run):
     assert stats["files"] == {"found": 1, "read": 1, "skipped": 0}
     assert stats["read"][0]["pages"] == 27
     for chunk in chunks:
-        assert set(chunk) == {"id", "text", "source", "pages"}
+        assert set(chunk) == {"id", "text", "source", "pages", "headings"}
         assert chunk["source"] == COMPANY_LAW
         assert chunk["pages"] and all(1 <= p <= 27 for p in chunk["pages"])
         assert chunk["pages"] == sorted(chunk["pages"])
