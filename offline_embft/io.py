@@ -11,7 +11,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -61,14 +61,6 @@ def write_json(path: str | Path, data: Any) -> Path:
 def read_json(path: str | Path) -> Any:
     """Read a UTF-8 JSON file."""
     return json.loads(Path(path).read_text(encoding="utf-8"))
-
-
-def write_jsonl(path: str | Path, rows: Iterable[dict]) -> Path:
-    """Write one JSON object per line, atomically."""
-    with atomic_open(path) as handle:
-        for row in rows:
-            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
-    return Path(path)
 
 
 def read_jsonl(path: str | Path) -> list[dict]:

@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 import pytest
 from tiny_qwen import build_tiny_qwen
 
-from offline_embft.config import GenerateConfig
+from offline_embft.config import GenerateConfig, PipelineConfig
 from offline_embft.errors import UserError
 from offline_embft.generate import load_template, render
 from offline_embft.llm import BatchLLM, create_llm, find_preset, resolve_model
@@ -629,3 +629,20 @@ def test_presets_and_model_lookup(tmp_path):
         resolve_model(str(tmp_path / "empty"), tmp_path)
     with pytest.raises(UserError, match="no LLM given"):
         create_llm(_cfg(backend="transformers", model=""))
+
+
+def test_llm_in_the_modelscope_cache_is_found_by_generate_and_doctor(tmp_path, no_caches):
+    """The cached-LLM bug: doctor said OK for ~/.cache/modelscope/hub/models/Qwen/Qwen3-8B, generate said not found."""
+    from offline_embft.doctor import check_models
+
+    cached = no_caches / ".cache/modelscope/hub/models/Qwen/Qwen3-8B"
+    cached.mkdir(parents=True)
+    for name, content in (("config.json", "{}"), ("tokenizer.json", "{}"), ("model.safetensors", "weights")):
+        (cached / name).write_text(content)
+    for ref in ("Qwen3-8B", "Qwen/Qwen3-8B", "qwen3-8b"):
+        resolved = resolve_model(ref, tmp_path / "Models")
+        assert resolved.path == cached and resolved.preset.name == "Qwen3-8B"
+    cfg = PipelineConfig(llm="Qwen3-8B", models_dir=str(tmp_path / "Models"))
+    cfg.generate.backend = "vllm"
+    llm_line = next(c for c in check_models(cfg.resolve()) if c.name == "llm")
+    assert llm_line.verdict == "OK" and str(cached) in llm_line.detail

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from offline_embft.errors import UserError
+from offline_embft.model_files import locate
 
 logger = logging.getLogger(__name__)
 
@@ -107,7 +108,18 @@ class ResolvedModel:
 
 
 def resolve_model(ref: str, models_dir: str | Path = "") -> ResolvedModel:
-    """Find the local directory of an LLM given as a preset name, a ModelScope id or a path.
+    """Find the local directory of an LLM given as a preset name, a hub id or a path.
+
+    The lookup is :func:`offline_embft.model_files.locate`, the same one ``doctor`` and ``download`` use: a path,
+    ``Models/``, then the ModelScope and Hugging Face caches; a preset name (``Qwen3-8B``) is looked up under its
+    hub id (``Qwen/Qwen3-8B``) too.
+
+    Args:
+        ref: A Qwen3 preset name, a hub id (``Qwen/Qwen3-8B``) or a model directory.
+        models_dir: Where downloaded models live (default ``Models``).
+
+    Returns:
+        The model directory and the preset that gives its defaults.
 
     Raises:
         UserError: nothing was given, the directory does not exist, or it is not a Hugging Face model directory.
@@ -119,36 +131,21 @@ def resolve_model(ref: str, models_dir: str | Path = "") -> ResolvedModel:
         )
     preset = find_preset(ref)
     models_dir = Path(models_dir or "Models")
-    candidates = [Path(ref).expanduser()]
-    if not Path(ref).is_absolute():
-        candidates.append(models_dir / ref)
-    if preset:
-        candidates += [models_dir / preset.modelscope_id, models_dir / preset.name]
-    path = next((c for c in candidates if c.is_dir()), None)
-    if path is None:
-        looked = ", ".join(dict.fromkeys(str(c) for c in candidates))
+    located = locate(ref, models_dir)
+    if located.source == "missing" and preset:
+        located = locate(preset.modelscope_id, models_dir)
+    if located.source == "missing":
         fix = (
             f"run `offline-embft download --set llm={preset.modelscope_id}` on a connected machine and copy "
             f"{models_dir}/ here, or pass --model /path/to/{preset.name}"
             if preset
             else "pass --model with an existing model directory or a Qwen3 preset name (e.g. Qwen3-8B)"
         )
-        raise UserError(f"LLM {ref!r} not found (looked in {looked}); {fix}")
+        raise UserError(
+            f"LLM {ref!r} not found (looked for {located.path}, in {models_dir}/ and the ModelScope and Hugging Face "
+            f"caches); {fix}"
+        )
+    path = located.path
     if not (path / "config.json").is_file():
         raise UserError(f"{path} is not a Hugging Face model directory (no config.json); is the download complete?")
     return ResolvedModel(path=path, preset=preset or find_preset(path.name))
-
-
-def preset_table() -> list[dict[str, str]]:
-    """Rows for documentation: name, ModelScope id, size, smallest GPU, tensor parallel, note."""
-    return [
-        {
-            "preset": p.name,
-            "modelscope": p.modelscope_id,
-            "size_gb": f"{p.size_gb:g}",
-            "min_gpu_gb": str(p.min_gpu_gb),
-            "tensor_parallel": str(p.tensor_parallel_size),
-            "note": p.note,
-        }
-        for p in PRESETS.values()
-    ]
