@@ -5,7 +5,7 @@ batch, prompts of similar length together), caches every answer on disk as soon 
 filters the questions (:mod:`offline_embft.questions`), and retries chunks left without enough valid questions with
 another seed. Chunks that still fail are listed in the stats file, with the model's last answer, and stay in the
 corpus (as distractors) without queries. The ``llamaindex`` engine runs the same prompt through LlamaIndex's
-``generate_qa_embedding_pairs`` instead, for users who want exactly its behaviour.
+``generate_qa_embedding_pairs`` instead (:mod:`offline_embft.llamaindex_engine`), with the same cleaning.
 
 Beside ``DATASET.json`` the stage writes ``DATASET.stats.json`` (counts, reasons, failures, speed) and
 ``DATASET.config.yaml`` (the resolved generate config); answers live in ``generate_cache/DATASET.answers.jsonl``.
@@ -16,7 +16,6 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -29,16 +28,12 @@ from offline_embft.config import GenerateConfig, save_config
 from offline_embft.dataset import QADataset
 from offline_embft.errors import UserError
 from offline_embft.io import write_json
-from offline_embft.llm import BatchLLM, CachedLLM, create_llm
-from offline_embft.questions import FilterSettings, QuestionFilter
+from offline_embft.llamaindex_engine import run_llamaindex
+from offline_embft.llm import BatchLLM, create_llm
+from offline_embft.prompt import MAX_CONTEXT_CHARS, load_template, render
+from offline_embft.questions import FAILED_ANSWER_CHARS, FilterSettings, QuestionFilter
 
 logger = logging.getLogger(__name__)
-
-DEFAULT_PROMPT = "default_zh.txt"
-# A chunk longer than this is cut in the prompt: one over-long prompt would make vLLM reject its whole batch
-# (max_model_len), and ingest's chunks are a few hundred characters anyway.
-MAX_CONTEXT_CHARS = 3000
-FAILED_ANSWER_CHARS = 300
 
 
 def stats_path(out_path: str | Path) -> Path:
@@ -58,40 +53,6 @@ def cache_path(cfg: GenerateConfig, out_path: str | Path) -> Path:
     out_path = Path(out_path)
     directory = Path(cfg.cache_dir) if cfg.cache_dir else out_path.parent / "generate_cache"
     return directory / f"{out_path.stem}.answers.jsonl"
-
-
-def load_template(prompt_file: str = "") -> str:
-    """The prompt template: ``prompt_file`` if given, else the built-in Chinese prompt.
-
-    Raises:
-        UserError: the file is missing, unreadable, or has no ``{context}`` placeholder.
-    """
-    if not prompt_file:
-        return resources.files("offline_embft").joinpath("prompts", DEFAULT_PROMPT).read_text(encoding="utf-8")
-    path = Path(prompt_file)
-    if not path.is_file():
-        raise UserError(f"prompt file {path} not found; pass a UTF-8 text file with a {{context}} placeholder")
-    try:
-        template = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise UserError(f"prompt file {path} is not UTF-8 text") from None
-    if "{context}" not in template:
-        raise UserError(
-            f"prompt file {path} has no {{context}} placeholder (where the chunk goes); "
-            "add it, and {num_questions} for the number of questions"
-        )
-    return template
-
-
-def render(template: str, text: str, num_questions: int) -> str:
-    """Fill the template (plain replacement, so other braces in a user's prompt stay as written)."""
-    return template.replace("{num_questions}", str(num_questions)).replace("{context}", text[:MAX_CONTEXT_CHARS])
-
-
-def llamaindex_template(template: str) -> str:
-    """The template in LlamaIndex's ``str.format`` placeholders (``{context_str}``, ``{num_questions_per_chunk}``)."""
-    escaped = template.replace("{", "{{").replace("}", "}}")
-    return escaped.replace("{{context}}", "{context_str}").replace("{{num_questions}}", "{num_questions_per_chunk}")
 
 
 def run(cfg: GenerateConfig, chunks_path: Path, out_path: Path, *, llm: BatchLLM | None = None) -> Path:
@@ -119,7 +80,7 @@ def run(cfg: GenerateConfig, chunks_path: Path, out_path: Path, *, llm: BatchLLM
     try:
         with AnswerCache(cache_path(cfg, out_path)) as cache:
             if cfg.engine == "llamaindex":
-                dataset, stats = _run_llamaindex(cfg, chunks, template, llm, cache, out_path)
+                dataset, stats = run_llamaindex(cfg, chunks, template, llm, cache, out_path)
             else:
                 dataset, stats = _run_native(cfg, chunks, template, llm, cache)
             cache_hits = cache.hits
@@ -208,7 +169,7 @@ def _answer_round(
     with tqdm(total=len(missing), desc=desc, unit="chunk", disable=not missing) as bar:
         for start in range(0, len(missing), cfg.batch_size):
             batch = missing[start : start + cfg.batch_size]
-            outputs = llm.complete_batch([prompts[c.id] for c in batch], seed=seed)
+            outputs = llm.complete_batch([prompts[c.id] for c in batch], seed=seed, raw=True)
             done = [(c, out) for c, out in zip(batch, outputs, strict=True) if out is not None]
             cache.put_many(
                 {"key": keys[c.id], "chunk_id": c.id, "attempt": attempt, "model": llm.identity, "answer": out}
@@ -313,54 +274,5 @@ def _run_native(
             }
             for chunk_id in failed
         ],
-    }
-    return dataset, stats
-
-
-def _run_llamaindex(
-    cfg: GenerateConfig, chunks: list[Chunk], template: str, llm: BatchLLM, cache: AnswerCache, out_path: Path
-) -> tuple[QADataset, dict[str, Any]]:
-    """The same prompt through ``llama_index.finetuning.generate_qa_embedding_pairs`` (one call per chunk)."""
-    from llama_index.core.schema import TextNode
-
-    handlers = list(logging.root.handlers)
-    from llama_index.finetuning import generate_qa_embedding_pairs
-
-    # Importing llama_index.finetuning adds a stdout handler to the root logger (its mistralai module): every log
-    # line would print twice.
-    for handler in [h for h in logging.root.handlers if h not in handlers]:
-        logging.root.removeHandler(handler)
-
-    # Its own resume skips chunks by position (wrong after a failed chunk); start clean and let the cache resume.
-    work = out_path.with_name(f".{out_path.stem}.llamaindex.json")
-    work.unlink(missing_ok=True)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    nodes = [TextNode(id_=c.id, text=c.text[:MAX_CONTEXT_CHARS]) for c in chunks]
-    try:
-        result = generate_qa_embedding_pairs(
-            nodes=nodes,
-            llm=CachedLLM(llm, cache),
-            qa_generate_prompt_tmpl=llamaindex_template(template),
-            num_questions_per_chunk=cfg.questions_per_chunk,
-            retry_limit=cfg.max_retries + 1,
-            on_failure="continue",
-            save_every=max(cfg.batch_size, 1),
-            output_path=str(work),
-            verbose=False,
-        )
-    finally:
-        work.unlink(missing_ok=True)
-    dataset = QADataset(
-        queries=dict(result.queries),
-        corpus=dict(result.corpus),
-        relevant_docs={k: list(v) for k, v in result.relevant_docs.items()},
-    )
-    answered = {doc for docs in dataset.relevant_docs.values() for doc in docs}
-    failed = [c.id for c in chunks if c.id not in answered]
-    stats = {
-        "questions": len(dataset.queries),
-        "chunks_with_questions": len(answered),
-        "chunks_failed": len(failed),
-        "failed": [{"id": chunk_id} for chunk_id in failed],
     }
     return dataset, stats

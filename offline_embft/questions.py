@@ -17,11 +17,17 @@ Each candidate then passes the filters, and every drop is counted by reason:
 
 from __future__ import annotations
 
+import hashlib
 import re
+import sys
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from difflib import SequenceMatcher
+from string import Formatter
 
+# How much of an unusable answer is kept for the stats file.
+FAILED_ANSWER_CHARS = 300
 REASONS = ("empty", "not_question", "too_short", "too_long", "language", "near_copy", "duplicate")
 
 _THINK_BLOCK = re.compile(r"<think>.*?</think>", re.DOTALL | re.IGNORECASE)
@@ -211,10 +217,18 @@ class QuestionFilter:
         self.dropped: Counter[str] = Counter({reason: 0 for reason in REASONS})
         self.surplus = 0
         self.thinking_unclosed = 0
-        self._seen: set[str] = set()
+        # Normalized kept question → who kept it (None: the native engine, where a chunk's retry counts as another
+        # answer; a prompt's hash for the CustomLLM, where asking the same prompt again is not a duplicate).
+        self._seen: dict[str, str | None] = {}
 
-    def reason(self, question: str, chunk: str) -> str | None:
-        """Why ``question`` must be dropped for ``chunk`` (None: keep it). Does not count anything."""
+    def reason(self, question: str, chunk: str, *, owner: str | None = None) -> str | None:
+        """Why ``question`` must be dropped for ``chunk`` (None: keep it). Does not count anything.
+
+        Args:
+            question: A candidate from :func:`extract_questions`.
+            chunk: The text it must be answerable from.
+            owner: Who asks (a prompt's hash); a question kept before by the same owner is not a duplicate.
+        """
         s = self.settings
         length = len(question)
         if length < s.min_chars:
@@ -226,14 +240,16 @@ class QuestionFilter:
             return "language"
         if s.check_copy and copied_share(question, chunk) >= s.near_copy_ratio:
             return "near_copy"
-        if normalize(question) in self._seen:
+        key = normalize(question)
+        if key in self._seen and (owner is None or self._seen[key] != owner):
             return "duplicate"
         return None
 
-    def select(self, raw: str, chunk: str, limit: int) -> tuple[list[str], Counter[str]]:
+    def select(self, raw: str, chunk: str, limit: int, *, owner: str | None = None) -> tuple[list[str], Counter[str]]:
         """Up to ``limit`` clean questions from one raw answer for ``chunk``, and what was dropped from it.
 
-        Kept questions are remembered, so the same question later (for any chunk) is a duplicate.
+        Kept questions are remembered, so the same question later (for any chunk, or any other ``owner``) is a
+        duplicate.
         """
         extraction = extract_questions(raw, require_question=self.settings.require_question)
         dropped: Counter[str] = Counter()
@@ -244,13 +260,187 @@ class QuestionFilter:
         dropped["not_question"] += extraction.not_questions
         kept: list[str] = []
         for question in extraction.candidates:
-            why = self.reason(question, chunk)
+            why = self.reason(question, chunk, owner=owner)
             if why:
                 dropped[why] += 1
+            elif normalize(question) in map(normalize, kept):
+                dropped["duplicate"] += 1  # the same question twice in one answer
             elif len(kept) < limit:
                 kept.append(question)
-                self._seen.add(normalize(question))
+                self._seen[normalize(question)] = owner
             else:
                 self.surplus += 1
         self.dropped.update(dropped)
         return kept, +dropped
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# One answer at a time: what a LlamaIndex CustomLLM needs (complete() must return only questions)
+
+
+class NoQuestionError(RuntimeError):
+    """A model's answer held no usable question.
+
+    Raised by a cleaning LLM's ``complete``: LlamaIndex's ``generate_qa_embedding_pairs`` catches any ``Exception``
+    from ``llm.complete`` and asks again (up to ``retry_limit`` times), and the LLM answers the retry with another
+    seed.
+    """
+
+
+# Where the LlamaIndex module that holds generate_qa_embedding_pairs and its default prompt lives. It is looked up in
+# sys.modules only: importing llama_index.finetuning takes seconds and is deprecated upstream, and its prompt only
+# matters to someone who has imported it already.
+LLAMAINDEX_PROMPT_MODULE = "llama_index.finetuning.embeddings.common"
+
+
+class PromptShape:
+    """Where the chunk and the number of questions sit in the prompts rendered from one template.
+
+    Accepts both placeholder styles: ours (``{context}``, ``{num_questions}``, filled by plain replacement) and
+    LlamaIndex's ``str.format`` style (``{context_str}``, ``{num_questions_per_chunk}``, with ``{{ }}`` escapes).
+    """
+
+    def __init__(self, template: str) -> None:
+        if "{context_str}" in template:
+            parts = [
+                piece
+                for literal, name, _, _ in Formatter().parse(template)
+                for piece in (("text", literal), ("field", name))
+                if piece[1]
+            ]
+            names = {"context_str": "context", "num_questions_per_chunk": "count"}
+        else:
+            parts = [
+                ("field", p[1:-1]) if p in ("{context}", "{num_questions}") else ("text", p)
+                for p in re.split(r"(\{context\}|\{num_questions\})", template)
+                if p
+            ]
+            names = {"context": "context", "num_questions": "count"}
+        pattern, seen = [], set()
+        for kind, value in parts:
+            group = names.get(value) if kind == "field" else None
+            if group is None:
+                pattern.append(re.escape(value if kind == "text" else "{" + value + "}"))
+            elif group in seen:
+                pattern.append(f"(?P={group})")
+            else:
+                seen.add(group)
+                pattern.append(f"(?P<{group}>.*)" if group == "context" else rf"(?P<{group}>\d+)")
+        self.template = template
+        self._pattern = re.compile("".join(pattern), re.DOTALL)
+
+    def match(self, prompt: str) -> tuple[str, int | None] | None:
+        """(chunk text, questions asked for or None) when ``prompt`` was rendered from this template, else None."""
+        found = self._pattern.fullmatch(prompt)
+        if found is None:
+            return None
+        groups = found.groupdict()
+        count = groups.get("count")
+        return groups.get("context", prompt).strip(), int(count) if count else None
+
+
+@dataclass
+class PromptRecord:
+    """What happened to one prompt's answers so far (the stats of the ``llamaindex`` engine read these)."""
+
+    answers: int = 0
+    failures: int = 0
+    engine_errors: int = 0
+    kept: int = 0
+    last_answer: str = ""
+    last_dropped: Counter[str] = field(default_factory=Counter)
+
+    @property
+    def retry_offset(self) -> int:
+        """How far the next attempt's seed is from the first one's: one step per failed attempt."""
+        return self.failures + self.engine_errors
+
+
+class QuestionCleaner:
+    """Cleans answers one prompt at a time, with the same extraction and filters as the native engine.
+
+    The chunk (for the language and copy filters) and the number of questions the prompt asks for are read from the
+    prompt when it was rendered from a known template (the LLM's own, the built-in one, LlamaIndex's default);
+    otherwise the whole prompt stands for the chunk and every valid question is returned (LlamaIndex keeps the first
+    ``num_questions_per_chunk`` itself).
+
+    Args:
+        settings: Filter thresholds (from the generate config).
+        templates: Prompt templates whose prompts can be read back exactly.
+        questions_per_chunk: How many questions to return when the prompt does not say (None: all valid ones).
+    """
+
+    def __init__(
+        self,
+        settings: FilterSettings | None = None,
+        *,
+        templates: Sequence[str] = (),
+        questions_per_chunk: int | None = None,
+    ) -> None:
+        self.filter = QuestionFilter(settings)
+        self.questions_per_chunk = questions_per_chunk
+        self.failures = 0
+        self._shapes = [PromptShape(t) for t in dict.fromkeys(templates) if t]
+        self._llamaindex_shape_added = False
+        self._records: dict[str, PromptRecord] = {}
+
+    @staticmethod
+    def prompt_key(prompt: str) -> str:
+        """The key a prompt's record is kept under (a hash: prompts are long, there is one per chunk)."""
+        return hashlib.sha1(prompt.encode("utf-8")).hexdigest()
+
+    def record(self, prompt: str) -> PromptRecord:
+        """The record of ``prompt`` (an empty one if it was never answered)."""
+        return self._records.get(self.prompt_key(prompt)) or PromptRecord()
+
+    def read_prompt(self, prompt: str) -> tuple[str, int | None]:
+        """The chunk inside ``prompt`` and the number of questions it asks for (None when not known)."""
+        for shape in self._known_shapes():
+            found = shape.match(prompt)
+            if found:
+                return found
+        return prompt, None
+
+    def _known_shapes(self) -> list[PromptShape]:
+        if not self._llamaindex_shape_added:
+            module = sys.modules.get(LLAMAINDEX_PROMPT_MODULE)
+            template = getattr(module, "DEFAULT_QA_GENERATE_PROMPT_TMPL", None)
+            if template:
+                self._shapes.append(PromptShape(template))
+                self._llamaindex_shape_added = True
+        return self._shapes
+
+    def clean(self, prompt: str, raw: str) -> list[str]:
+        """The clean questions in ``raw``, the answer to ``prompt``: as many as the prompt asks for, or fewer.
+
+        Every drop is counted by reason in ``self.filter.dropped``; an answer with nothing usable counts in
+        ``self.failures`` and in the prompt's record.
+        """
+        chunk, asked = self.read_prompt(prompt)
+        limit = asked or self.questions_per_chunk or sys.maxsize
+        key = self.prompt_key(prompt)
+        record = self._records.setdefault(key, PromptRecord())
+        questions, dropped = self.filter.select(raw, chunk, limit, owner=key)
+        record.answers += 1
+        record.kept = len(questions)
+        record.last_dropped = dropped
+        if questions:
+            record.last_answer = ""  # kept for failures only: there is one record per chunk of a large run
+        else:
+            record.failures += 1
+            record.last_answer = raw[:FAILED_ANSWER_CHARS]
+            self.failures += 1
+        return questions
+
+    def engine_error(self, prompt: str) -> None:
+        """Count an attempt where the engine gave no answer at all (a server error after its retries)."""
+        record = self._records.setdefault(self.prompt_key(prompt), PromptRecord())
+        record.engine_errors += 1
+        record.last_dropped = Counter({"engine_error": 1})
+        record.last_answer = ""
+
+    def failure_message(self, prompt: str, raw: str) -> str:
+        """One line for a :class:`NoQuestionError`: why the answer was unusable and how it began."""
+        reasons = ", ".join(f"{k} {v}" for k, v in self.record(prompt).last_dropped.most_common()) or "nothing"
+        preview = " ".join(raw.split())[:80]
+        return f"no usable question in the answer (dropped: {reasons}): {preview!r}"

@@ -63,7 +63,7 @@ def test_transformers_backend_batches_with_left_padding_and_thinking_off(tiny_qw
 
     monkeypatch.setattr(llm._model, "generate", spy)
     prompts = [render(load_template(), text, 1) for text in TEXTS]
-    answers = llm.complete_batch(prompts, seed=7)
+    answers = llm.complete_batch(prompts, seed=7, raw=True)  # the engine's text: a random model writes no questions
 
     assert len(calls) == 1  # one engine call for the whole batch
     ids = calls[0]["input_ids"]
@@ -74,18 +74,19 @@ def test_transformers_backend_batches_with_left_padding_and_thinking_off(tiny_qw
     assert (ids[:, 0] == tokenizer.pad_token_id).any()
     assert len(answers) == len(prompts) and all(isinstance(a, str) and a for a in answers)
     # Same seed, same batch → same answers (the resume cache relies on keys, but reproducibility is nice).
-    assert llm.complete_batch(prompts, seed=7) == answers
+    assert llm.complete_batch(prompts, seed=7, raw=True) == answers
     assert llm.engine_calls == 2
 
 
 def test_transformers_backend_is_a_llamaindex_llm(tiny_qwen):
     from llama_index.core.llms import CustomLLM
 
-    llm = create_llm(_cfg(backend="transformers", model=str(tiny_qwen), device="cpu", max_new_tokens=8))
-    assert isinstance(llm, CustomLLM)
+    llm = create_llm(backend="transformers", model=str(tiny_qwen), device="cpu", max_new_tokens=8, raw=True)
+    assert isinstance(llm, CustomLLM) and llm.raw
     response = llm.complete("公司是什么？")
-    assert isinstance(response.text, str)
-    assert "".join(chunk.delta for chunk in llm.stream_complete("公司是什么？"))
+    # Raw mode: exactly the engine's text for the default seed, streamed or not.
+    assert response.text == llm.complete_batch(["公司是什么？"], seed=42, raw=True)[0]
+    assert "".join(chunk.delta for chunk in llm.stream_complete("公司是什么？")) == response.text
     assert llm.metadata.num_output == 8
 
 

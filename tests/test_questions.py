@@ -152,3 +152,14 @@ def test_pseudo_query_profile_keeps_statements_copied_from_the_chunk():
     questions = QuestionFilter(FilterSettings(require_question=False, check_copy=False))
     kept, dropped = questions.select("公司以其全部财产对公司的债务承担责任", CHUNK, 1)
     assert kept == ["公司以其全部财产对公司的债务承担责任"] and not dropped
+
+
+def test_an_owner_asking_again_is_not_a_duplicate_of_itself():
+    questions = QuestionFilter()
+    answer = "1. 公司的债务由谁承担？\n2. 公司的债务由谁承担？"  # the model repeats itself within one answer
+    assert questions.select(answer, CHUNK, 2, owner="prompt-a") == (["公司的债务由谁承担？"], {"duplicate": 1})
+    # The same prompt asked again (a user calling complete() twice) gets its question again ...
+    assert questions.select(answer, CHUNK, 2, owner="prompt-a")[0] == ["公司的债务由谁承担？"]
+    # ... another prompt (another chunk) does not, and neither does the native engine (no owner).
+    assert questions.select(answer, CHUNK, 2, owner="prompt-b") == ([], {"duplicate": 2})
+    assert questions.select(answer, CHUNK, 2) == ([], {"duplicate": 2})

@@ -1,7 +1,12 @@
 """Question-generation backends, each a LlamaIndex ``CustomLLM`` with a batched ``complete_batch``.
 
-``create_llm(cfg)`` builds the one the config names; heavy libraries (vLLM, transformers, openai) are imported only
-by the backend that needs them.
+``create_llm(backend=..., model=..., ...)`` (or ``create_llm(cfg)``) builds one; heavy libraries (vLLM,
+transformers, openai) are imported only by the backend that needs them. Every backend answers ``complete`` with
+clean questions, one per line (``raw=True``: the model's text)::
+
+    from offline_embft.llm import create_llm
+    llm = create_llm(backend="openai", model="Qwen3-8B", base_url="http://gpu-server:8000/v1")
+    dataset = generate_qa_embedding_pairs(nodes=nodes, llm=llm, num_questions_per_chunk=2)
 
 =============  =====================================================================================
 vllm           one ``vllm.LLM`` per run, each batch in one ``chat`` call (GPU servers; the default)
@@ -13,20 +18,22 @@ ict            inverse-cloze pseudo-queries, no LLM at all (CPU demo; weaker tha
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import dataclasses
+from typing import Any
 
+from offline_embft.config import GenerateConfig
 from offline_embft.errors import UserError
-from offline_embft.llm.base import BatchLLM, CachedLLM, Sampling
+from offline_embft.llm.base import BatchLLM, Sampling
 from offline_embft.llm.presets import PRESETS, Preset, ResolvedModel, find_preset, resolve_model
-
-if TYPE_CHECKING:
-    from offline_embft.config import GenerateConfig
+from offline_embft.prompt import builtin_template, load_template
+from offline_embft.questions import NoQuestionError, QuestionCleaner
 
 __all__ = [
     "PRESETS",
     "BatchLLM",
-    "CachedLLM",
+    "NoQuestionError",
     "Preset",
+    "QuestionCleaner",
     "ResolvedModel",
     "Sampling",
     "create_llm",
@@ -35,16 +42,55 @@ __all__ = [
 ]
 
 
-def create_llm(cfg: GenerateConfig, *, template: str = "{context}") -> BatchLLM:
-    """Build the backend ``cfg.backend`` names, configured from ``cfg``.
+def create_llm(
+    cfg: GenerateConfig | None = None, *, template: str | None = None, raw: bool = False, **settings: Any
+) -> BatchLLM:
+    """Build a question-generation LLM: a LlamaIndex ``CustomLLM`` for one backend and model.
+
+    Example (offline: a ``vllm serve`` in your own network)::
+
+        llm = create_llm(backend="openai", model="Qwen3-8B", base_url="http://gpu-server:8000/v1")
+        llm = create_llm(backend="vllm", model="Qwen3-8B", questions_per_chunk=2)   # Models/Qwen/Qwen3-8B
+        print(llm.complete(prompt).text)        # the clean questions, one per line
 
     Args:
-        cfg: The generate config (backend, model, sampling, engine settings).
-        template: The prompt template (the ict backend finds each chunk inside prompts rendered from it).
+        cfg: A generate config to start from (default: :class:`~offline_embft.config.GenerateConfig`'s defaults).
+        template: The prompt template (``{context}``, ``{num_questions}``) the prompts are rendered from: the LLM
+            reads the chunk and the number of questions back from such prompts. Default: ``cfg.prompt_file`` or
+            the built-in Chinese prompt. LlamaIndex's default prompt is recognised too.
+        raw: Return the model's text untouched instead of clean questions.
+        **settings: Any :class:`~offline_embft.config.GenerateConfig` field (``backend``, ``model``, ``base_url``,
+            ``temperature``, ``max_new_tokens``, ``min_question_chars``, ...), overriding ``cfg``.
 
     Raises:
-        UserError: the model is missing, vLLM is not installed, ``--base-url`` is missing or unreachable, ...
+        UserError: an unknown setting, the model is missing, vLLM is not installed, ``base_url`` is missing or
+            unreachable, ...
     """
+    cfg = _with_settings(cfg or GenerateConfig(), settings)
+    template = template if template is not None else load_template(cfg.prompt_file)
+    llm = _build(cfg, template)
+    llm.raw = raw
+    llm.cleaner = QuestionCleaner(
+        llm.default_filter_settings(
+            min_chars=cfg.min_question_chars, max_chars=cfg.max_question_chars, near_copy_ratio=cfg.near_copy_ratio
+        ),
+        templates=[template, builtin_template()],
+    )
+    return llm
+
+
+def _with_settings(cfg: GenerateConfig, settings: dict[str, Any]) -> GenerateConfig:
+    known = {f.name for f in dataclasses.fields(GenerateConfig)}
+    unknown = sorted(set(settings) - known)
+    if unknown:
+        raise UserError(
+            f"create_llm got unknown setting(s) {', '.join(unknown)}; use GenerateConfig fields such as "
+            "backend, model, base_url, temperature, max_new_tokens (see `offline-embft config --help`)"
+        )
+    return dataclasses.replace(cfg, **settings) if settings else cfg
+
+
+def _build(cfg: GenerateConfig, template: str) -> BatchLLM:
     sampling = Sampling.from_config(cfg)
     if cfg.backend == "ict":
         from offline_embft.llm.ict_backend import IctLLM

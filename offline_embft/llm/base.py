@@ -1,22 +1,30 @@
 """What every question-generation backend shares: sampling settings and a batched LlamaIndex ``CustomLLM``.
 
 A backend implements one method, :meth:`BatchLLM._generate`, that answers a whole list of prompts in ONE engine call.
-The generate stage uses :meth:`BatchLLM.complete_batch` with large batches; LlamaIndex
-(``generate_qa_embedding_pairs``, query engines) uses the ordinary ``complete``, which is a batch of one. Prompts
-are plain user messages: each backend applies the model's chat template itself, with Qwen3's thinking mode off.
+The native generate engine uses :meth:`BatchLLM.complete_batch` with large batches and cleans the raw answers
+itself; LlamaIndex (``generate_qa_embedding_pairs``, query engines) uses the ordinary ``complete``, a batch of one.
+Prompts are plain user messages: each backend applies the model's chat template itself, with Qwen3's thinking mode
+off.
+
+By default the LLM answers with clean questions only, one per line: the model's text goes through the same
+extraction and filters as the native engine (:class:`~offline_embft.questions.QuestionCleaner`), so LlamaIndex's
+line splitting receives nothing but questions. ``raw=True`` returns the model's text untouched, for other uses.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from typing import Any, ClassVar
 
 from llama_index.core.base.llms.types import CompletionResponse, CompletionResponseGen, LLMMetadata
-from llama_index.core.bridge.pydantic import PrivateAttr
+from llama_index.core.bridge.pydantic import Field, PrivateAttr
 from llama_index.core.llms import CustomLLM
 from llama_index.core.llms.callbacks import llm_completion_callback
+
+from offline_embft.questions import FilterSettings, NoQuestionError, QuestionCleaner
 
 logger = logging.getLogger(__name__)
 
@@ -61,13 +69,19 @@ class Sampling:
 class BatchLLM(CustomLLM):
     """A LlamaIndex ``CustomLLM`` that also answers a list of prompts in one engine call.
 
-    Subclasses implement :meth:`_generate`. ``complete_batch`` returns one answer per prompt, or None where the
-    engine failed for that prompt (a server error after retries); callers retry those later rather than lose them.
+    Subclasses implement :meth:`_generate`. ``complete``/``stream_complete``/``complete_batch`` return clean
+    questions, one per line (see the module docstring), unless ``raw`` is set. ``complete`` raises
+    :class:`~offline_embft.questions.NoQuestionError` when an answer holds no usable question, which
+    ``generate_qa_embedding_pairs`` catches and retries; the retry of a prompt is answered with the next seed.
     """
 
     model_name: str = "unknown"
     context_window: int = 4096
     num_output: int = 256
+    raw: bool = Field(
+        default=False,
+        description="Return the model's text untouched instead of the clean questions it contains, one per line.",
+    )
 
     # True for generators whose "questions" are pseudo-queries (sentences), not real questions (backend ict).
     pseudo_queries: ClassVar[bool] = False
@@ -76,15 +90,23 @@ class BatchLLM(CustomLLM):
     _sampling: Sampling = PrivateAttr(default_factory=Sampling)
     _engine_calls: int = PrivateAttr(default=0)
     _fingerprint: str = PrivateAttr(default="")
+    _cleaner: QuestionCleaner = PrivateAttr()
+    _answer_cache: Any = PrivateAttr(default=None)
 
     def __init__(self, *, model_name: str, sampling: Sampling, fingerprint: str = "", **kwargs: Any) -> None:
         super().__init__(model_name=model_name, num_output=sampling.max_tokens, **kwargs)
         self._sampling = sampling
         self._fingerprint = fingerprint or model_name
+        self._cleaner = QuestionCleaner(self.default_filter_settings())
 
     @classmethod
     def class_name(cls) -> str:
         return f"offline_embft_{cls.backend}"
+
+    @classmethod
+    def default_filter_settings(cls, **thresholds: Any) -> FilterSettings:
+        """Filter settings for this kind of generator (pseudo-queries are statements copied from the chunk)."""
+        return FilterSettings(**thresholds, require_question=not cls.pseudo_queries, check_copy=not cls.pseudo_queries)
 
     @property
     def sampling(self) -> Sampling:
@@ -102,6 +124,15 @@ class BatchLLM(CustomLLM):
         return f"{self.backend}:{self._fingerprint}"
 
     @property
+    def cleaner(self) -> QuestionCleaner:
+        """What turns answers into questions; its ``filter.dropped``, ``failures`` and records are the counts."""
+        return self._cleaner
+
+    @cleaner.setter
+    def cleaner(self, cleaner: QuestionCleaner) -> None:
+        self._cleaner = cleaner
+
+    @property
     def metadata(self) -> LLMMetadata:
         return LLMMetadata(
             context_window=self.context_window,
@@ -114,15 +145,33 @@ class BatchLLM(CustomLLM):
         """Engine settings worth recording in the run's stats (overridden by backends with more to say)."""
         return {"backend": self.backend, "model": self.model_name}
 
-    def complete_batch(self, prompts: Sequence[str], *, seed: int | None = None) -> list[str | None]:
+    @contextmanager
+    def question_run(self, cleaner: QuestionCleaner, cache: Any = None) -> Iterator[QuestionCleaner]:
+        """Clean with ``cleaner`` (fresh counts for one run) and answer ``complete`` from ``cache`` while inside.
+
+        ``cache`` is an :class:`~offline_embft.answer_cache.AnswerCache`: every raw answer is saved as it comes and
+        replayed on a rerun, so a LlamaIndex loop killed half-way resumes without asking the model again.
+        """
+        previous = (self._cleaner, self._answer_cache, self.raw)
+        self._cleaner, self._answer_cache, self.raw = cleaner, cache, False
+        try:
+            yield cleaner
+        finally:
+            self._cleaner, self._answer_cache, self.raw = previous
+
+    def complete_batch(
+        self, prompts: Sequence[str], *, seed: int | None = None, raw: bool | None = None
+    ) -> list[str | None]:
         """Answer every prompt in one engine call.
 
         Args:
             prompts: User messages (the backend applies the chat template).
             seed: Sampling seed for this call (None: the default); retries pass another one.
+            raw: The model's text untouched (True) or its clean questions, one per line (False); None: ``self.raw``.
 
         Returns:
-            One answer per prompt, in order; None where the engine failed for that prompt.
+            One answer per prompt, in order; None where the engine failed for that prompt or, when cleaning, where
+            the answer held no usable question (counted in ``self.cleaner``).
         """
         if not prompts:
             return []
@@ -130,7 +179,16 @@ class BatchLLM(CustomLLM):
         answers = self._generate(list(prompts), self._sampling.with_seed(seed))
         if len(answers) != len(prompts):
             raise RuntimeError(f"{self.backend} returned {len(answers)} answers for {len(prompts)} prompts")
-        return answers
+        if self.raw if raw is None else raw:
+            return answers
+        return [self._clean(prompt, answer) for prompt, answer in zip(prompts, answers, strict=True)]
+
+    def _clean(self, prompt: str, answer: str | None) -> str | None:
+        if answer is None:
+            self._cleaner.engine_error(prompt)
+            return None
+        questions = self._cleaner.clean(prompt, answer)
+        return "\n".join(questions) if questions else None
 
     def _generate(self, prompts: list[str], sampling: Sampling) -> list[str | None]:
         raise NotImplementedError
@@ -138,66 +196,51 @@ class BatchLLM(CustomLLM):
     def close(self) -> None:
         """Release the engine (GPU memory, threads). The LLM is unusable afterwards."""
 
-    def _complete_one(self, prompt: str) -> str:
-        (answer,) = self.complete_batch([prompt])
+    def _raw_answer(self, prompt: str, seed: int | None) -> str:
+        """The model's text for one prompt: from the attached answer cache, else from the engine (then cached)."""
+        cache = self._answer_cache
+        key = ""
+        if cache is not None:
+            key = cache.key(self.identity, prompt, self._sampling.with_seed(seed).as_dict(), chunk_id="")
+            cached = cache.get(key)
+            if cached is not None:
+                return cached
+        (answer,) = self.complete_batch([prompt], seed=seed, raw=True)
         if answer is None:
+            self._cleaner.engine_error(prompt)
             # LlamaIndex's generate_qa_embedding_pairs retries on exceptions, so failing loudly is the useful thing.
             raise RuntimeError(f"{self.backend} engine returned no answer")
+        if cache is not None:
+            cache.put_many([{"key": key, "chunk_id": "", "seed": seed, "model": self.identity, "answer": answer}])
         return answer
+
+    def _complete_one(self, prompt: str) -> str:
+        if self.raw:
+            return self._raw_answer(prompt, None)
+        # A prompt asked again after a failure (LlamaIndex's retry loop) is answered with the next seed, like the
+        # native engine's retries: the same seed would give the same unusable answer.
+        base = self._sampling.seed
+        seed = None if base is None else base + self._cleaner.record(prompt).retry_offset
+        answer = self._raw_answer(prompt, seed)
+        questions = self._cleaner.clean(prompt, answer)
+        if not questions:
+            raise NoQuestionError(self._cleaner.failure_message(prompt, answer))
+        return "\n".join(questions)
 
     @llm_completion_callback()
     def complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
+        """The clean questions in the model's answer to ``prompt``, one per line (its raw text when ``raw``).
+
+        Raises:
+            NoQuestionError: the answer held no usable question (not when ``raw``).
+            RuntimeError: the engine gave no answer (a server error after retries).
+        """
         return CompletionResponse(text=self._complete_one(prompt))
 
     @llm_completion_callback()
     def stream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponseGen:
+        """:meth:`complete` as one streamed piece (an answer is only known to be clean once it is whole)."""
         text = self._complete_one(prompt)
-
-        def gen() -> CompletionResponseGen:
-            yield CompletionResponse(text=text, delta=text)
-
-        return gen()
-
-
-class CachedLLM(CustomLLM):
-    """Wraps a :class:`BatchLLM` so that each ``complete`` is answered from (and saved to) the answer cache.
-
-    Used for the ``llamaindex`` engine: LlamaIndex calls ``complete`` once per chunk, and its own resume skips chunks
-    by position; with the cache, a rerun after a crash replays finished answers instead of asking the model again.
-    """
-
-    model_name: str = "cached"
-
-    _inner: BatchLLM = PrivateAttr()
-    _cache: Any = PrivateAttr()
-
-    def __init__(self, inner: BatchLLM, cache: Any, **kwargs: Any) -> None:
-        super().__init__(model_name=inner.model_name, **kwargs)
-        self._inner = inner
-        self._cache = cache
-
-    @property
-    def metadata(self) -> LLMMetadata:
-        return self._inner.metadata
-
-    def _answer(self, prompt: str) -> str:
-        key = self._cache.key(self._inner.identity, prompt, self._inner.sampling.as_dict(), chunk_id="")
-        cached = self._cache.get(key)
-        if cached is not None:
-            return cached
-        answer = self._inner.complete_batch([prompt])[0]
-        if answer is None:
-            raise RuntimeError(f"{self._inner.backend} engine returned no answer")
-        self._cache.put_many([{"key": key, "chunk_id": "", "attempt": 0, "answer": answer}])
-        return answer
-
-    @llm_completion_callback()
-    def complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
-        return CompletionResponse(text=self._answer(prompt))
-
-    @llm_completion_callback()
-    def stream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponseGen:
-        text = self._answer(prompt)
 
         def gen() -> CompletionResponseGen:
             yield CompletionResponse(text=text, delta=text)
