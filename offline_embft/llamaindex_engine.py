@@ -13,9 +13,10 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from offline_embft.answer_cache import AnswerCache
+from offline_embft.chunks import Chunk
 from offline_embft.config import GenerateConfig
 from offline_embft.dataset import QADataset
 from offline_embft.llm import BatchLLM
@@ -23,11 +24,6 @@ from offline_embft.prompt import MAX_CONTEXT_CHARS, llamaindex_template, render
 from offline_embft.questions import QuestionCleaner
 
 logger = logging.getLogger(__name__)
-
-
-class ChunkLike(Protocol):
-    id: str
-    text: str
 
 
 def import_generate_qa_embedding_pairs() -> Any:
@@ -44,7 +40,7 @@ def import_generate_qa_embedding_pairs() -> Any:
 
 def run_llamaindex(
     cfg: GenerateConfig,
-    chunks: Sequence[ChunkLike],
+    chunks: Sequence[Chunk],
     template: str,
     llm: BatchLLM,
     cache: AnswerCache,
@@ -102,7 +98,7 @@ def run_llamaindex(
 
 def _stats(
     cfg: GenerateConfig,
-    chunks: Sequence[ChunkLike],
+    chunks: Sequence[Chunk],
     template: str,
     dataset: QADataset,
     cleaner: QuestionCleaner,

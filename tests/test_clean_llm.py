@@ -202,7 +202,7 @@ def test_nothing_usable_raises_what_the_llamaindex_loop_catches_and_counts_it(
 
 
 def test_engine_llamaindex_reports_a_hopeless_chunk_like_native(tmp_path, articles, caplog):
-    from offline_embft.qa import run
+    from offline_embft.generate import run
 
     hopeless = articles[5]
     server = Qwen3LikeServer(failure_share=0.3, hopeless=frozenset({hopeless["text"]}))

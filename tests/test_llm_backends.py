@@ -513,10 +513,13 @@ def test_a_prompt_over_the_context_length_is_a_counted_failure_of_generate(serve
 def test_reasoning_without_content_is_kept_as_an_unclosed_think_block(server, tmp_path):
     """vLLM's reasoning parser moves a think block into `reasoning` and leaves `content` null when the answer was cut
     while thinking: that is the model's answer (cached, counted as thinking_unclosed), not an empty string."""
-    server.script[TEXTS[0]] = ["null-content"]
+    server.script[TEXTS[0]] = ["null-content", "null-content"]
     llm = create_llm(_cfg(backend="openai", base_url=server.url))
-    (answer,) = llm.complete_batch(_prompts(TEXTS[:1]))
+    (answer,) = llm.complete_batch(_prompts(TEXTS[:1]), raw=True)
     assert answer == "<think>\n好的，用户希望我根据资料提出问题。我先"
+    # Cleaned (the default): nothing usable, counted as an unclosed think block.
+    assert llm.complete_batch(_prompts(TEXTS[:1])) == [None]
+    assert llm.cleaner.filter.thinking_unclosed == 1 and llm.cleaner.failures == 1
     from offline_embft.questions import FilterSettings, QuestionFilter
 
     kept, dropped = QuestionFilter(FilterSettings()).select(answer, TEXTS[0], 1)
