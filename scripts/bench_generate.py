@@ -114,7 +114,7 @@ def main() -> None:
         max_retries=0,
     )
     llm = create_llm(GenerateConfig(**base))
-    llm.complete_batch(["预热？"] * 2)  # first-call overheads (kernels, allocator) are not what we measure
+    llm.complete_batch(["预热？"] * 2, raw=True)  # first-call overheads (kernels, allocator) are not what we measure
     if not args.skip_llamaindex:
         handlers = list(logging.root.handlers)
         import llama_index.finetuning  # noqa: F401  (its import is slow; keep it out of the timing)
