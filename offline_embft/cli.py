@@ -257,10 +257,12 @@ def train(
 
     def body() -> None:
         from offline_embft import train as stage
-        from offline_embft.config import apply_overrides
+        from offline_embft.config import apply_overrides, load_config
 
+        loaded = load_config(config, set_)
+        asked_val = loaded.train.val_file  # before the pipeline layout fills it in
         cfg = apply_overrides(
-            _load(config, set_).train,
+            loaded.resolve().train,
             train_file=train_file and str(train_file),
             model=model and str(model),
             out_dir=out and str(out),
@@ -272,6 +274,10 @@ def train(
             hard_negatives=hard_negatives,
             extend_vocab=_value(extend_vocab),
         )
+        if train_file is not None and val is None:
+            # A dataset named on the command line trains on its own: validation only when asked for (--val or the
+            # config), never the pipeline's val_dataset.json that the layout fills in.
+            cfg.val_file = asked_val
         stage.run(cfg)
 
     _guard(body)

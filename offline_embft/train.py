@@ -151,10 +151,12 @@ def run(cfg: TrainConfig, callbacks: list[Any] | None = None) -> Path:
     if cfg.val_file:
         if not Path(cfg.val_file).is_file():
             raise UserError(
-                f"validation dataset {cfg.val_file} not found; pass --val FILE, "
-                "or --set train.val_file= to train without validation"
+                f"validation dataset {cfg.val_file} not found; pass an existing --val FILE, or give TRAIN.json "
+                "without --val to train without validation"
             )
         val_data = QADataset.load(cfg.val_file)
+    else:
+        logger.info("no validation dataset: no evaluation during training, the last checkpoint is saved")
     pairs = train_data.pairs()
     if len(pairs) < 2:
         raise UserError(f"{cfg.train_file} has {len(pairs)} (query, passage) pair; MNRL needs at least 2")

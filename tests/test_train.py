@@ -5,10 +5,12 @@ sentence-transformers and LlamaIndex, a crashed run resumes from its checkpoint,
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from offline_embft import train
 from offline_embft.config import TrainConfig
@@ -233,6 +235,25 @@ def test_bad_input_fails_with_one_clear_line(case, message, data, minilm_path, t
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and message in lines[0], result.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_cli_trains_without_val(data, minilm_path, tmp_path, monkeypatch, caplog):
+    """The CLI contract makes --val optional: a standalone run must not pick up the pipeline's val_dataset.json."""
+    from typer.testing import CliRunner
+
+    from offline_embft.cli import app
+
+    monkeypatch.chdir(tmp_path)  # no Dataset/datasets/val_dataset.json here, as on a user's machine
+    out = tmp_path / "out"
+    args = ["train", str(data["train"]), "--model", str(minilm_path), "--out", str(out), "--epochs", "1"]
+    args += ["--set", "train.max_seq_length=32", "--set", "train.batch_size=8"]
+    with caplog.at_level(logging.INFO, logger="offline_embft"):
+        result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert (out / "modules.json").is_file()
+    assert yaml.safe_load((out / "train_config.yaml").read_text(encoding="utf-8"))["val_file"] == ""
+    assert "no validation dataset" in caplog.text and "last checkpoint" in caplog.text
+    assert not json.loads((out / "train_metrics.json").read_text(encoding="utf-8"))["val_metrics"]
 
 
 def test_hard_negatives_skip_positives_copies_and_near_duplicates(data):
