@@ -31,7 +31,7 @@ from offline_embft.io import write_json
 from offline_embft.llamaindex_engine import run_llamaindex
 from offline_embft.llm import BatchLLM, create_llm
 from offline_embft.prompt import MAX_CONTEXT_CHARS, load_template, render
-from offline_embft.questions import FAILED_ANSWER_CHARS, FilterSettings, QuestionFilter
+from offline_embft.questions import FAILED_ANSWER_CHARS, FilterSettings, QuestionFilter, warn_about_run
 
 logger = logging.getLogger(__name__)
 
@@ -237,22 +237,7 @@ def _run_native(
             dataset.relevant_docs[query_id] = [chunk.id]
 
     failed = [c.id for c in chunks if not kept[c.id]]
-    if failed:
-        top = ", ".join(f"{k} {v}" for k, v in questions.dropped.most_common(3) if v)
-        logger.warning(
-            "%d of %d chunks got no valid question after %d attempts (dropped: %s); they stay in the corpus "
-            "without queries; their last answers are in the stats file",
-            len(failed),
-            len(chunks),
-            attempts,
-            top or "engine errors",
-        )
-    if questions.thinking_unclosed:
-        logger.warning(
-            "%d answers ran out of tokens inside a <think> block: the chat template ignored enable_thinking=False; "
-            "use a Qwen3 instruct checkpoint (or a template that honours it) or raise generate.max_new_tokens",
-            questions.thinking_unclosed,
-        )
+    warn_about_run(questions, failed=len(failed), chunks=len(chunks), attempts=attempts)
     stats = {
         "questions": len(dataset.queries),
         "chunks_with_questions": sum(1 for c in chunks if kept[c.id]),

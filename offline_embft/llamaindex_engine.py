@@ -21,7 +21,7 @@ from offline_embft.config import GenerateConfig
 from offline_embft.dataset import QADataset
 from offline_embft.llm import BatchLLM
 from offline_embft.prompt import MAX_CONTEXT_CHARS, llamaindex_template, render
-from offline_embft.questions import QuestionCleaner
+from offline_embft.questions import QuestionCleaner, warn_about_run
 
 logger = logging.getLogger(__name__)
 
@@ -111,16 +111,7 @@ def _stats(
     records = {c.id: cleaner.record(render(template, c.text, wanted)) for c in chunks}
     failed = [c.id for c in chunks if not per_chunk[c.id]]
     tries = {chunk_id: r.answers + r.engine_errors for chunk_id, r in records.items()}
-    if failed:
-        top = ", ".join(f"{k} {v}" for k, v in cleaner.filter.dropped.most_common(3) if v)
-        logger.warning(
-            "%d of %d chunks got no valid question after %d attempts (dropped: %s); they stay in the corpus "
-            "without queries; their last answers are in the stats file",
-            len(failed),
-            len(chunks),
-            cfg.max_retries + 1,
-            top or "engine errors",
-        )
+    warn_about_run(cleaner.filter, failed=len(failed), chunks=len(chunks), attempts=max(tries.values(), default=0))
     return {
         "questions": len(dataset.queries),
         "chunks_with_questions": len(chunks) - len(failed),

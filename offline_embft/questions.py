@@ -18,6 +18,7 @@ Each candidate then passes the filters, and every drop is counted by reason:
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 import sys
 from collections import Counter
@@ -25,6 +26,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from difflib import SequenceMatcher
 from string import Formatter
+
+logger = logging.getLogger(__name__)
 
 # How much of an unusable answer is kept for the stats file.
 FAILED_ANSWER_CHARS = 300
@@ -272,6 +275,26 @@ class QuestionFilter:
                 self.surplus += 1
         self.dropped.update(dropped)
         return kept, +dropped
+
+
+def warn_about_run(questions: QuestionFilter, *, failed: int, chunks: int, attempts: int) -> None:
+    """Log what a user must act on at the end of a generate run (both engines): failed chunks, cut-off thinking."""
+    if failed:
+        top = ", ".join(f"{k} {v}" for k, v in questions.dropped.most_common(3) if v)
+        logger.warning(
+            "%d of %d chunks got no valid question after %d attempts (dropped: %s); they stay in the corpus "
+            "without queries; their last answers are in the stats file",
+            failed,
+            chunks,
+            attempts,
+            top or "engine errors",
+        )
+    if questions.thinking_unclosed:
+        logger.warning(
+            "%d answers ran out of tokens inside a <think> block: the chat template ignored enable_thinking=False; "
+            "use a Qwen3 instruct checkpoint (or a template that honours it) or raise generate.max_new_tokens",
+            questions.thinking_unclosed,
+        )
 
 
 # ----------------------------------------------------------------------------------------------------------------
