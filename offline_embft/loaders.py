@@ -1,4 +1,4 @@
-"""Read PDF, Markdown and TXT files into raw page texts, or say precisely why a file can't be read.
+"""Read PDF, DOCX, HTML, Markdown and TXT files into raw page texts, or say precisely why a file can't be read.
 
 A folder of real documents always holds a few bad ones: a password-protected PDF, a scan without a text layer, a
 truncated download, an empty file, a Word file renamed to .pdf. Each is classified (:class:`SkipReason`) with a
@@ -23,6 +23,9 @@ logger = logging.getLogger(__name__)
 
 SUFFIXES = {
     ".pdf": "pdf",
+    ".docx": "docx",
+    ".html": "html",
+    ".htm": "html",
     ".md": "markdown",
     ".markdown": "markdown",
     ".txt": "text",
@@ -121,6 +124,14 @@ def load(path: Path) -> RawDocument:
             raise LoadError(SkipReason.empty, "empty file (0 bytes)")
         if kind == "pdf":
             return load_pdf(path)
+        if kind == "docx":
+            from offline_embft.docx_loader import load_docx
+
+            return load_docx(path)
+        if kind == "html":
+            from offline_embft.html_loader import load_html
+
+            return load_html(path)
         return load_text(path, kind)
     except OSError as exc:
         message = f"cannot read the file ({exc.strerror or exc}); check its permissions"

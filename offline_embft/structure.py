@@ -120,13 +120,15 @@ def find_outline(text: str, marked: Sequence[tuple[int, int, int]] = ()) -> Outl
         marked: ``(start, end, level)`` of headings the document marked up itself (Markdown ``#`` lines, DOCX heading
             styles, HTML ``<hN>``): they are headings whatever their wording.
 
-    A document title is recognised only in a document without marked headings: its first paragraph, when that is
-    short, has no sentence punctuation and a detected heading or article follows (a statute's name above 第一章).
+    The document's first paragraph is its title (level 0, above everything) when it is short, has no sentence
+    punctuation and a heading or an article comes right after it: a statute's name above 第一章, a Word title typed
+    in a plain paragraph, an HTML page's name above its first ``<h1>``.
     """
     by_start = {start: (end, level) for start, end, level in marked}
     headings: list[Heading] = []
     unit_starts: list[int] = []
-    first_content: tuple[int, int] | None = None
+    first: tuple[int, int] | None = None  # the first paragraph, when it is not a unit itself
+    title_candidate = True
     for start, end in _lines(text):
         line = text[start:end].strip()
         if not line:
@@ -140,14 +142,19 @@ def find_outline(text: str, marked: Sequence[tuple[int, int, int]] = ()) -> Outl
             unit_starts.append(start)
         elif is_article(line):
             unit_starts.append(start)
-        elif first_content is None and not unit_starts:
-            first_content = (start, end)
-    if first_content and not marked and unit_starts:
-        start, end = first_content
-        line = text[start:end].strip()
-        if len(line) <= TITLE_MAX_CHARS and not _SENTENCE_MARK.search(line) and start < unit_starts[0]:
-            headings.insert(0, Heading(start, end, 0.0, line))
-            unit_starts.insert(0, start)
+        elif first is None and title_candidate:
+            first = (start, end)
+            continue
+        else:
+            title_candidate = False
+            continue
+        if first is not None and title_candidate:
+            a, b = first
+            title = text[a:b].strip()
+            if len(title) <= TITLE_MAX_CHARS and not _SENTENCE_MARK.search(title):
+                headings.insert(0, Heading(a, b, 0.0, title))
+                unit_starts.insert(0, a)
+        title_candidate = False
     return Outline(headings, unit_starts)
 
 

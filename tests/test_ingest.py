@@ -216,7 +216,7 @@ def test_bad_files_are_skipped_with_reasons_and_the_rest_proceeds(messy_dir, tmp
         "scan.pdf": "image-only",
         "notes.pdf": "misnamed",
         "report.txt": "misnamed",
-        "table.docx": "unsupported",
+        "table.docx": "corrupt",
     }
     messages = {item["source"]: item["message"] for item in stats["skipped"]}
     assert "rename it to .txt" in messages["notes.pdf"] and "rename it to .pdf" in messages["report.txt"]
