@@ -31,6 +31,7 @@ from offline_embft.bm25 import BM25Index
 from offline_embft.config import EvaluateConfig, save_config
 from offline_embft.dataset import QADataset
 from offline_embft.errors import UserError
+from offline_embft.model_files import check_st_dir, load_sentence_transformer
 from offline_embft.ranking import reciprocal_rank_fusion, top_k
 
 logger = logging.getLogger(__name__)
@@ -123,37 +124,10 @@ def _generic(name: str) -> bool:
     return name.lower() in GENERIC_DIR_NAMES or bool(re.fullmatch(r"(checkpoint|step|epoch)[-_]?\d+", name.lower()))
 
 
-def check_model_dir(path: str) -> Path:
-    """Fail early, before any encoding, on a model path that cannot be a model."""
-    model_dir = Path(path).expanduser()
-    hint = "pass a sentence-transformers model directory (written by `offline-embft convert` or `train`)"
-    if not model_dir.is_dir():
-        raise UserError(f"model directory {model_dir} not found; {hint}")
-    if not any((model_dir / name).is_file() for name in ("modules.json", "config.json")):
-        raise UserError(f"{model_dir} has neither modules.json nor config.json, so it is not a model; {hint}")
-    return model_dir
-
-
 def load_model(path: str | Path):
-    """Load a local sentence-transformers model (GPU when there is one), or raise a one-line UserError."""
-    from sentence_transformers import SentenceTransformer
-
-    model_dir = Path(path)
-    if not (model_dir / "modules.json").is_file():
-        logger.warning(
-            "%s is not in sentence-transformers layout: it loads with MEAN pooling, which is wrong for CLS models "
-            "such as BCE/BGE; run `offline-embft convert` first",
-            model_dir,
-        )
-    try:
-        model = SentenceTransformer(str(model_dir), local_files_only=True)
-    except Exception as exc:  # any failure here means "this directory is not a usable model"
-        reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
-        raise UserError(
-            f"model directory {model_dir} does not load with sentence-transformers "
-            f"({type(exc).__name__}{': ' + reason if reason else ''}); check that it is a complete model directory"
-        ) from None
-    logger.info("loaded %s on %s (max_seq_length %s)", model_dir, model.device, model.max_seq_length)
+    """Load a local model to evaluate (a raw HF checkpoint too, with a warning), or raise a one-line UserError."""
+    model = load_sentence_transformer(path, allow_raw=True)
+    logger.info("loaded %s on %s (max_seq_length %s)", path, model.device, model.max_seq_length)
     return model
 
 
@@ -356,7 +330,7 @@ def run(cfg: EvaluateConfig) -> Path:
     dataset = QADataset.load(cfg.dataset)
     if not cfg.models and not cfg.bm25:
         raise UserError("nothing to evaluate; pass --model MODEL_DIR (repeatable) and/or --bm25")
-    model_dirs = [check_model_dir(path) for path in cfg.models]
+    model_dirs = [check_st_dir(path, allow_raw=True) for path in cfg.models]
     labels = model_labels(cfg.models)
     data = EvalData.from_dataset(dataset)
     show_progress = _show_progress()

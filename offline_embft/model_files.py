@@ -14,14 +14,18 @@ Downloading lives in :mod:`offline_embft.download`, the convert stage in :mod:`o
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from offline_embft.errors import UserError
 from offline_embft.io import read_json
+
+logger = logging.getLogger(__name__)
 
 # A model shipped inside an installed Python package: ``package:NAME``.
 PACKAGE_PREFIX = "package:"
@@ -182,13 +186,19 @@ def locate(ref: str, models_dir: str | Path = "Models") -> Located:
 # Is it complete
 
 
+def has_tokenizer(path: Path) -> bool:
+    """Whether ``path`` holds a usable tokenizer: one of :data:`TOKENIZER_FILES`, or BPE's vocab.json + merges.txt."""
+    if (path / "vocab.json").is_file() and (path / "merges.txt").is_file():
+        return True
+    return any((path / name).is_file() for name in TOKENIZER_FILES)
+
+
 def _hf_missing(path: Path) -> list[str]:
     """What a Hugging Face model directory lacks: config, tokenizer, weights (every shard named in the index)."""
     missing = []
     if not (path / "config.json").is_file():
         missing.append("config.json")
-    has_bpe = (path / "vocab.json").is_file() and (path / "merges.txt").is_file()
-    if not has_bpe and not any((path / name).is_file() for name in TOKENIZER_FILES):
+    if not has_tokenizer(path):
         missing.append(f"tokenizer (one of {', '.join(TOKENIZER_FILES)}, or vocab.json + merges.txt)")
     indexes = [path / name for name in WEIGHT_INDEXES if (path / name).is_file()]
     if indexes:
@@ -261,6 +271,83 @@ def check_complete(path: str | Path, what: str = "model") -> Path:
         shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
         raise UserError(f"{what} at {path} is incomplete: missing {shown}; run `offline-embft download` again")
     return Path(path)
+
+
+def tokenizer_dir(model_dir: str | Path) -> Path:
+    """The folder holding the tokenizer: the model dir itself, or its sentence-transformers Transformer module.
+
+    Raises:
+        UserError: the directory is missing or holds no tokenizer.
+    """
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        raise UserError(f"model directory {model_dir} not found; run `offline-embft download` or fix the path")
+    for candidate in dict.fromkeys((transformer_dir(model_dir), model_dir)):
+        if has_tokenizer(candidate):
+            return candidate
+    names = ", ".join(TOKENIZER_FILES[:3])
+    raise UserError(f"{model_dir} has no tokenizer files ({names}); is the download complete?")
+
+
+_ST_HINT = "pass a sentence-transformers model directory (written by `offline-embft convert` or `train`)"
+
+
+def check_st_dir(path: str | Path, allow_raw: bool = False) -> Path:
+    """Fail early, before any heavy import, on a path that cannot be a sentence-transformers model.
+
+    A raw Hugging Face checkpoint (config.json, no modules.json) would load with MEAN pooling and no normalisation,
+    silently — wrong for CLS models such as BCE/BGE — so it is refused unless ``allow_raw`` (evaluate may compare
+    one on purpose; it is warned about when loaded).
+
+    Raises:
+        UserError: the directory is missing, holds no model, or is a raw checkpoint and ``allow_raw`` is False.
+    """
+    path = Path(path).expanduser()
+    if not path.is_dir():
+        raise UserError(f"model directory {path} not found; run `offline-embft download` or {_ST_HINT}")
+    if (path / "modules.json").is_file():
+        return path
+    if not (path / "config.json").is_file():
+        raise UserError(f"{path} has neither modules.json nor config.json, so it is not a model; {_ST_HINT}")
+    if not allow_raw:
+        raise UserError(
+            f"{path} is a Hugging Face model without sentence-transformers files (modules.json); "
+            f"run `offline-embft convert {path} --out {path}-st` first and use that"
+        )
+    return path
+
+
+def load_sentence_transformer(path: str | Path, device: str | None = None, allow_raw: bool = False) -> Any:
+    """Load a local sentence-transformers model (no hub access), or raise one line saying why it cannot be loaded.
+
+    Args:
+        path: The model directory.
+        device: Where to load it (None: sentence-transformers picks, the GPU when there is one).
+        allow_raw: Accept a raw Hugging Face checkpoint, with a warning (see :func:`check_st_dir`).
+
+    Returns:
+        The ``SentenceTransformer``.
+
+    Raises:
+        UserError: see :func:`check_st_dir`; or the directory does not load.
+    """
+    path = check_st_dir(path, allow_raw)
+    if not (path / "modules.json").is_file():
+        logger.warning(
+            "%s is not in sentence-transformers layout: it loads with MEAN pooling, which is wrong for CLS models "
+            "such as BCE/BGE; run `offline-embft convert` first",
+            path,
+        )
+    from sentence_transformers import SentenceTransformer
+
+    try:
+        return SentenceTransformer(str(path), device=device, local_files_only=True)
+    except Exception as exc:  # any failure here means "this directory is not a usable model"
+        reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+        raise UserError(
+            f"model directory {path} does not load with sentence-transformers "
+            f"({type(exc).__name__}{': ' + reason if reason else ''}); check that it is a complete model directory"
+        ) from None
 
 
 # ---------------------------------------------------------------------------------------------------------------

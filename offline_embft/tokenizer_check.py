@@ -14,20 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from offline_embft.errors import UserError
-
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "sentencepiece.bpe.model", "spiece.model")
-
-
-def tokenizer_dir(model_dir: str | Path) -> Path:
-    """The folder holding the tokenizer: the model dir itself, or its sentence-transformers Transformer module."""
-    model_dir = Path(model_dir)
-    if not model_dir.is_dir():
-        raise UserError(f"model directory {model_dir} not found; run `offline-embft download` or fix the path")
-    for candidate in (model_dir, model_dir / "0_Transformer"):
-        if any((candidate / name).is_file() for name in TOKENIZER_FILES):
-            return candidate
-    names = ", ".join(TOKENIZER_FILES[:3])
-    raise UserError(f"{model_dir} has no tokenizer files ({names}); is the download complete?")
+from offline_embft.model_files import tokenizer_dir
 
 
 def load_tokenizer(model_dir: str | Path) -> Any:

@@ -33,6 +33,7 @@ from offline_embft.config import TrainConfig, save_config
 from offline_embft.dataset import QADataset
 from offline_embft.errors import UserError
 from offline_embft.io import atomic_dir, read_json, write_json
+from offline_embft.model_files import load_sentence_transformer
 
 logger = logging.getLogger(__name__)
 
@@ -46,32 +47,6 @@ def checkpoints_dir(out_dir: str | Path) -> Path:
     """Where the checkpoints of a run writing ``out_dir`` live: ``<out_dir>.checkpoints`` beside it."""
     out_dir = Path(out_dir)
     return out_dir.with_name(out_dir.name + ".checkpoints")
-
-
-def load_model(model_dir: str | Path, device: str | None = None) -> Any:
-    """Load a local sentence-transformers model, refusing raw Hugging Face checkpoints.
-
-    A raw checkpoint would load with MEAN pooling and no normalisation, silently: wrong for BCE/BGE (CLS models).
-
-    Raises:
-        UserError: the directory is missing, is a raw HF model (run convert first), or does not load.
-    """
-    path = Path(model_dir)
-    if not path.is_dir():
-        raise UserError(f"model directory {path} not found; run `offline-embft download` or fix --model")
-    if not (path / "modules.json").is_file():
-        if (path / "config.json").is_file():
-            raise UserError(
-                f"{path} is a Hugging Face model without sentence-transformers files (modules.json); "
-                f"run `offline-embft convert {path} --out {path}-st` first and train that"
-            )
-        raise UserError(f"{path} is not a sentence-transformers model directory (no modules.json); fix --model")
-    from sentence_transformers import SentenceTransformer
-
-    try:
-        return SentenceTransformer(str(path), device=device, local_files_only=True)
-    except (OSError, ValueError, KeyError) as exc:
-        raise UserError(f"cannot load the model in {path}: {str(exc).splitlines()[0]}") from None
 
 
 def resolve_precision(precision: str) -> str:
@@ -166,7 +141,7 @@ def run(cfg: TrainConfig, callbacks: list[Any] | None = None) -> Path:
     precision = resolve_precision(cfg.precision)
     out_dir = Path(cfg.out_dir)
     ckpt_dir = checkpoints_dir(out_dir)
-    model = load_model(cfg.model)
+    model = load_sentence_transformer(cfg.model)
     cfg = _with_model_prompts(cfg, model)
     resume_from = _prepare_checkpoints(ckpt_dir, _fingerprint(cfg), cfg.resume)
     transformers.set_seed(cfg.seed)

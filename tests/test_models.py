@@ -361,3 +361,27 @@ def test_cli_convert_without_out_writes_beside_the_named_model_not_over_the_conf
     assert result.exit_code == 0, result.output
     assert (tmp_path / "Models" / "tiny-bert-st" / convert.CONVERT_REPORT).is_file()
     assert not Path(f"{tiny_bert}-st").exists()  # never written beside a model outside Models/
+
+
+def test_tokenizer_is_found_where_modules_json_puts_the_transformer(tmp_path):
+    """One lookup for the Transformer folder: not a hard-coded 0_Transformer."""
+    st = tmp_path / "st"
+    (st / "encoder").mkdir(parents=True)
+    modules = [{"idx": 0, "name": "0", "path": "encoder", "type": "sentence_transformers.models.Transformer"}]
+    (st / "modules.json").write_text(json.dumps(modules), encoding="utf-8")
+    with pytest.raises(UserError, match="no tokenizer files"):
+        model_files.tokenizer_dir(st)
+    (st / "encoder" / "tokenizer.model").write_text("sentencepiece", encoding="utf-8")
+    assert model_files.tokenizer_dir(st) == st / "encoder"
+    assert model_files.transformer_dir(st) == st / "encoder"
+
+
+def test_one_loader_refuses_raw_checkpoints_unless_asked(tmp_path):
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    (raw / "config.json").write_text('{"model_type": "bert"}', encoding="utf-8")
+    with pytest.raises(UserError, match="offline-embft convert"):
+        model_files.load_sentence_transformer(raw)
+    assert model_files.check_st_dir(raw, allow_raw=True) == raw
+    with pytest.raises(UserError, match="does not load with sentence-transformers"):
+        model_files.load_sentence_transformer(raw, device="cpu", allow_raw=True)
