@@ -100,7 +100,11 @@ class GenerateConfig:
     seed: int = _help("Sampling seed.", 42)
     tensor_parallel_size: int = _help("GPUs per model for vLLM (0: from the preset).", 0)
     gpu_memory_utilization: float = _help("Share of GPU memory vLLM may take (0: from the preset).", 0.0)
-    max_model_len: int = _help("Context length vLLM reserves (0: from the preset).", 0)
+    max_model_len: int = _help(
+        "Context length (prompt + answer); longer chunks are shortened in the prompt to fit "
+        "(0: the preset's for vLLM, the model's own for transformers).",
+        0,
+    )
     dtype: str = _help("Model dtype: auto, bfloat16, float16, float32.", "auto")
     quantization: str = _help("vLLM quantization (awq, fp8, ...; empty: from the checkpoint).", "")
     device: str = _help("Device for the transformers backend: auto, cpu, cuda.", "auto")
@@ -124,6 +128,7 @@ class GenerateConfig:
         _check(self.questions_per_chunk >= 1, "generate.questions_per_chunk must be at least 1")
         _check(self.batch_size >= 1, "generate.batch_size must be at least 1")
         _check(self.max_new_tokens >= 8, "generate.max_new_tokens must be at least 8")
+        self._check_sampling()
         _check(self.max_retries >= 0, "generate.max_retries must be >= 0")
         _check(self.request_retries >= 0, "generate.request_retries must be >= 0")
         _check(self.concurrency >= 1, "generate.concurrency must be at least 1")
@@ -133,6 +138,30 @@ class GenerateConfig:
         )
         _check(0.0 < self.near_copy_ratio <= 1.0, "generate.near_copy_ratio must be in (0, 1]")
         _check(0.0 <= self.ict_keep_prob <= 1.0, "generate.ict_keep_prob must be in [0, 1]")
+
+    def _check_sampling(self) -> None:
+        """vLLM's own ranges (vllm 0.33 vllm/sampling_params.py:638-693, _verify_args), checked before any model loads.
+
+        vLLM raises on these only when the first batch is built, minutes after loading the model.
+        """
+        _check(
+            -2.0 <= self.presence_penalty <= 2.0,
+            f"generate.presence_penalty must be in [-2, 2], got {self.presence_penalty}",
+        )
+        _check(0.0 <= self.temperature <= 2.0, f"generate.temperature must be in [0, 2], got {self.temperature}")
+        _check(0.0 < self.top_p <= 1.0, f"generate.top_p must be in (0, 1], got {self.top_p}")
+        _check(self.top_k >= -1, f"generate.top_k must be 0 or -1 (off) or at least 1, got {self.top_k}")
+        _check(0.0 <= self.min_p <= 1.0, f"generate.min_p must be in [0, 1], got {self.min_p}")
+        _check(
+            0.0 <= self.gpu_memory_utilization <= 1.0,
+            f"generate.gpu_memory_utilization must be in (0, 1] (0: the preset's), got {self.gpu_memory_utilization}",
+        )
+        _check(self.tensor_parallel_size >= 0, "generate.tensor_parallel_size must be >= 0 (0: the preset's)")
+        _check(
+            self.max_model_len == 0 or self.max_model_len > self.max_new_tokens,
+            f"generate.max_model_len ({self.max_model_len}) must exceed generate.max_new_tokens "
+            f"({self.max_new_tokens}): the prompt and the answer share it",
+        )
 
 
 @dataclass

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,7 @@ from offline_embft.dataset import QADataset
 from offline_embft.errors import UserError
 from offline_embft.io import write_json
 from offline_embft.llamaindex_engine import run_llamaindex
-from offline_embft.llm import BatchLLM, create_llm
+from offline_embft.llm import PROMPT_TOO_LONG, BatchLLM, create_llm
 from offline_embft.prompt import MAX_CONTEXT_CHARS, load_template, render
 from offline_embft.questions import FAILED_ANSWER_CHARS, FilterSettings, QuestionFilter, warn_about_run
 
@@ -143,6 +144,64 @@ def run_many(cfg: GenerateConfig, jobs: list[tuple[Path, Path]]) -> list[Path]:
         llm.close()
 
 
+@dataclass
+class _Round:
+    """One pass over the chunks still lacking questions."""
+
+    answers: dict[str, str]
+    generated: int
+    refused: dict[str, str]  # chunk id → why the engine refused its prompt (it would refuse it again)
+    shortened: dict[str, int]  # chunk id → characters of the chunk left out of its prompt to fit the context
+
+
+def _fit_prompts(
+    cfg: GenerateConfig, todo: list[Chunk], template: str, llm: BatchLLM
+) -> tuple[dict[str, str], dict[str, int], dict[str, str]]:
+    """Each chunk's prompt, with the chunk shortened where the rendered prompt is over the LLM's token budget.
+
+    The budget counts with the LLM's own tokenizer and chat template (:mod:`offline_embft.llm.prompt_budget`); the
+    cut is deterministic, so a rerun builds the same prompts and finds their answers in the cache.
+
+    Returns:
+        prompts (chunk id → prompt), shortened (chunk id → characters cut), refused (chunk id → reason, for a
+        template too long to hold even a short chunk).
+    """
+    number = cfg.questions_per_chunk
+    prompts = {c.id: render(template, c.text, number) for c in todo}
+    shortened: dict[str, int] = {}
+    refused: dict[str, str] = {}
+    budget = llm.prompt_budget
+    if budget is None:
+        return prompts, shortened, refused
+    ids = list(prompts)
+    counts: list[int] = []
+    for start in range(0, len(ids), 1024):
+        counts += budget.count_many([prompts[i] for i in ids[start : start + 1024]])
+    texts = {c.id: c.text[:MAX_CONTEXT_CHARS] for c in todo}
+    for chunk_id, count in zip(ids, counts, strict=True):
+        if count <= budget.limit:
+            continue
+        fitted = budget.fit(lambda text: render(template, text, number), texts[chunk_id], count)
+        if fitted is None:
+            refused[chunk_id] = (
+                f"{PROMPT_TOO_LONG}: even a short piece of the chunk makes the prompt longer than the "
+                f"{budget.limit} tokens max_model_len {budget.max_model_len} leaves beside the answer; shorten the "
+                "prompt template or raise generate.max_model_len"
+            )
+            continue
+        prompts[chunk_id] = fitted.prompt
+        shortened[chunk_id] = fitted.cut_chars
+    if shortened:
+        logger.warning(
+            "%d prompts were over the LLM's %d-token budget (max_model_len %d minus max_new_tokens): their chunks "
+            "were shortened to fit (chunks_shortened_in_prompt in the stats)",
+            len(shortened),
+            budget.limit,
+            budget.max_model_len,
+        )
+    return prompts, shortened, refused
+
+
 def _answer_round(
     cfg: GenerateConfig,
     todo: list[Chunk],
@@ -150,11 +209,12 @@ def _answer_round(
     llm: BatchLLM,
     cache: AnswerCache,
     attempt: int,
-) -> tuple[dict[str, str], int]:
-    """Answers for ``todo`` (from the cache, else from the engine in batches); and how many were generated."""
+) -> _Round:
+    """Answers for ``todo`` (from the cache, else from the engine in batches), and what was refused or shortened."""
     seed = cfg.seed + attempt
     sampling = llm.sampling.with_seed(seed).as_dict()
-    prompts = {c.id: render(template, c.text, cfg.questions_per_chunk) for c in todo}
+    prompts, shortened, refused = _fit_prompts(cfg, todo, template, llm)
+    todo = [c for c in todo if c.id not in refused]
     keys = {c.id: AnswerCache.key(llm.identity, prompts[c.id], sampling, c.id) for c in todo}
     answers: dict[str, str] = {}
     for chunk_id, key in keys.items():
@@ -170,6 +230,7 @@ def _answer_round(
         for start in range(0, len(missing), cfg.batch_size):
             batch = missing[start : start + cfg.batch_size]
             outputs = llm.complete_batch([prompts[c.id] for c in batch], seed=seed, raw=True)
+            refused.update((batch[index].id, reason) for index, reason in llm.last_refusals.items())
             done = [(c, out) for c, out in zip(batch, outputs, strict=True) if out is not None]
             cache.put_many(
                 {"key": keys[c.id], "chunk_id": c.id, "attempt": attempt, "model": llm.identity, "answer": out}
@@ -177,7 +238,7 @@ def _answer_round(
             )
             answers.update((c.id, out) for c, out in done)
             bar.update(len(batch))
-    return answers, len(missing)
+    return _Round(answers, len(missing), refused, shortened)
 
 
 def _run_native(
@@ -197,8 +258,11 @@ def _run_native(
     kept: dict[str, list[str]] = {c.id: [] for c in chunks}
     last: dict[str, tuple[str | None, Counter[str]]] = {}
     generated = engine_errors = retried = attempts = 0
+    refused: dict[str, str] = {}
+    shortened: dict[str, int] = {}
     for attempt in range(cfg.max_retries + 1):
-        todo = [c for c in chunks if len(kept[c.id]) < wanted]
+        # A refused prompt (longer than the engine's context) would be refused again: no retry for it.
+        todo = [c for c in chunks if len(kept[c.id]) < wanted and c.id not in refused]
         if not todo:
             break
         attempts = attempt + 1
@@ -207,11 +271,16 @@ def _run_native(
             logger.info(
                 "retrying %d chunks without enough valid questions, new seed (attempt %d)", len(todo), attempts
             )
-        answers, fresh = _answer_round(cfg, todo, template, llm, cache, attempt)
-        generated += fresh
+        answered = _answer_round(cfg, todo, template, llm, cache, attempt)
+        generated += answered.generated
+        refused.update(answered.refused)
+        shortened.update(answered.shortened)
         # File order, not batch order: the duplicate filter then decides the same way on a resumed run.
         for chunk in todo:
-            raw = answers.get(chunk.id)
+            raw = answered.answers.get(chunk.id)
+            if chunk.id in answered.refused:
+                last[chunk.id] = (None, Counter({answered.refused[chunk.id].split(":", 1)[0]: 1}))
+                continue
             if raw is None:
                 engine_errors += 1
                 last[chunk.id] = (None, Counter({"engine_error": 1}))
@@ -251,11 +320,16 @@ def _run_native(
         "retried_chunks": retried,
         "prompts_generated": generated,
         "chunks_truncated_in_prompt": sum(1 for c in chunks if len(c.text) > MAX_CONTEXT_CHARS),
+        # Chunks cut (at the end) so the rendered prompt fits the LLM's context in tokens, and prompts the engine
+        # refused all the same (listed under "failed" with the engine's reason).
+        "chunks_shortened_in_prompt": len(shortened),
+        "prompts_refused": len(refused),
         "failed": [
             {
                 "id": chunk_id,
                 "reasons": dict(last.get(chunk_id, (None, Counter()))[1]),
                 "last_answer": (last.get(chunk_id, (None, None))[0] or "")[:FAILED_ANSWER_CHARS],
+                **({"refused": refused[chunk_id]} if chunk_id in refused else {}),
             }
             for chunk_id in failed
         ],

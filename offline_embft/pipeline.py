@@ -11,6 +11,7 @@ process's GPU memory, and a crash in one stage leaves the finished ones' outputs
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -18,12 +19,13 @@ import shlex
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
+from offline_embft import gpu_compat
 from offline_embft.config import PipelineConfig, to_dict
 from offline_embft.errors import UserError
 from offline_embft.model_files import PACKAGE_PREFIX
@@ -150,9 +152,60 @@ def run_in_child(args: list[str]) -> int:
     return subprocess.run(command, check=False, env=os.environ.copy()).returncode
 
 
-def _run_stage(args: list[str], runner: Runner) -> None:
+def visible_gpu_ids() -> list[str]:
+    """The GPUs a child process would see: ``CUDA_VISIBLE_DEVICES`` when set, else every GPU nvidia-smi lists."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return [part.strip() for part in visible.split(",") if part.strip() and part.strip() != "-1"]
+    gpus, _ = gpu_compat.read_nvidia_smi()
+    return [str(gpu.index) for gpu in gpus]
+
+
+def train_env(cfg: PipelineConfig) -> dict[str, str]:
+    """Environment overrides for the train stage's process: ONE GPU, until the pipeline launches torchrun.
+
+    One process that sees several GPUs makes the Hugging Face Trainer wrap the model in DataParallel: each step then
+    splits the batch over the GPUs and the effective batch silently becomes batch × GPUs (transformers' Trainer,
+    ``n_gpu > 1``). Pinning the child to the first visible GPU keeps the configured batch. Distributed training
+    (``torchrun``, one process per GPU, ``train.nproc``) replaces this function when it lands.
+    """
+    gpus = visible_gpu_ids()
+    if len(gpus) <= 1:
+        return {}
+    logger.warning(
+        "train runs on one GPU (CUDA_VISIBLE_DEVICES=%s) of the %d visible (%s): a single process on several GPUs "
+        "would use DataParallel and silently train with batch %d × %d; the other GPUs stay idle during train",
+        gpus[0],
+        len(gpus),
+        ",".join(gpus),
+        cfg.train.batch_size,
+        len(gpus),
+    )
+    return {"CUDA_VISIBLE_DEVICES": gpus[0]}
+
+
+STAGE_ENV: dict[str, Callable[[PipelineConfig], dict[str, str]]] = {"train": train_env}
+
+
+@contextlib.contextmanager
+def _environment(overrides: dict[str, str]) -> Iterator[None]:
+    """Set environment variables for one stage (the child copies os.environ; an in-process runner reads it)."""
+    saved = {key: os.environ.get(key) for key in overrides}
+    os.environ.update(overrides)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def _run_stage(args: list[str], runner: Runner, env: dict[str, str] | None = None) -> None:
     logger.info("$ %s", command_line(args))
-    code = runner(args)
+    with _environment(env or {}):
+        code = runner(args)
     if code != 0:
         raise UserError(
             f"stage `{args[0]}` failed (exit {code}); fix the error above and run again "
@@ -275,7 +328,8 @@ def run(
             logger.info("[%s] fresh, skipped", stage.name)
             continue
         stage_start = time.perf_counter()
-        _run_stage(stage.args, runner)
+        env = STAGE_ENV[stage.name](cfg) if stage.name in STAGE_ENV else {}
+        _run_stage(stage.args, runner, env)
         # Like make's `touch $@`: a stage that copies files (convert's pass-through) keeps their old mtimes.
         for output in stage.outputs:
             if not output.exists():

@@ -50,14 +50,20 @@ def checkpoints_dir(out_dir: str | Path) -> Path:
 
 
 def resolve_precision(precision: str) -> str:
-    """auto → bf16 on a GPU that supports it, fp16 on other GPUs, fp32 on CPU."""
+    """auto → bf16 on a GPU that computes it natively (Ampere and newer), fp16 on other GPUs (T4, V100), fp32 on CPU.
+
+    A T4 reports bf16 as supported because it can emulate it, slowly: :func:`gpu_compat.bf16_native` asks for
+    hardware support only.
+    """
     import torch
+
+    from offline_embft.gpu_compat import bf16_native
 
     cuda = torch.cuda.is_available()
     if precision == "auto":
         if not cuda:
             return "fp32"
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return "bf16" if bf16_native() else "fp16"
     if precision == "fp16" and not cuda:
         raise UserError("train.precision=fp16 needs a CUDA GPU; use auto or fp32 on this machine")
     return precision
@@ -273,7 +279,8 @@ def _build_trainer(
         per_device_train_batch_size=cfg.batch_size,
         per_device_eval_batch_size=cfg.batch_size,
         learning_rate=cfg.lr,
-        # transformers 5: a float below 1 is a share of the total steps.
+        # transformers 5: a float below 1 is a share of the total steps (5.0.0 training_args.py:2051,
+        # get_warmup_steps); 4.51 rejects a float (training_args.py:1866), hence the floor in pyproject.toml.
         warmup_steps=cfg.warmup_ratio,
         weight_decay=cfg.weight_decay,
         lr_scheduler_type="linear",

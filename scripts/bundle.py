@@ -12,12 +12,20 @@ Examples:
     python scripts/bundle.py --out bundle --extras vllm --python-version 3.10 --glibc 2.31
     python scripts/bundle.py --out bundle --torch-index-url https://download.pytorch.org/whl/cpu   # CPU server
     python scripts/bundle.py --out bundle --resolve-only                   # list what would be fetched (no wheels)
+    python scripts/bundle.py --out bundle --extras vllm --driver 535.104.05   # the torch/vLLM pair that driver runs
+    python scripts/bundle.py --cuda 12.4 --capability 7.0 --resolve-only   # a V100 whose nvidia-smi says CUDA 12.4
+
+The target GPU server decides the torch/vLLM pair: vLLM pins torch exactly and torch's wheel is built for one CUDA
+major version, which needs a minimum NVIDIA driver and has kernels only for some GPUs. ``--driver`` (or ``--cuda``,
+the "CUDA Version" nvidia-smi prints there) and ``--capability`` (the oldest GPU's compute capability) make the bundle
+carry the newest pair that runs on it (offline_embft/gpu_compat.py holds the table; docs/models.md prints it).
     python scripts/bundle.py --out /tmp/try --packages typer jieba --no-models   # a small trial run
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import hashlib
 import json
@@ -29,6 +37,10 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # the checkout's own offline_embft, even where the package is not installed
+
+from offline_embft import gpu_compat  # noqa: E402  (after the path fix above; it imports nothing heavy)
+
 INSTALL_SCRIPT = ROOT / "scripts" / "install_offline.sh"
 # Pure-Python dependencies published only as source distributions: built into py3-none-any wheels here.
 SDIST_ONLY = ("jieba",)
@@ -59,9 +71,43 @@ def pip_target_args(args: argparse.Namespace) -> list[str]:
     command = ["--only-binary=:all:", "--python-version", args.python_version, "--implementation", "cp"]
     for tag in tags:
         command += ["--platform", tag]
-    if args.torch_index_url:
-        command += ["--extra-index-url", args.torch_index_url]
+    index = args.torch_index_url or (args.plan.torch_index_url if getattr(args, "plan", None) else "")
+    if index:
+        command += ["--extra-index-url", index]
     return command
+
+
+def target_plan(args: argparse.Namespace) -> gpu_compat.Plan | None:
+    """The torch/vLLM pair for the target server named by --driver/--cuda/--capability (None: no target given)."""
+    if not (args.driver or args.cuda):
+        if args.capability:
+            raise SystemExit("--capability needs --driver or --cuda (the target's nvidia-smi prints both)")
+        return None
+    capability = None
+    if args.capability:
+        major, _, minor = args.capability.partition(".")
+        if not (major.isdigit() and (minor or "0").isdigit()):
+            raise SystemExit(
+                f"--capability {args.capability!r} must look like 7.5 (nvidia-smi --query-gpu=compute_cap)"
+            )
+        capability = (int(major), int(minor or 0))
+    try:
+        return gpu_compat.plan_for(
+            driver=args.driver, cuda=args.cuda, capability=capability, python=args.python_version
+        )
+    except ValueError as exc:
+        raise SystemExit(str(exc)) from None
+
+
+def plan_text(plan: gpu_compat.Plan, extras: str) -> str:
+    """What the bundle will carry for the target, in a few lines (printed by --resolve-only and before downloads)."""
+    lines = [f"target plan: {plan.describe()}", f"  torch=={plan.torch}"]
+    lines.append(f"  vllm=={plan.vllm}" if plan.vllm else "  vllm: none (this server cannot run a vLLM wheel)")
+    if plan.torch_index_url:
+        lines.append(f"  torch index: {plan.torch_index_url}")
+    if "vllm" in extras.split(",") and not plan.vllm:
+        lines.append("  --extras vllm dropped: generate with --backend transformers there, or --backend openai")
+    return "\n".join(lines) + "\n"
 
 
 def build_local_wheels(wheels: Path, python: str, packages: list[str]) -> Path | None:
@@ -80,11 +126,17 @@ def build_local_wheels(wheels: Path, python: str, packages: list[str]) -> Path |
     return project
 
 
-def requirements(project: Path | None, extras: str, packages: list[str]) -> list[str]:
+def requirements(
+    project: Path | None, extras: str, packages: list[str], plan: gpu_compat.Plan | None = None
+) -> list[str]:
+    """What pip resolves: the project (with extras) or the trial packages, pinned to the target's torch/vLLM."""
+    if plan is not None and not plan.vllm:
+        extras = ",".join(e for e in extras.split(",") if e and e != "vllm")
+    pins = plan.requirements() if plan is not None else []
     if packages:
-        return list(packages)
+        return [*packages, *pins]
     spec = f"{project}[{extras}]" if extras else str(project)
-    return [spec, "pip", "setuptools", "wheel"]
+    return [spec, *pins, "pip", "setuptools", "wheel"]
 
 
 def resolve_only(args: argparse.Namespace, wheels: Path, reqs: list[str]) -> None:
@@ -201,16 +253,23 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--tar", action="store_true", help="Also pack the bundle into one OUT.tar.")
     parser.add_argument("--resolve-only", action="store_true", help="Resolve and list the wheels; download none.")
     parser.add_argument("--python", default=sys.executable, help="Python whose pip does the work.")
+    parser.add_argument("--driver", default="", help="Target's NVIDIA driver (nvidia-smi there), e.g. 535.104.05.")
+    parser.add_argument("--cuda", default="", help='Target\'s "CUDA Version" from nvidia-smi (instead of --driver).')
+    parser.add_argument("--capability", default="", help="Target's oldest GPU compute capability, e.g. 7.0 (V100).")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
+    args.plan = target_plan(args)
+    if args.plan is not None:
+        sys.stdout.write(plan_text(args.plan, args.extras))
+        sys.stdout.flush()
     out: Path = args.out
     wheels = out / "wheels"
     wheels.mkdir(parents=True, exist_ok=True)
     project = build_local_wheels(wheels, args.python, args.packages)
-    reqs = requirements(project, args.extras, args.packages)
+    reqs = requirements(project, args.extras, args.packages, args.plan)
     if args.resolve_only:
         resolve_only(args, wheels, reqs)
         return 0
@@ -218,7 +277,8 @@ def main(argv: list[str] | None = None) -> int:
     carried = [] if args.no_models else copy_models(args.models_dir, out / "models")
     source = write_source(out)
     shutil.copy2(INSTALL_SCRIPT, out / "install_offline.sh")
-    install = [f"offline-embft[{args.extras}]" if args.extras else "offline-embft"]
+    extras = requirements(None, args.extras, [], args.plan)[0].partition("[")[2].rstrip("]")
+    install = [f"offline-embft[{extras}]" if extras else "offline-embft"]
     manifest = {
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "python_version": args.python_version,
@@ -226,6 +286,7 @@ def main(argv: list[str] | None = None) -> int:
         "install": list(args.packages) if args.packages else install,
         "wheels": sorted(p.name for p in wheels.glob("*.whl")),
         "models": carried,
+        "target": dataclasses.asdict(args.plan) if args.plan is not None else None,
         "source": source,
     }
     (out / "bundle.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")

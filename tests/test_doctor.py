@@ -157,9 +157,9 @@ def test_gpu_line_on_a_cuda_machine(monkeypatch):
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
-    props = SimpleNamespace(name="NVIDIA H100 80GB HBM3", total_memory=80 * doctor.GIB)
+    props = SimpleNamespace(name="NVIDIA H100 80GB HBM3", total_memory=80 * doctor.GIB, major=9, minor=0)
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda index: props)
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)  # torch's own is_bf16_supported runs on these
     check = doctor.check_gpu(PipelineConfig())
     assert check.verdict == doctor.OK
     assert check.detail.startswith("0: NVIDIA H100 80GB HBM3 80 GiB; 1: NVIDIA H100") and "bf16 yes" in check.detail

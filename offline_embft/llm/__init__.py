@@ -23,17 +23,19 @@ from typing import Any
 
 from offline_embft.config import GenerateConfig
 from offline_embft.errors import UserError
-from offline_embft.llm.base import BatchLLM, Sampling
+from offline_embft.llm.base import PROMPT_TOO_LONG, BatchLLM, Refused, Sampling
 from offline_embft.llm.presets import PRESETS, Preset, ResolvedModel, find_preset, resolve_model
 from offline_embft.prompt import builtin_template, load_template
 from offline_embft.questions import NoQuestionError, QuestionCleaner
 
 __all__ = [
     "PRESETS",
+    "PROMPT_TOO_LONG",
     "BatchLLM",
     "NoQuestionError",
     "Preset",
     "QuestionCleaner",
+    "Refused",
     "ResolvedModel",
     "Sampling",
     "create_llm",
@@ -133,5 +135,11 @@ def _build(cfg: GenerateConfig, template: str) -> BatchLLM:
     if cfg.backend == "transformers":
         from offline_embft.llm.transformers_backend import TransformersLLM
 
-        return TransformersLLM(resolve_model(cfg.model, cfg.models_dir), sampling, device=cfg.device, dtype=cfg.dtype)
+        return TransformersLLM(
+            resolve_model(cfg.model, cfg.models_dir),
+            sampling,
+            device=cfg.device,
+            dtype=cfg.dtype,
+            max_model_len=cfg.max_model_len,
+        )
     raise UserError(f"unknown backend {cfg.backend!r}; use vllm, transformers, openai or ict")

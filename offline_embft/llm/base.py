@@ -31,6 +31,22 @@ logger = logging.getLogger(__name__)
 # Passed to every chat template: Qwen3 then writes an empty <think></think> block itself and answers directly.
 # Templates that do not know the variable ignore it.
 CHAT_TEMPLATE_KWARGS: dict[str, Any] = {"enable_thinking": False}
+# The reason key of a prompt longer than the engine's context (counted in the generate stage's stats).
+PROMPT_TOO_LONG = "prompt_too_long"
+
+
+@dataclass(frozen=True)
+class Refused:
+    """What a backend returns for a prompt the engine refused on its own merits (it would refuse it again).
+
+    ``reason`` starts with a short key (e.g. ``prompt_too_long``) the generate stage counts in its stats.
+    """
+
+    reason: str
+
+    @property
+    def key(self) -> str:
+        return self.reason.split(":", 1)[0]
 
 
 @dataclass(frozen=True)
@@ -92,6 +108,8 @@ class BatchLLM(CustomLLM):
     _fingerprint: str = PrivateAttr(default="")
     _cleaner: QuestionCleaner = PrivateAttr()
     _answer_cache: Any = PrivateAttr(default=None)
+    _budget: Any = PrivateAttr(default=None)
+    _last_refusals: dict[int, str] = PrivateAttr(default_factory=dict)
 
     def __init__(self, *, model_name: str, sampling: Sampling, fingerprint: str = "", **kwargs: Any) -> None:
         super().__init__(model_name=model_name, num_output=sampling.max_tokens, **kwargs)
@@ -117,6 +135,16 @@ class BatchLLM(CustomLLM):
     def engine_calls(self) -> int:
         """How many times the engine was called (one per batch)."""
         return self._engine_calls
+
+    @property
+    def prompt_budget(self) -> Any:
+        """The :class:`~offline_embft.llm.prompt_budget.PromptBudget` of this engine (None: it cannot count tokens)."""
+        return self._budget
+
+    @property
+    def last_refusals(self) -> dict[int, str]:
+        """Prompts of the last ``complete_batch`` the engine refused on their own merits: index → reason."""
+        return dict(self._last_refusals)
 
     @property
     def identity(self) -> str:
@@ -170,15 +198,37 @@ class BatchLLM(CustomLLM):
             raw: The model's text untouched (True) or its clean questions, one per line (False); None: ``self.raw``.
 
         Returns:
-            One answer per prompt, in order; None where the engine failed for that prompt or, when cleaning, where
-            the answer held no usable question (counted in ``self.cleaner``).
+            One answer per prompt, in order; None where the engine failed for that prompt (then
+            :attr:`last_refusals` says why when the engine refused that prompt itself, e.g. longer than its context)
+            or, when cleaning, where the answer held no usable question (counted in ``self.cleaner``).
         """
+        self._last_refusals = {}
         if not prompts:
             return []
-        self._engine_calls += 1
-        answers = self._generate(list(prompts), self._sampling.with_seed(seed))
-        if len(answers) != len(prompts):
-            raise RuntimeError(f"{self.backend} returned {len(answers)} answers for {len(prompts)} prompts")
+        prompts = list(prompts)
+        answers: list[str | None] = [None] * len(prompts)
+        send = list(range(len(prompts)))
+        if self._budget is not None:
+            # Over-long prompts never reach the engine: there, one of them would fail the whole batch.
+            counts = self._budget.count_many(prompts)
+            limit = self._budget.limit
+            for index, count in enumerate(counts):
+                if count > limit:
+                    self._last_refusals[index] = (
+                        f"{PROMPT_TOO_LONG}: {count} tokens, over the {limit} that max_model_len "
+                        f"{self._budget.max_model_len} leaves beside {self._sampling.max_tokens} for the answer"
+                    )
+            send = [index for index in send if index not in self._last_refusals]
+        if send:
+            self._engine_calls += 1
+            results = self._generate([prompts[i] for i in send], self._sampling.with_seed(seed))
+            if len(results) != len(send):
+                raise RuntimeError(f"{self.backend} returned {len(results)} answers for {len(send)} prompts")
+            for index, result in zip(send, results, strict=True):
+                if isinstance(result, Refused):
+                    self._last_refusals[index] = result.reason
+                else:
+                    answers[index] = result
         if self.raw if raw is None else raw:
             return answers
         return [self._clean(prompt, answer) for prompt, answer in zip(prompts, answers, strict=True)]
@@ -190,7 +240,8 @@ class BatchLLM(CustomLLM):
         questions = self._cleaner.clean(prompt, answer)
         return "\n".join(questions) if questions else None
 
-    def _generate(self, prompts: list[str], sampling: Sampling) -> list[str | None]:
+    def _generate(self, prompts: list[str], sampling: Sampling) -> list[str | Refused | None]:
+        """Answer every prompt in one engine call: a text, None (failed, worth a retry) or :class:`Refused`."""
         raise NotImplementedError
 
     def close(self) -> None:
@@ -209,7 +260,8 @@ class BatchLLM(CustomLLM):
         if answer is None:
             self._cleaner.engine_error(prompt)
             # LlamaIndex's generate_qa_embedding_pairs retries on exceptions, so failing loudly is the useful thing.
-            raise RuntimeError(f"{self.backend} engine returned no answer")
+            why = self._last_refusals.get(0)
+            raise RuntimeError(f"{self.backend} engine returned no answer" + (f" ({why})" if why else ""))
         if cache is not None:
             cache.put_many([{"key": key, "chunk_id": "", "seed": seed, "model": self.identity, "answer": answer}])
         return answer

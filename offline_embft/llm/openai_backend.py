@@ -17,7 +17,7 @@ from urllib.parse import urlparse
 from llama_index.core.bridge.pydantic import PrivateAttr
 
 from offline_embft.errors import UserError
-from offline_embft.llm.base import CHAT_TEMPLATE_KWARGS, BatchLLM, Sampling
+from offline_embft.llm.base import CHAT_TEMPLATE_KWARGS, PROMPT_TOO_LONG, BatchLLM, Refused, Sampling
 
 logger = logging.getLogger(__name__)
 
@@ -25,13 +25,6 @@ RETRYABLE_STATUS = {408, 409, 429}
 # vLLM's 400 for a prompt longer than max_model_len (vllm/renderers/params.py, 0.33); SGLang and llama.cpp say the
 # same words.
 CONTEXT_LENGTH_ERROR = "maximum context length"
-
-
-class _Refused:
-    """The server refused one prompt on its own merits (not a sign that the server is gone)."""
-
-
-REFUSED = _Refused()
 
 
 def normalize_base_url(base_url: str) -> str:
@@ -88,9 +81,9 @@ class OpenAILLM(BatchLLM):
     def settings(self) -> dict[str, Any]:
         return {"backend": self.backend, "model": self.model_name, "base_url": self._url}
 
-    def _ask(self, prompt: str, sampling: Sampling) -> str | _Refused | None:
+    def _ask(self, prompt: str, sampling: Sampling) -> str | Refused | None:
         """The answer to one prompt; None when the server could not answer it (connection, timeout, 5xx, a bad body);
-        ``REFUSED`` when it refused this prompt alone (over the context length)."""
+        :class:`Refused` when it refused this prompt alone (over the context length)."""
         import openai
 
         extra: dict[str, Any] = {"min_p": sampling.min_p, "chat_template_kwargs": dict(CHAT_TEMPLATE_KWARGS)}
@@ -120,7 +113,7 @@ class OpenAILLM(BatchLLM):
             if exc.status_code == 400 and CONTEXT_LENGTH_ERROR in message:
                 # One over-long prompt fails alone (vLLM checks each request); the chunk is counted as failed.
                 logger.warning("the server at %s refused a prompt: %s", self._url, message)
-                return REFUSED
+                return Refused(f"{PROMPT_TOO_LONG}: {message}")
             raise UserError(
                 f"the server at {self._url} rejected the request ({exc.status_code}: {message}); "
                 "check --model and the server's log"
@@ -130,21 +123,21 @@ class OpenAILLM(BatchLLM):
             return None
         return _answer_text(response)
 
-    def _generate(self, prompts: list[str], sampling: Sampling) -> list[str | None]:
+    def _generate(self, prompts: list[str], sampling: Sampling) -> list[str | Refused | None]:
         if self._pool is None:
             self._pool = ThreadPoolExecutor(max_workers=self._concurrency, thread_name_prefix="openai-request")
         results = list(self._pool.map(lambda prompt: self._ask(prompt, sampling), prompts))
-        answers = [None if result is REFUSED else result for result in results]
         unreachable = sum(result is None for result in results)
         if unreachable == len(results):
             raise UserError(
                 f"every request to {self._url} failed (connection errors, timeouts or 5xx even after retries); "
                 "check the server's log, or lower generate.concurrency / raise generate.timeout"
             )
-        failed = sum(answer is None for answer in answers)
-        if failed:
-            logger.warning("%d of %d requests to %s failed; they will be retried", failed, len(answers), self._url)
-        return answers
+        if unreachable:
+            logger.warning(
+                "%d of %d requests to %s failed; they will be retried", unreachable, len(results), self._url
+            )
+        return results
 
     def close(self) -> None:
         if self._pool is not None:

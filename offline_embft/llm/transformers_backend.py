@@ -13,7 +13,8 @@ from llama_index.core.bridge.pydantic import PrivateAttr
 
 from offline_embft.errors import UserError
 from offline_embft.llm.base import CHAT_TEMPLATE_KWARGS, BatchLLM, Sampling
-from offline_embft.llm.presets import ResolvedModel
+from offline_embft.llm.presets import DEFAULT_MAX_MODEL_LEN, ResolvedModel
+from offline_embft.llm.prompt_budget import PromptBudget
 
 logger = logging.getLogger(__name__)
 
@@ -30,7 +31,15 @@ class TransformersLLM(BatchLLM):
     _device: str = PrivateAttr(default="cpu")
     _has_template: bool = PrivateAttr(default=True)
 
-    def __init__(self, model: ResolvedModel, sampling: Sampling, *, device: str = "auto", dtype: str = "auto") -> None:
+    def __init__(
+        self,
+        model: ResolvedModel,
+        sampling: Sampling,
+        *,
+        device: str = "auto",
+        dtype: str = "auto",
+        max_model_len: int = 0,
+    ) -> None:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -60,6 +69,9 @@ class TransformersLLM(BatchLLM):
         self._tokenizer = tokenizer
         self._model = llm.to(device).eval()
         self._device = device
+        # The same token budget as vLLM's: past its context a model writes garbage (or runs out of GPU memory).
+        context = max_model_len or getattr(llm.config, "max_position_embeddings", 0) or DEFAULT_MAX_MODEL_LEN
+        self._budget = PromptBudget(tokenizer, context, sampling.max_tokens)
 
     def settings(self) -> dict[str, Any]:
         return {"backend": self.backend, "model": self.model_name, "device": self._device}

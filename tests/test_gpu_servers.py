@@ -1,0 +1,525 @@
+"""What a user's first run on a GPU server meets, with fakes that fail the way vLLM 0.33, torch and nvidia-smi do.
+
+vLLM is the faithful fake of tests/fake_vllm.py; nvidia-smi is a script on PATH printing what the real one prints for
+``--query-gpu=index,name,driver_version,compute_cap --format=csv,noheader``; torch.cuda is patched at the few
+functions a CUDA machine answers differently (is_available, device properties, arch list), so torch's own
+``is_bf16_supported`` logic runs unchanged.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import sys
+from pathlib import Path
+
+import fake_vllm
+import pytest
+import tomllib
+from packaging.specifiers import SpecifierSet
+from tiny_qwen import build_tiny_qwen
+from typer.testing import CliRunner
+
+from offline_embft import doctor, gpu_compat, pipeline
+from offline_embft.config import GenerateConfig, PipelineConfig, load_config
+from offline_embft.errors import UserError
+from offline_embft.generate import stats_path
+from offline_embft.llm import create_llm
+from offline_embft.llm.prompt_budget import PromptBudget, is_too_long_error
+from offline_embft.prompt import load_template, render
+from offline_embft.train import resolve_precision
+
+REPO = Path(__file__).resolve().parents[1]
+LAW = "公司是企业法人，有独立的法人财产，享有法人财产权。公司以其全部财产对公司的债务承担责任。"
+RARE = "鬯黻黼彧龘靐齉爩麤龖"  # rare characters: the tiny Qwen gives each its own token, as a real BPE gives 2-3
+
+
+def _chunk_texts(count: int = 64, long_index: int = 17, long_chars: int = 1500) -> list[str]:
+    texts = [f"第{i}条 {LAW}" for i in range(count)]
+    texts[long_index] = f"第{long_index}条 " + (LAW + RARE) * (long_chars // (len(LAW) + len(RARE)) + 1)
+    return texts
+
+
+@pytest.fixture(scope="module")
+def tiny_qwen(tmp_path_factory) -> Path:
+    return build_tiny_qwen(tmp_path_factory.mktemp("m") / "Qwen3-0.6B", [*_chunk_texts(), load_template()])
+
+
+@pytest.fixture
+def vllm(monkeypatch):
+    return fake_vllm.install(monkeypatch)
+
+
+def _write_chunks(path: Path, texts: list[str]) -> Path:
+    rows = [{"id": f"c{i:02d}", "text": text, "source": "law.pdf", "pages": [1]} for i, text in enumerate(texts)]
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def _generate_cli(chunks: Path, out: Path, model: Path, *sets: str) -> int:
+    from offline_embft.cli import app
+
+    args = ["generate", str(chunks), "--out", str(out), "--backend", "vllm", "--model", str(model)]
+    args += ["--batch-size", "64"]
+    for item in ("generate.max_model_len=600", "generate.max_new_tokens=64", "generate.max_retries=1", *sets):
+        args += ["--set", item]
+    return CliRunner().invoke(app, args).exit_code
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Defect 4: one over-long prompt must not kill generation
+
+
+def test_the_fake_engine_refuses_exactly_what_vllm_refuses(tiny_qwen, vllm):
+    engine = vllm.LLM(str(tiny_qwen), max_model_len=300)
+    tokenizer = engine.get_tokenizer()
+    budget = PromptBudget(tokenizer, 300, 1)
+
+    def prompt_of(tokens: int) -> str:
+        # The chat template adds a fixed number of tokens; one character is one token in the tiny Qwen.
+        overhead = budget.count("")
+        return "公" * (tokens - overhead)
+
+    assert budget.count(prompt_of(299)) == 299
+    engine.chat([[{"role": "user", "content": prompt_of(299)}]], chat_template_kwargs={"enable_thinking": False})
+    for tokens, words in ((300, "plus the number of requested output tokens"), (301, "(length 301) is longer")):
+        with pytest.raises(fake_vllm.VLLMValidationError, match=r"maximum model length of 300") as info:
+            engine.chat(
+                [[{"role": "user", "content": "短"}], [{"role": "user", "content": prompt_of(tokens)}]],
+                chat_template_kwargs={"enable_thinking": False},
+            )
+        assert words in str(info.value) and is_too_long_error(info.value)
+        assert not isinstance(info.value, ValueError)  # 0.33: VLLMClientError, not ValueError
+        assert type(info.value).__module__ == "vllm.exceptions"
+    assert engine.generated == 1  # the failing calls generated nothing, not even for the short prompt
+    assert not is_too_long_error(ValueError("temperature must be in [0, 2]"))
+
+
+def test_64_chunks_with_one_over_long_prompt_all_answered_and_rerun_from_cache(tiny_qwen, vllm, tmp_path):
+    texts = _chunk_texts()
+    chunks = _write_chunks(tmp_path / "train.jsonl", texts)
+    out = tmp_path / "train_dataset.json"
+    # Without the guard, the rendered long prompt is over max_model_len 600 and vLLM would refuse the whole batch.
+    long_prompt = render(load_template(), texts[17], 1)
+    assert (
+        PromptBudget(fake_vllm.FakeLLM(str(tiny_qwen), max_model_len=600).tokenizer, 600, 64).count(long_prompt) > 600
+    )
+
+    assert _generate_cli(chunks, out, tiny_qwen) == 0
+    stats = json.loads(stats_path(out).read_text(encoding="utf-8"))
+    dataset = json.loads(out.read_text(encoding="utf-8"))
+    assert stats["chunks"] == 64 and stats["chunks_with_questions"] == 64 and stats["chunks_failed"] == 0
+    assert stats["chunks_shortened_in_prompt"] == 1 and stats["prompts_refused"] == 0
+    assert len(dataset["queries"]) == 64
+    engine = vllm.LLM.instances[-1]
+    assert len(engine.chat_calls) == 1 and engine.chat_calls[0]["n"] == 64  # one call, nothing refused
+
+    assert _generate_cli(chunks, out, tiny_qwen) == 0  # the rerun: every answer from the cache
+    again = json.loads(stats_path(out).read_text(encoding="utf-8"))
+    assert again["cache_hits"] == 64 and again["prompts_generated"] == 0
+    assert vllm.LLM.instances[-1].chat_calls == []
+
+
+def test_when_the_count_is_wrong_the_batch_is_split_and_the_long_prompt_fails_alone(
+    tiny_qwen, vllm, tmp_path, monkeypatch
+):
+    """The last defence: a tokenizer that counts fewer tokens than the engine (here: none at all)."""
+    monkeypatch.setattr(PromptBudget, "count_many", lambda self, prompts: [1] * len(prompts))
+    chunks = _write_chunks(tmp_path / "train.jsonl", _chunk_texts())
+    out = tmp_path / "train_dataset.json"
+
+    assert _generate_cli(chunks, out, tiny_qwen) == 0
+    stats = json.loads(stats_path(out).read_text(encoding="utf-8"))
+    assert stats["chunks_with_questions"] == 63 and stats["chunks_failed"] == 1 and stats["prompts_refused"] == 1
+    (failed,) = stats["failed"]
+    assert failed["id"] == "c17" and failed["reasons"] == {"prompt_too_long": 1}
+    assert "is longer than the maximum model length of 600" in failed["refused"]
+    engine = vllm.LLM.instances[-1]
+    assert engine.generated == 63  # split until the long prompt stood alone; nobody was generated twice
+    assert 1 < len(engine.chat_calls) <= 2 * 7 + 1  # about two calls per halving
+
+    assert _generate_cli(chunks, out, tiny_qwen) == 0
+    again = json.loads(stats_path(out).read_text(encoding="utf-8"))
+    assert again["cache_hits"] == 63 and again["chunks_failed"] == 1 and again["attempts"] == 1
+    assert vllm.LLM.instances[-1].generated == 0
+
+
+def test_transformers_backend_keeps_over_long_prompts_from_the_model(tiny_qwen, monkeypatch):
+    llm = create_llm(
+        GenerateConfig(backend="transformers", model=str(tiny_qwen), device="cpu", max_model_len=300, max_new_tokens=8)
+    )
+    assert llm.prompt_budget.limit == 292
+    calls = []
+    real = llm._model.generate
+    monkeypatch.setattr(llm._model, "generate", lambda **kw: calls.append(kw["input_ids"].shape) or real(**kw))
+    answers = llm.complete_batch(["短问题？", "公" * 400])
+    assert answers[0] is not None and answers[1] is None
+    assert llm.last_refusals[1].startswith("prompt_too_long: ") and calls[0][0] == 1  # only the short one ran
+
+
+def test_a_template_too_long_for_the_context_is_a_counted_refusal(tiny_qwen, vllm, tmp_path):
+    chunks = _write_chunks(tmp_path / "c.jsonl", [LAW] * 3)
+    out = tmp_path / "d.json"
+    code = _generate_cli(chunks, out, tiny_qwen, "generate.max_model_len=120", "generate.max_new_tokens=8")
+    assert code != 0  # no question at all: the stage's own one-line error, not a traceback
+    stats = json.loads(stats_path(out).read_text(encoding="utf-8"))
+    assert stats["prompts_refused"] == 3 and "shorten the prompt template" in stats["failed"][0]["refused"]
+    assert vllm.LLM.instances[-1].chat_calls == []
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Defects 5 and 9: engine start-up failures are one line; quantization comes from the checkpoint
+
+
+def _quantized_copy(tiny_qwen: Path, target: Path, method: str) -> Path:
+    import shutil
+
+    shutil.copytree(tiny_qwen, target)
+    config = json.loads((target / "config.json").read_text(encoding="utf-8"))
+    config["quantization_config"] = {"quant_method": method, "bits": 4, "group_size": 128, "zero_point": True}
+    (target / "config.json").write_text(json.dumps(config), encoding="utf-8")
+    return target
+
+
+def test_preset_quantization_is_left_to_the_checkpoint(tiny_qwen, vllm, tmp_path):
+    model = _quantized_copy(tiny_qwen, tmp_path / "Qwen3-8B-AWQ", "awq")
+    create_llm(GenerateConfig(backend="vllm", model=str(model)))
+    engine = vllm.LLM.instances[-1]
+    assert engine.kwargs["quantization"] is None  # the preset says awq; vLLM picks the kernel itself
+    assert engine.model_config.quantization == "awq_marlin"
+
+
+@pytest.mark.parametrize(
+    ("setup", "overrides", "words"),
+    [
+        ("quant", {"quantization": "fp8"}, "leave generate.quantization empty"),
+        ("kv", {}, "raise generate.gpu_memory_utilization"),
+        ("kv-len", {"max_model_len": 4096}, "lower generate.max_model_len"),
+        ("oom", {}, "raise generate.tensor_parallel_size"),
+    ],
+)
+def test_engine_start_failures_are_one_line_naming_the_setting(tiny_qwen, vllm, tmp_path, setup, overrides, words):
+    model = _quantized_copy(tiny_qwen, tmp_path / "Qwen3-8B-AWQ", "awq") if setup == "quant" else tiny_qwen
+    weights = sum(p.stat().st_size for p in Path(tiny_qwen).glob("*.safetensors"))
+    if setup == "kv":  # the weights take all the memory vLLM may use
+        vllm.LLM.gpu_bytes = int(weights * 1.05)
+    elif setup == "kv-len":  # room for the weights, not for a 4096-token KV cache
+        vllm.LLM.gpu_bytes = int(weights * 1.2)
+    elif setup == "oom":
+        vllm.LLM.gpu_bytes = weights // 2
+    with pytest.raises(UserError, match="vLLM could not start") as info:
+        create_llm(GenerateConfig(backend="vllm", model=str(model), **overrides))
+    assert words in str(info.value) and "\n" not in str(info.value)
+
+
+def test_an_unknown_start_failure_keeps_vllms_own_error(tiny_qwen, vllm, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("Engine core initialization failed. See root cause above. Failed core proc(s): {}")
+
+    monkeypatch.setattr(vllm.module, "LLM", broken)
+    with pytest.raises(RuntimeError, match="Engine core initialization failed"):
+        create_llm(GenerateConfig(backend="vllm", model=str(tiny_qwen)))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Defect 6: sampling settings fail at config load, with vLLM's own ranges
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("temperature", 2.5),
+        ("temperature", -0.1),
+        ("top_p", 0.0),
+        ("top_p", 1.2),
+        ("top_k", -2),
+        ("min_p", 1.5),
+        ("presence_penalty", 2.5),
+        ("presence_penalty", -3.0),
+    ],
+)
+def test_sampling_settings_vllm_rejects_fail_at_config_load(key, value):
+    from offline_embft.llm import Sampling
+
+    with pytest.raises(UserError, match=f"generate.{key}"):
+        load_config(None, [f"generate.{key}={value}"])
+    # ... and they are exactly what vLLM's SamplingParams refuses.
+    fields = {**Sampling().as_dict(), key: value}
+    with pytest.raises(fake_vllm.VLLMValidationError):
+        fake_vllm.SamplingParams(
+            max_tokens=fields["max_tokens"],
+            temperature=fields["temperature"],
+            top_p=fields["top_p"],
+            top_k=fields["top_k"],
+            min_p=fields["min_p"],
+            presence_penalty=fields["presence_penalty"],
+        )
+
+
+def test_boundary_sampling_settings_pass_both_checks():
+    cfg = load_config(None, ["generate.temperature=2", "generate.top_p=1", "generate.top_k=-1", "generate.min_p=1"])
+    assert cfg.generate.temperature == 2.0
+    fake_vllm.SamplingParams(temperature=2.0, top_p=1.0, top_k=-1, min_p=1.0, presence_penalty=-2.0)
+    with pytest.raises(UserError, match="max_model_len"):
+        load_config(None, ["generate.max_model_len=200", "generate.max_new_tokens=256"])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Defect 3: bf16 only where the GPU computes it; defects 2 and 7: doctor's GPU lines
+
+
+class _Props:
+    def __init__(self, name: str, capability: tuple[int, int], memory_gib: int) -> None:
+        self.name = name
+        self.major, self.minor = capability
+        self.total_memory = memory_gib * 1024**3
+
+
+def mock_cuda(monkeypatch, name: str, capability: tuple[int, int], *, cuda: str = "12.8", archs=None, count=1):
+    """torch.cuda as a CUDA machine answers; torch's own is_bf16_supported logic runs on top of it."""
+    import torch
+
+    props = _Props(name, capability, 16)
+    monkeypatch.setattr(torch.version, "cuda", cuda)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: count)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device=None: props)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    # A T4 or V100 can emulate bf16: creating a bf16 tensor works there (torch/cuda/__init__.py:214-221).
+    monkeypatch.setattr(torch.cuda, "_check_bf16_tensor_supported", lambda device: True)
+    monkeypatch.setattr(torch.cuda, "get_arch_list", lambda: list(archs or ["sm_75", "sm_80", "sm_86", "sm_90"]))
+
+
+def test_precision_auto_is_fp16_on_a_t4_and_bf16_on_an_a100(monkeypatch):
+    import torch
+
+    mock_cuda(monkeypatch, "Tesla T4", (7, 5))
+    assert torch.cuda.is_bf16_supported() is True  # the trap: emulated bf16 counts as supported
+    assert resolve_precision("auto") == "fp16"
+    mock_cuda(monkeypatch, "NVIDIA A100-SXM4-80GB", (8, 0))
+    assert resolve_precision("auto") == "bf16"
+
+
+def fake_nvidia_smi(monkeypatch, tmp_path: Path, *rows: str) -> None:
+    """An ``nvidia-smi`` on PATH printing ``rows`` for doctor's query (and failing on anything else)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    script = bin_dir / "nvidia-smi"
+    body = "\n".join(rows)
+    script.write_text(
+        "#!/bin/sh\n"
+        'if [ "$1" != "--query-gpu=index,name,driver_version,compute_cap" ]; then echo "bad query" >&2; exit 2; fi\n'
+        f"cat <<'EOF'\n{body}\nEOF\n",
+        encoding="utf-8",
+    )
+    script.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{Path(sys.executable).parent}:/usr/bin:/bin")
+
+
+def _gpu_checks(backend: str = "vllm") -> dict[str, doctor.Check]:
+    cfg = PipelineConfig()
+    cfg.generate.backend = backend
+    gpus, error = gpu_compat.read_nvidia_smi()
+    checks = [
+        doctor.check_gpu(cfg),
+        doctor.check_driver(cfg, gpus, error),
+        doctor.check_compute_capability(cfg, gpus),
+    ]
+    return {c.name: c for c in checks}
+
+
+def test_doctor_a_cuda13_torch_on_a_535_driver_names_the_pair_to_install(monkeypatch, tmp_path):
+    fake_nvidia_smi(monkeypatch, tmp_path, "0, NVIDIA A100-SXM4-80GB, 535.104.05, 8.0")
+    mock_cuda(monkeypatch, "NVIDIA A100-SXM4-80GB", (8, 0), cuda="13.0")
+    line = _gpu_checks()["nvidia driver"]
+    assert line.verdict == doctor.FAIL
+    assert "driver 535.104.05 runs CUDA 12.x" in line.detail and "built for CUDA 13.0" in line.detail
+    assert "torch 2.10.0" in line.detail and "vLLM 0.19.1" in line.detail and "--driver 535.104.05" in line.detail
+
+
+def test_doctor_a_t4_on_a_580_driver_is_fine_and_trains_fp16(monkeypatch, tmp_path):
+    fake_nvidia_smi(monkeypatch, tmp_path, "0, Tesla T4, 580.65.06, 7.5", "1, Tesla T4, 580.65.06, 7.5")
+    mock_cuda(monkeypatch, "Tesla T4", (7, 5), cuda="13.0", count=2)
+    checks = _gpu_checks()
+    assert checks["nvidia driver"].verdict == doctor.OK and "runs CUDA 13.x" in checks["nvidia driver"].detail
+    assert checks["compute capability"].verdict == doctor.OK
+    assert "1: Tesla T4 7.5" in checks["compute capability"].detail
+    assert "no native bf16: training runs fp16" in checks["compute capability"].detail
+    assert "bf16 no (fp16 training)" in checks["gpu / cuda"].detail
+
+
+def test_doctor_a_v100_without_kernels_in_torch_points_to_the_cu126_build(monkeypatch, tmp_path):
+    fake_nvidia_smi(monkeypatch, tmp_path, "0, Tesla V100-SXM2-32GB, 550.54.15, 7.0")
+    mock_cuda(monkeypatch, "Tesla V100-SXM2-32GB", (7, 0), cuda="12.8")
+    line = _gpu_checks("transformers")["compute capability"]
+    assert line.verdict == doctor.FAIL and "no kernels below 7.5" in line.detail
+    assert "torch 2.9.1" in line.detail and "whl/cu126" in line.detail and "--capability 7.0" in line.detail
+
+
+def test_doctor_vllm_on_a_v100_says_what_to_use_instead(monkeypatch, tmp_path):
+    fake_nvidia_smi(monkeypatch, tmp_path, "0, Tesla V100-SXM2-32GB, 550.54.15, 7.0")
+    mock_cuda(monkeypatch, "Tesla V100-SXM2-32GB", (7, 0), cuda="12.6", archs=["sm_50", "sm_60", "sm_70", "sm_80"])
+    line = _gpu_checks("vllm")["compute capability"]
+    assert line.verdict == doctor.FAIL and "vLLM needs compute capability >= 7.5" in line.detail
+    assert "--backend transformers" in line.detail
+    assert _gpu_checks("transformers")["compute capability"].verdict == doctor.OK
+
+
+def test_doctor_without_nvidia_smi_on_a_cpu_machine(monkeypatch, tmp_path):
+    monkeypatch.setenv("PATH", str(tmp_path))  # no nvidia-smi anywhere
+    assert gpu_compat.read_nvidia_smi() == ([], "nvidia-smi not found")
+    cfg = PipelineConfig()
+    cfg.generate.backend = "ict"
+    assert doctor.check_driver(cfg, [], "nvidia-smi not found").verdict == doctor.OK
+    cfg.generate.backend = "vllm"
+    assert doctor.check_driver(cfg, [], "nvidia-smi not found").verdict == doctor.FAIL
+
+
+def test_doctor_compiler_line(monkeypatch, tmp_path):
+    import sysconfig
+
+    monkeypatch.delenv("CC", raising=False)
+    monkeypatch.setattr(doctor.shutil, "which", lambda name: None)
+    real = sysconfig.get_paths
+    monkeypatch.setattr(doctor.sysconfig, "get_paths", lambda: {**real(), "include": str(tmp_path)})
+    cfg = PipelineConfig()
+    line = doctor.check_compiler(cfg)
+    assert line.verdict == doctor.FAIL and "Triton" in line.detail
+    assert "apt-get install gcc" in line.detail
+    assert f"python{sys.version_info.major}.{sys.version_info.minor}-dev" in line.detail
+    cfg.generate.backend = "transformers"
+    assert doctor.check_compiler(cfg).verdict == doctor.OK
+    (tmp_path / "Python.h").write_text("")
+    monkeypatch.setenv("CC", "/usr/bin/gcc")
+    cfg.generate.backend = "vllm"
+    ok = doctor.check_compiler(cfg)
+    assert ok.verdict == doctor.OK and "Python.h found" in ok.detail
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Defect 1: dependency floors; defect 2: the bundle's target
+
+
+def _pyproject() -> dict:
+    return tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))
+
+
+def _spec(requirements: list[str], name: str) -> SpecifierSet:
+    from packaging.requirements import Requirement
+
+    (req,) = [Requirement(r) for r in requirements if Requirement(r).name == name]
+    return req.specifier
+
+
+def test_pyproject_floors_reject_what_the_code_cannot_run_with():
+    import sentence_transformers
+    import transformers
+
+    deps = _pyproject()["project"]["dependencies"]
+    assert "4.51.3" not in _spec(deps, "transformers") and "5.0.0" in _spec(deps, "transformers")
+    assert "5.3.0" not in _spec(deps, "sentence-transformers") and "5.4.0" in _spec(deps, "sentence-transformers")
+    assert transformers.__version__ in _spec(deps, "transformers")
+    assert sentence_transformers.__version__ in _spec(deps, "sentence-transformers")
+    vllm_extra = _spec(_pyproject()["project"]["optional-dependencies"]["vllm"], "vllm")
+    for pair in gpu_compat.ENGINE_PAIRS:
+        assert pair.vllm in vllm_extra
+    assert "0.8.5" not in vllm_extra and "0.34.0" not in vllm_extra
+
+
+def _bundle():
+    spec = importlib.util.spec_from_file_location("bundle_under_test", REPO / "scripts" / "bundle.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize(
+    ("target", "torch", "vllm", "index"),
+    [
+        (["--driver", "535"], "2.10.0", "0.19.1", ""),
+        (["--cuda", "12.4"], "2.10.0", "0.19.1", ""),
+        (["--driver", "580.65.06"], "2.14.0", "0.33.0", ""),
+        (["--driver", "575.51.03", "--capability", "7.0"], "2.9.1", "", "whl/cu126"),
+        (["--driver", "470.82.01"], "2.7.1", "", "whl/cu118"),
+    ],
+)
+def test_bundle_resolve_only_prints_and_pins_the_pair_for_the_target(
+    monkeypatch, tmp_path, capsys, target, torch, vllm, index
+):
+    bundle = _bundle()
+    commands: list[list[str]] = []
+    monkeypatch.setattr(bundle, "run", commands.append)  # pip is the network part: record what it would run
+    monkeypatch.setattr(bundle, "build_local_wheels", lambda wheels, python, packages: tmp_path / "p.whl")
+    monkeypatch.setattr(bundle, "resolve_only", lambda args, wheels, reqs: commands.append(reqs))
+    args = ["--out", str(tmp_path / "b"), "--resolve-only", "--extras", "vllm", "--python-version", "3.12", *target]
+    assert bundle.main(args) == 0
+    printed = capsys.readouterr().out
+    assert f"torch=={torch}" in printed
+    assert (f"vllm=={vllm}" in printed) if vllm else ("vllm: none" in printed and "--backend transformers" in printed)
+    (reqs,) = commands
+    assert f"torch=={torch}" in reqs and (f"vllm=={vllm}" in reqs if vllm else not any("vllm" in r for r in reqs))
+    if index:
+        assert index in printed
+        parsed = bundle.parse(args)
+        parsed.plan = bundle.target_plan(parsed)
+        assert any(index in part for part in bundle.pip_target_args(parsed))
+
+
+def test_python_decides_too():
+    assert gpu_compat.plan_for(driver="580.65.06", python="3.10").vllm == "0.19.1"  # 0.33 needs Python 3.11+
+    with pytest.raises(ValueError, match="driver"):
+        gpu_compat.plan_for()
+
+
+def test_docs_table_is_the_compat_table():
+    text = (REPO / "docs" / "models.md").read_text(encoding="utf-8")
+    for row in gpu_compat.table_rows():
+        assert f"| {row['driver']} | {row['cuda']} | {row['gpus']} | {row['torch']} | {row['vllm']} |" in text
+
+
+def test_readme_recommends_vllm_only_for_gpus_it_runs_on():
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    table = readme.split("### Which Qwen3 size fits which GPU", 1)[1].split("\n\n", 2)[1]
+    for row in table.splitlines():
+        if "V100" in row or "P100" in row or "P40" in row:
+            pytest.fail(
+                f"the vLLM GPU table recommends a GPU vLLM {gpu_compat.ENGINE_PAIRS[0].vllm} cannot run: {row}"
+            )
+    assert "V100" in readme.split("### Which Qwen3 size fits which GPU", 1)[1]  # ... but says what V100 users do
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Defect 8: make all on a multi-GPU server trains on one GPU
+
+
+def test_train_child_is_pinned_to_one_gpu_and_says_so(monkeypatch, tmp_path, caplog):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    fake_nvidia_smi(monkeypatch, tmp_path, *(f"{i}, NVIDIA A100-SXM4-80GB, 580.65.06, 8.0" for i in range(4)))
+    cfg = load_config(
+        REPO / "configs" / "cpu.yaml", [f"dataset_dir={tmp_path / 'D'}", f"models_dir={tmp_path / 'M'}"]
+    ).resolve()
+    stamps = pipeline.write_stamps(cfg, tmp_path / "s")
+    outputs = {stage.name: stage.outputs for stage in pipeline.stages(cfg, stamps, [])}
+    seen: dict[str, str | None] = {}
+
+    def runner(args: list[str]) -> int:
+        import os
+
+        seen[args[0]] = os.environ.get("CUDA_VISIBLE_DEVICES")
+        for path in outputs.get(args[0], []):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text("{}", encoding="utf-8")
+        return 0
+
+    with caplog.at_level(logging.WARNING, logger="offline_embft.pipeline"):
+        pipeline.run(cfg, runner=runner, force=True)
+    assert seen["train"] == "0"
+    assert all(value is None for stage, value in seen.items() if stage != "train")
+    assert "train runs on one GPU (CUDA_VISIBLE_DEVICES=0) of the 4 visible" in caplog.text
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")
+    assert pipeline.train_env(cfg) == {"CUDA_VISIBLE_DEVICES": "2"}
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1")
+    assert pipeline.train_env(cfg) == {}
