@@ -153,7 +153,7 @@ def test_transformers_backend_keeps_over_long_prompts_from_the_model(tiny_qwen, 
     calls = []
     real = llm._model.generate
     monkeypatch.setattr(llm._model, "generate", lambda **kw: calls.append(kw["input_ids"].shape) or real(**kw))
-    answers = llm.complete_batch(["短问题？", "公" * 400])
+    answers = llm.complete_batch(["短问题？", "公" * 400], raw=True)
     assert answers[0] is not None and answers[1] is None
     assert llm.last_refusals[1].startswith("prompt_too_long: ") and calls[0][0] == 1  # only the short one ran
 
