@@ -64,19 +64,20 @@ EMBED ?=
 SETS ?=
 ARGS = --config $(CONFIG) $(if $(LLM),--set llm=$(LLM)) $(if $(EMBED),--set embedding_model=$(EMBED)) $(SETS)
 DRY_RUN = $(if $(findstring n,$(firstword -$(MAKEFLAGS))),--dry-run)
-STAGES := convert ingest generate train evaluate
+STAGES := convert ingest generate train train-reranker evaluate
 
 .PHONY: demo all report summary $(STAGES)
 demo: ## CPU demo on the bundled statute PDFs (MiniLM, no LLM, no GPU, no network); report in results/
 	@$(MAKE) --no-print-directory all CONFIG=configs/cpu.yaml
 
-all: ## Whole pipeline: models → doctor → convert → ingest → generate → train → evaluate (skips what is fresh)
+all: ## Whole pipeline: models → doctor → convert → ingest → generate → train → train-reranker → evaluate (skips fresh)
 	+$(CLI) all $(DRY_RUN) $(ARGS)
 
 convert: ## HF encoder → sentence-transformers (CLS pooling for BCE), verified
 ingest: ## Documents → clean chunks, split by file (and the stages before it, if stale)
 generate: ## Chunks → questions from the local LLM, train and val in one engine (and the stages before it)
 train: ## Fine-tune the embedding model (MNRL, best checkpoint by val ndcg@10) (and the stages before it)
+train-reranker: ## Fine-tune the reranker on the same questions, when the config names one (and the stages before it)
 evaluate: ## Evaluate base vs fine-tuned vs BM25 → results/report.md, report.png (and the stages before it)
 $(STAGES):
 	+$(CLI) all --until $@ $(DRY_RUN) $(ARGS)

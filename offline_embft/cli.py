@@ -26,7 +26,7 @@ app = typer.Typer(
     help=(
         "Fine-tune embedding models for Chinese RAG, fully offline.\n\n"
         "Pipeline: ingest (documents → chunks) → generate (local LLM → questions) → convert (HF → "
-        "sentence-transformers) → train (MNRL) → evaluate (vs base model and BM25). "
+        "sentence-transformers) → train (MNRL) → train-reranker (cross-encoder) → evaluate (vs base model and BM25). "
         "`offline-embft all --config configs/default.yaml` runs everything; `doctor` checks a machine first."
     ),
     no_args_is_help=True,
@@ -58,6 +58,13 @@ class Pooling(str, Enum):
 class Loss(str, Enum):
     mnrl = "mnrl"
     cached_mnrl = "cached-mnrl"
+
+
+class RerankerLoss(str, Enum):
+    bce = "bce"
+    mnrl = "mnrl"
+    lambda_ = "lambda"
+    listnet = "listnet"
 
 
 class ExtendVocab(str, Enum):
@@ -283,6 +290,56 @@ def train(
     _guard(body)
 
 
+@app.command(name="train-reranker")
+def train_reranker(
+    train_file: Annotated[
+        Optional[Path], typer.Argument(help="Training dataset JSON (EmbeddingQAFinetuneDataset).")
+    ] = None,
+    model: Annotated[
+        Optional[Path], typer.Option(help="Base reranker (CrossEncoder, HF encoder or sentence-transformers model).")
+    ] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Output CrossEncoder directory.")] = None,
+    val: Annotated[
+        Optional[Path], typer.Option(help="Validation dataset JSON (best checkpoint by rerank ndcg@10).")
+    ] = None,
+    retriever: Annotated[
+        Optional[Path], typer.Option(help="Fine-tuned embedding model that mines the hard negatives.")
+    ] = None,
+    negatives: Annotated[Optional[int], typer.Option(help="Hard negatives per question (7).")] = None,
+    loss: Annotated[Optional[RerankerLoss], typer.Option(help="bce, mnrl, lambda or listnet.")] = None,
+    epochs: Annotated[Optional[int], typer.Option(help="Epochs (2).")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Training rows per batch (16).")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="Peak learning rate.")] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Fine-tune the reranker (cross-encoder) on the same questions, negatives mined by the fine-tuned embedder."""
+
+    def body() -> None:
+        from offline_embft import train_reranker as stage
+        from offline_embft.config import apply_overrides
+
+        pipeline = _load(config, set_)
+        if model is None and not pipeline.reranker_model:
+            raise UserError("no reranker configured (reranker_model is empty); pass --model RERANKER_DIR")
+        cfg = apply_overrides(
+            pipeline.train_reranker,
+            train_file=train_file and str(train_file),
+            model=model and str(model),
+            out_dir=out and str(out),
+            val_file=val and str(val),
+            retriever=retriever and str(retriever),
+            negatives=negatives,
+            loss=_value(loss),
+            epochs=epochs,
+            batch_size=batch_size,
+            lr=lr,
+        )
+        stage.run(cfg)
+
+    _guard(body)
+
+
 @app.command()
 def evaluate(
     dataset: Annotated[
@@ -295,22 +352,39 @@ def evaluate(
     bm25: Annotated[Optional[bool], typer.Option("--bm25/--no-bm25", help="Add a BM25 baseline.")] = None,
     hybrid: Annotated[Optional[bool], typer.Option("--hybrid/--no-hybrid", help="Add BM25+model RRF rows.")] = None,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Results directory.")] = None,
+    reranker: Annotated[
+        Optional[Path], typer.Option(help="Fine-tuned reranker: adds 'retriever → reranker' rows.")
+    ] = None,
+    base_reranker: Annotated[Optional[Path], typer.Option(help="Reranker before fine-tuning, for comparison.")] = None,
+    rerank_top: Annotated[
+        Optional[int], typer.Option(help="Passages per question the reranker re-orders (20).")
+    ] = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
 ) -> None:
-    """Compare models (and BM25) on a dataset → metrics.csv/json, predictions, report.md, report.png."""
+    """Compare models (and BM25, hybrids, rerankers) on a dataset → metrics.csv/json, predictions, report.md/png."""
 
     def body() -> None:
         from offline_embft import evaluate as stage
         from offline_embft.config import apply_overrides
 
-        cfg = apply_overrides(
-            _load(config, set_).evaluate,
+        cfg = _load(config, set_).evaluate
+        if model:
+            # An ad-hoc comparison of the models given: the pipeline's own reranker joins only when asked for.
+            from offline_embft.config import load_config
+
+            unresolved = load_config(config, set_).evaluate
+            cfg.reranker, cfg.base_reranker = unresolved.reranker, unresolved.base_reranker
+        apply_overrides(
+            cfg,
             dataset=dataset and str(dataset),
             models=model and [str(m) for m in model],
             bm25=bm25,
             hybrid=hybrid,
             out_dir=out and str(out),
+            reranker=reranker and str(reranker),
+            base_reranker=base_reranker and str(base_reranker),
+            rerank_top=rerank_top,
         )
         stage.run(cfg)
 

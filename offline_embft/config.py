@@ -18,11 +18,14 @@ from typing import Any
 import yaml
 
 from offline_embft.errors import UserError
+from offline_embft.model_files import RERANKER_FROM_EMBEDDING
 
 BACKENDS = ("vllm", "transformers", "openai", "ict")
 ENGINES = ("native", "llamaindex")
 POOLINGS = ("cls", "mean")
 LOSSES = ("mnrl", "cached-mnrl")
+RERANKER_LOSSES = ("bce", "mnrl", "lambda", "listnet")
+NEGATIVE_SOURCES = ("model", "bm25", "both")
 EXTEND_VOCAB = ("auto", "on", "off")
 
 
@@ -224,6 +227,75 @@ class TrainConfig:
 
 
 @dataclass
+class TrainRerankerConfig:
+    """Fine-tune a cross-encoder reranker on the same questions, negatives mined by the fine-tuned embedding model."""
+
+    train_file: str = _help("Training dataset (EmbeddingQAFinetuneDataset JSON).", "")
+    val_file: str = _help(
+        "Validation dataset: best checkpoint by ndcg@10 of reranking the retriever's top (empty: none).", ""
+    )
+    model: str = _help(
+        "Base reranker: a CrossEncoder directory, a Hugging Face encoder, or a sentence-transformers embedding model "
+        "(its encoder gets a fresh one-score head).",
+        "",
+    )
+    out_dir: str = _help("Output CrossEncoder directory (the best checkpoint by validation).", "")
+    retriever: str = _help(
+        "Embedding model that mines the hard negatives and the validation candidates (pipeline: the fine-tuned one; "
+        "empty: BM25 only).",
+        "",
+    )
+    negatives: int = _help("Hard negatives per question.", 7)
+    negative_source: str = _help(
+        "Where negatives come from: model (the retriever), bm25 or both (rank-fused).", "model"
+    )
+    loss: str = _help(
+        "bce (binary cross-entropy over positive and negatives), mnrl (pick the positive among negatives and "
+        "in-batch passages), lambda (LambdaLoss, listwise) or listnet.",
+        "bce",
+    )
+    epochs: int = _help("Training epochs.", 2)
+    batch_size: int = _help("Questions per batch (each with its positive and negatives).", 16)
+    lr: float = _help("Peak learning rate.", 2e-5)
+    warmup_ratio: float = _help("Share of steps for linear warmup.", 0.1)
+    weight_decay: float = _help("AdamW weight decay.", 0.01)
+    max_length: int = _help("Truncate (question, passage) pairs to this many tokens (0: keep the model's).", 512)
+    rerank_top: int = _help("Validation: rerank this many passages retrieved per question (as evaluate does).", 20)
+    extend_vocab: str = _help("Add corpus characters the tokenizer maps to UNK: auto, on, off.", "auto")
+    query_prompt: str = _help("Query instruction the retriever expects (pipeline: train.query_prompt).", "")
+    passage_prompt: str = _help("Passage prefix the retriever expects (pipeline: train.passage_prompt).", "")
+    precision: str = _help("auto (bf16/fp16 on GPU, fp32 on CPU), bf16, fp16 or fp32.", "auto")
+    seed: int = _help("Seed for reproducible runs.", 42)
+    eval_steps: int = _help("Evaluate every N steps (0: once per epoch).", 0)
+    resume: bool = _help("Resume from the last checkpoint in <out_dir>.checkpoints/ if there is one.", True)
+    keep_checkpoints: bool = _help("Keep <out_dir>.checkpoints/ after a successful run (default: delete it).", False)
+
+    def __post_init__(self) -> None:
+        _check(
+            self.loss in RERANKER_LOSSES,
+            f"train_reranker.loss must be one of {', '.join(RERANKER_LOSSES)}, got {self.loss!r}",
+        )
+        _check(
+            self.negative_source in NEGATIVE_SOURCES,
+            f"train_reranker.negative_source must be model, bm25 or both, got {self.negative_source!r}",
+        )
+        _check(self.negatives >= 1, "train_reranker.negatives must be at least 1 (a reranker learns from contrasts)")
+        _check(self.epochs >= 1, "train_reranker.epochs must be at least 1")
+        _check(self.batch_size >= 1, "train_reranker.batch_size must be at least 1")
+        _check(self.lr > 0, "train_reranker.lr must be positive")
+        _check(self.max_length >= 0, "train_reranker.max_length must be >= 0")
+        _check(self.rerank_top >= 2, "train_reranker.rerank_top must be at least 2")
+        _check(
+            self.extend_vocab in EXTEND_VOCAB,
+            f"train_reranker.extend_vocab must be auto, on or off, got {self.extend_vocab!r}",
+        )
+        _check(
+            self.precision in ("auto", "bf16", "fp16", "fp32"),
+            "train_reranker.precision must be auto, bf16, fp16 or fp32",
+        )
+
+
+@dataclass
 class EvaluateConfig:
     """Base vs fine-tuned vs BM25 (and hybrid) on one dataset, with a report."""
 
@@ -236,9 +308,19 @@ class EvaluateConfig:
     query_prompt: str = _help("Instruction prepended to queries (must match training).", "")
     passage_prompt: str = _help("Prefix prepended to passages (must match training).", "")
     rrf_k: int = _help("Reciprocal-rank fusion constant.", 60)
+    reranker: str = _help(
+        "Fine-tuned reranker (CrossEncoder directory): adds 'retriever → reranker' rows for the last model and its "
+        "hybrid (empty: none).",
+        "",
+    )
+    base_reranker: str = _help("The reranker before fine-tuning, reranking the same rows beside it (empty: none).", "")
+    rerank_top: int = _help("Passages of each retriever's ranking that the reranker re-orders.", 20)
+    rerank_batch_size: int = _help("(question, passage) pairs per reranker forward pass.", 32)
 
     def __post_init__(self) -> None:
         _check(self.batch_size >= 1, "evaluate.batch_size must be at least 1")
+        _check(self.rerank_top >= 2, f"evaluate.rerank_top must be at least 2, got {self.rerank_top}")
+        _check(self.rerank_batch_size >= 1, "evaluate.rerank_batch_size must be at least 1")
         _check(self.rrf_k >= 1, f"evaluate.rrf_k must be at least 1, got {self.rrf_k}")
 
 
@@ -253,6 +335,12 @@ class PipelineConfig:
         "Base embedding model: ModelScope id, local path, or package:NAME for a model shipped in a Python package.",
         "maidalun1020/bce-embedding-base_v1",
     )
+    reranker_model: str = _help(
+        "Base reranker (cross-encoder): ModelScope id, local path, package:NAME, or "
+        f"{RERANKER_FROM_EMBEDDING} (a cross-encoder initialised from this run's fine-tuned embedding model). "
+        "Empty: no reranker stage (configs/default.yaml: maidalun1020/bce-reranker-base_v1).",
+        "",
+    )
     run_name: str = _help("Name of the fine-tuned model directory under Models/model_outdir/.", "finetuned")
     models_dir: str = _help("Where models live (downloads, converted, fine-tuned).", "Models")
     dataset_dir: str = _help("Where documents, chunks and datasets live.", "Dataset")
@@ -261,6 +349,7 @@ class PipelineConfig:
     generate: GenerateConfig = field(default_factory=GenerateConfig)
     convert: ConvertConfig = field(default_factory=ConvertConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    train_reranker: TrainRerankerConfig = field(default_factory=TrainRerankerConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
 
     def resolve(self) -> PipelineConfig:
@@ -288,6 +377,19 @@ class PipelineConfig:
         self.evaluate.out_dir = self.evaluate.out_dir or str(layout.results_dir)
         self.evaluate.query_prompt = self.evaluate.query_prompt or self.train.query_prompt
         self.evaluate.passage_prompt = self.evaluate.passage_prompt or self.train.passage_prompt
+        if self.reranker_model:
+            rerank = self.train_reranker
+            rerank.train_file = rerank.train_file or self.train.train_file
+            rerank.val_file = rerank.val_file or self.train.val_file
+            rerank.model = rerank.model or str(layout.reranker_src)
+            rerank.out_dir = rerank.out_dir or str(layout.finetuned_reranker)
+            rerank.retriever = rerank.retriever or self.train.out_dir
+            rerank.query_prompt = rerank.query_prompt or self.train.query_prompt
+            rerank.passage_prompt = rerank.passage_prompt or self.train.passage_prompt
+            self.evaluate.reranker = self.evaluate.reranker or rerank.out_dir
+            # A head-less start (the fine-tuned embedding model) has no "before" reranker worth a row.
+            if self.reranker_model != RERANKER_FROM_EMBEDDING:
+                self.evaluate.base_reranker = self.evaluate.base_reranker or str(layout.reranker_src)
         return self
 
 

@@ -30,7 +30,15 @@ from offline_embft.config import PipelineConfig
 from offline_embft.convert import CONVERT_REPORT
 from offline_embft.errors import UserError
 from offline_embft.gpu_compat import bf16_native
-from offline_embft.model_files import PACKAGE_PREFIX, hub_id, locate, missing_files, st_max_seq_length, st_pooling
+from offline_embft.model_files import (
+    PACKAGE_PREFIX,
+    RERANKER_FROM_EMBEDDING,
+    hub_id,
+    locate,
+    missing_files,
+    st_max_seq_length,
+    st_pooling,
+)
 from offline_embft.paths import Layout
 
 OK, WARN, FAIL = "OK", "WARN", "FAIL"
@@ -268,6 +276,10 @@ def _model_line(name: str, ref: str, models_dir: str) -> Check:
 def check_models(cfg: PipelineConfig) -> list[Check]:
     """Each model the config needs: present and complete; the LLM only for backends that load one."""
     checks = [_model_line("embedding model", cfg.embedding_model, cfg.models_dir)]
+    if cfg.reranker_model == RERANKER_FROM_EMBEDDING:
+        checks.append(Check("reranker", OK, "initialised from the fine-tuned embedding model (nothing to download)"))
+    elif cfg.reranker_model:
+        checks.append(_model_line("reranker", cfg.reranker_model, cfg.models_dir))
     backend = cfg.generate.backend
     llm = cfg.generate.model or cfg.llm
     if backend in ("vllm", "transformers"):

@@ -18,6 +18,7 @@ from offline_embft.io import atomic_dir
 from offline_embft.model_files import (
     MODELSCOPE_IDS,
     PACKAGE_PREFIX,
+    RERANKER_FROM_EMBEDDING,
     check_complete,
     hub_id,
     is_hub_id,
@@ -146,6 +147,8 @@ def fetch(ref: str, models_dir: str | Path = "Models") -> Path:
 def required_models(cfg: PipelineConfig) -> list[tuple[str, str]]:
     """(role, reference) for every model the config needs on disk."""
     needed = [("embedding model", cfg.embedding_model)]
+    if cfg.reranker_model and cfg.reranker_model != RERANKER_FROM_EMBEDDING:
+        needed.append(("reranker", cfg.reranker_model))
     llm = cfg.generate.model or cfg.llm
     if cfg.generate.backend in ("vllm", "transformers") and llm:
         needed.append(("LLM", llm))

@@ -237,6 +237,58 @@ def rank_hybrid(model: Ranking, bm25: Ranking, data: EvalData, rrf_k: int) -> Ra
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# Second stage: retriever → reranker
+
+
+def rank_reranked(
+    rankings: Sequence[Ranking], data: EvalData, cfg: EvaluateConfig, show_progress: bool
+) -> list[Ranking]:
+    """Re-order the top ``cfg.rerank_top`` of the best retriever rows (the last model and its hybrid) with the
+    fine-tuned reranker and, beside it, the base reranker."""
+    from offline_embft.rerank import PairScores, load_cross_encoder, rerank
+
+    models = [r for r in rankings if r.kind == "model"]
+    if not models:
+        raise UserError("--reranker needs a retriever to re-order; pass --model MODEL_DIR")
+    last = models[-1]
+    parents = [last, *(r for r in rankings if r.kind == "hybrid" and r.parent == last.label)]
+    rerankers = [path for path in (cfg.reranker, cfg.base_reranker) if path]
+    labels = model_labels(rerankers)
+    rows = []
+    for path, label in zip(rerankers, labels, strict=True):
+        role = "fine-tuned" if path == cfg.reranker else "base"
+        scorer = PairScores(load_cross_encoder(path), data.queries, data.passages, cfg.rerank_batch_size)
+        for parent in parents:
+            result = rerank(parent.ids, cfg.rerank_top, scorer, show_progress)
+            top = min(cfg.rerank_top, parent.ids.shape[1])
+            info = {
+                "reranker": str(path),
+                "reranker_role": role,
+                "rerank_top": top,
+                "pairs_scored": result.pairs_scored,
+                "seconds": round(result.seconds, 2),
+            }
+            rows.append(
+                Ranking(
+                    f"{parent.label} → {label}",
+                    "rerank",
+                    f"`{path}` re-orders the top {top} of `{parent.label}`",
+                    result.ids,
+                    result.scores,
+                    info,
+                    parent=parent.label,
+                )
+            )
+        # Latency from every pair this reranker scored (the hybrid's top overlaps the model's: scored once).
+        for row in rows[-len(parents) :]:
+            row.info["ms_per_query"] = round(scorer.ms_per_query(row.info["rerank_top"]), 1)
+        logger.info("%s: %.1f ms per question to rerank the top %d", label, scorer.ms_per_query(top), top)
+        del scorer
+        gc.collect()
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # Metrics
 
 
@@ -331,6 +383,11 @@ def run(cfg: EvaluateConfig) -> Path:
     if not cfg.models and not cfg.bm25:
         raise UserError("nothing to evaluate; pass --model MODEL_DIR (repeatable) and/or --bm25")
     model_dirs = [check_st_dir(path, allow_raw=True) for path in cfg.models]
+    for path in (cfg.reranker, cfg.base_reranker):
+        if path:
+            from offline_embft.rerank import check_reranker_dir
+
+            check_reranker_dir(path)
     labels = model_labels(cfg.models)
     data = EvalData.from_dataset(dataset)
     show_progress = _show_progress()
@@ -350,6 +407,8 @@ def run(cfg: EvaluateConfig) -> Path:
         bm25 = rank_bm25(data, show_progress)
         hybrids = [rank_hybrid(r, bm25, data, cfg.rrf_k) for r in rankings] if cfg.hybrid else []
         rankings += ([bm25] if cfg.bm25 else []) + hybrids
+    if cfg.reranker or cfg.base_reranker:
+        rankings += rank_reranked(rankings, data, cfg, show_progress)
 
     evaluator = ir_evaluator(data)
     ranks = {r.label: gold_ranks(r, data) for r in rankings}
@@ -378,6 +437,7 @@ def run(cfg: EvaluateConfig) -> Path:
             "query_prompt": cfg.query_prompt,
             "passage_prompt": cfg.passage_prompt,
             "rrf_k": cfg.rrf_k,
+            **({"rerank_top": cfg.rerank_top} if cfg.reranker or cfg.base_reranker else {}),
         },
     )
     files = report_mod.render(report)

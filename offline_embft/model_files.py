@@ -29,6 +29,9 @@ logger = logging.getLogger(__name__)
 
 # A model shipped inside an installed Python package: ``package:NAME``.
 PACKAGE_PREFIX = "package:"
+# reranker_model value meaning "a cross-encoder initialised from this run's fine-tuned embedding model" (CPU demo):
+# its encoder already reads the corpus (vocabulary extension included); only the one-score head starts fresh.
+RERANKER_FROM_EMBEDDING = "finetuned-embedding"
 
 # Some models live under another owner on ModelScope than on Hugging Face. The config keeps the Hugging Face id
 # (what model cards and papers cite, and where Models/ puts it); downloads ask ModelScope for its own id.

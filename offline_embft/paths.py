@@ -6,6 +6,7 @@
 <models_dir>/<org>/<name>                   download (or a local path as given)
 <models_dir>/<org>/<name>-st                convert
 <models_dir>/model_outdir/<run_name>        train
+<models_dir>/model_outdir/<run_name>-reranker   train-reranker
 <results_dir>/                              evaluate (metrics.csv, report.md, report.png)
 """
 
@@ -15,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from offline_embft.model_files import locate
+from offline_embft.model_files import RERANKER_FROM_EMBEDDING, locate
 
 if TYPE_CHECKING:
     from offline_embft.config import PipelineConfig
@@ -56,6 +57,8 @@ class Layout:
     run_name: str
     # Where the embedding model belongs under models_dir; differs from embedding_src when found in a download cache.
     embedding_home: Path | None = None
+    # The base reranker (None: no reranker stage); see config.RERANKER_FROM_EMBEDDING for the demo's.
+    reranker_model: str = ""
 
     @classmethod
     def from_config(cls, cfg: PipelineConfig) -> Layout:
@@ -68,6 +71,7 @@ class Layout:
             llm_dir=model_dir(cfg.llm, models),
             run_name=cfg.run_name,
             embedding_home=model_home(cfg.embedding_model, models),
+            reranker_model=cfg.reranker_model,
         )
 
     @property
@@ -114,6 +118,17 @@ class Layout:
     @property
     def finetuned(self) -> Path:
         return self.models_dir / "model_outdir" / self.run_name
+
+    @property
+    def reranker_src(self) -> Path:
+        """The reranker training starts from: a downloaded cross-encoder, or this run's fine-tuned embedding model."""
+        if self.reranker_model == RERANKER_FROM_EMBEDDING:
+            return self.finetuned
+        return model_dir(self.reranker_model, self.models_dir)
+
+    @property
+    def finetuned_reranker(self) -> Path:
+        return self.models_dir / "model_outdir" / f"{self.run_name}-reranker"
 
     @property
     def report(self) -> Path:

@@ -28,7 +28,7 @@ import yaml
 from offline_embft import gpu_compat
 from offline_embft.config import PipelineConfig, to_dict
 from offline_embft.errors import UserError
-from offline_embft.model_files import PACKAGE_PREFIX
+from offline_embft.model_files import PACKAGE_PREFIX, RERANKER_FROM_EMBEDDING
 from offline_embft.paths import Layout
 
 logger = logging.getLogger(__name__)
@@ -40,6 +40,7 @@ STAMP_KEYS: dict[str, tuple[str, ...]] = {
     "ingest": ("ingest",),
     "generate": ("llm", "generate"),
     "train": ("train",),
+    "train_reranker": ("reranker_model", "train_reranker"),
     "evaluate": ("evaluate",),
 }
 
@@ -96,6 +97,24 @@ def stages(cfg: PipelineConfig, stamps: dict[str, Path], cli_args: list[str]) ->
     embed_src, embed_st, finetuned = Path(cfg.convert.model), Path(cfg.convert.out_dir), Path(cfg.train.out_dir)
     results = Path(cfg.evaluate.out_dir)
     base_models = [Path(m) for m in cfg.evaluate.models if Path(m) != finetuned]
+    reranker_stages, reranker_outputs = [], []
+    if cfg.reranker_model:
+        reranked = Path(cfg.train_reranker.out_dir)
+        reranker_outputs = [reranked / "config.json"]
+        reranker_stages = [
+            Stage(
+                "train-reranker",
+                ["train-reranker", *cli_args],
+                [
+                    layout.train_dataset,
+                    layout.val_dataset,
+                    finetuned / "modules.json",
+                    *([] if cfg.reranker_model == RERANKER_FROM_EMBEDDING else [layout.reranker_src]),
+                    stamps["train_reranker"],
+                ],
+                reranker_outputs,
+            )
+        ]
     return [
         Stage("convert", ["convert", *cli_args], [embed_src, stamps["convert"]], [embed_st / "modules.json"]),
         Stage(
@@ -116,10 +135,17 @@ def stages(cfg: PipelineConfig, stamps: dict[str, Path], cli_args: list[str]) ->
             [layout.train_dataset, layout.val_dataset, embed_st / "modules.json", stamps["train"]],
             [finetuned / "modules.json"],
         ),
+        *reranker_stages,
         Stage(
             "evaluate",
             ["evaluate", *cli_args],
-            [Path(cfg.evaluate.dataset), finetuned / "modules.json", *base_models, stamps["evaluate"]],
+            [
+                Path(cfg.evaluate.dataset),
+                finetuned / "modules.json",
+                *base_models,
+                *reranker_outputs,
+                stamps["evaluate"],
+            ],
             [results / "metrics.csv", results / "report.md"],
         ),
     ]
@@ -220,7 +246,7 @@ def preflight(cfg: PipelineConfig, cli_args: list[str]) -> list[list[str]]:
     since this machine may be air-gapped — the error says how to get it there.
 
     Raises:
-        UserError: the embedding model is neither on disk nor in a package.
+        UserError: the embedding model (or the reranker) is neither on disk nor in a package.
     """
     layout = Layout.from_config(cfg)
     commands = []
@@ -232,6 +258,15 @@ def preflight(cfg: PipelineConfig, cli_args: list[str]) -> list[list[str]]:
             f"embedding model {cfg.embedding_model} not found at {layout.embedding_src}; run `make download` on a "
             "connected machine and copy Models/ here (see README: the air-gap trip)"
         )
+    if cfg.reranker_model and cfg.reranker_model != RERANKER_FROM_EMBEDDING:
+        if cfg.reranker_model.startswith(PACKAGE_PREFIX):
+            if not layout.reranker_src.is_dir() and ["download", *cli_args] not in commands:
+                commands.append(["download", *cli_args])
+        elif not layout.reranker_src.is_dir():
+            raise UserError(
+                f"reranker {cfg.reranker_model} not found at {layout.reranker_src}; run `make download` on a "
+                'connected machine and copy Models/ here, or set reranker_model to "" to skip the reranker stage'
+            )
     return [*commands, ["doctor", *cli_args]]
 
 

@@ -52,7 +52,14 @@ MAIN_HELP = {  # second line of the chart's x labels: short, they sit side by si
     "ndcg@10": "rank-weighted",
     "map@100": "avg. precision",
 }
-KIND_LABELS = {"model": "embedding model", "bm25": "BM25 (lexical)", "hybrid": "hybrid (RRF)"}
+KIND_LABELS = {
+    "model": "embedding model",
+    "bm25": "BM25 (lexical)",
+    "hybrid": "hybrid (RRF)",
+    "rerank": "retriever → reranker",
+}
+# Hatches of reranked rows (drawn in their retriever's colour): fine-tuned reranker, base reranker.
+RERANK_HATCHES = {"fine-tuned": "xx", "base": ".."}
 # Differences a sign test cannot tell from chance at this level are called "no clear difference".
 SIGNIFICANCE = 0.05
 
@@ -85,12 +92,12 @@ class Row:
 
     Attributes:
         label: Short readable name (a model's directory name, ``BM25``, ``<model>+BM25``).
-        kind: ``model``, ``bm25`` or ``hybrid``.
+        kind: ``model``, ``bm25``, ``hybrid`` or ``rerank`` (a retriever's top re-ordered by a cross-encoder).
         source: The model path, or how the row was made.
         metrics: Metric name → fraction in [0, 1] (keys of :data:`METRIC_COLUMNS`).
         gold_ranks: Per query, the 1-based rank of the first relevant passage (None: not in the top 100).
         info: Extra facts shown in the report (max_seq_length, truncated passages, encode seconds, ...).
-        parent: For a hybrid row, the label of its model row.
+        parent: For a hybrid row, the label of its model row; for a rerank row, the row it re-orders.
     """
 
     label: str
@@ -264,6 +271,17 @@ def verdict(report: Report) -> list[str]:
             "adding BM25 to the pipeline buys little on this data.",
         }[outcome]
         lines.append(f"{headline} {sentence}")
+    by_label = {r.label: r for r in rows}
+    for row in (r for r in rows if r.kind == "rerank" and r.parent in by_label):
+        outcome, sentence = _comparison(row, by_label[row.parent])
+        role = row.info.get("reranker_role", "")
+        headline = {
+            "better": "improves the ranking",
+            "worse": "makes the ranking worse",
+            "no clear difference": "changes little",
+        }[outcome]
+        latency = f" It costs {row.info['ms_per_query']:.0f} ms per question." if "ms_per_query" in row.info else ""
+        lines.append(f"**Second stage `{row.label}` ({role} reranker) {headline}.** {sentence}{latency}")
     if report.n_queries < 100:
         lines.append(
             f"Only {report.n_queries} questions: differences of a few points can be noise; evaluate on more "
@@ -329,9 +347,10 @@ def markdown(report: Report, chart_name: str = "report.png") -> str:
                 str(info.get("max_seq_length", "")),
                 "" if truncated is None else f"{truncated} / {report.n_corpus}",
                 f"{info['seconds']:.1f}" if "seconds" in info else "",
+                f"{info['ms_per_query']:.0f}" if "ms_per_query" in info else "",
             ]
         )
-    header = ["model", "kind", "path / method", "max_seq_length", "passages truncated", "seconds"]
+    header = ["model", "kind", "path / method", "max_seq_length", "passages truncated", "seconds", "rerank ms/query"]
     out += _table(header, body, text_columns=3)
     settings = ", ".join(f"{k}={v!r}" for k, v in report.settings.items())
     out += ["", f"Settings: {settings}." if settings else "", "", "## All metrics", ""]
@@ -424,7 +443,8 @@ def chart_labels(report: Report) -> tuple[list[str], str, list[str] | None]:
 
 
 def _colors(report: Report) -> list[tuple[str, str]]:
-    """(colour, hatch) per row: one colour per model, grey for BM25, the model's colour hatched for its hybrid."""
+    """(colour, hatch) per row: one colour per model, grey for BM25, the model's colour hatched for its hybrid and
+    cross-hatched (fine-tuned reranker) or dotted (base reranker) for the rows that rerank them."""
     by_label: dict[str, str] = {}
     styles = []
     models = [r for r in report.rows if r.kind == "model"]
@@ -435,6 +455,10 @@ def _colors(report: Report) -> list[tuple[str, str]]:
             styles.append((BM25_COLOR, ""))
         elif row.kind == "hybrid":
             styles.append((by_label.get(row.parent, BM25_COLOR), "///"))
+            by_label.setdefault(row.label, by_label.get(row.parent, BM25_COLOR))
+        elif row.kind == "rerank":
+            hatch = RERANK_HATCHES.get(row.info.get("reranker_role", ""), "xx")
+            styles.append((by_label.get(row.parent, BM25_COLOR), hatch))
         else:
             styles.append((by_label[row.label], ""))
     return styles

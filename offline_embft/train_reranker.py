@@ -1,0 +1,439 @@
+"""Fine-tune the second stage: a cross-encoder reranker, from the same questions the embedding model trained on.
+
+BCE ships bce-embedding with bce-reranker and recommends both; tuning only the first stage leaves the second generic.
+Each training question gets its positive passage(s) and hard negatives mined by the *fine-tuned* embedding model
+(:func:`offline_embft.negatives.mine`: sentence-transformers' ``mine_hard_negatives`` with the NV-Retriever margin,
+positives, same-text copies and near-duplicates never used as negatives) — exactly the passages the reranker will
+have to sort out behind that retriever. Training is sentence-transformers' ``CrossEncoderTrainer`` with one of its
+ranking losses (``train_reranker.loss``; README "Measured" has the comparison that chose the default):
+
+- ``bce``: BinaryCrossEntropyLoss over (question, passage, 1/0) pairs, positives weighted by the negatives' count;
+- ``mnrl``: MultipleNegativesRankingLoss, the positive picked among its hard negatives and in-batch passages;
+- ``lambda`` / ``listnet``: listwise LambdaLoss (NDCG-weighted) / ListNetLoss over (question, [passages], labels).
+
+Validation (best checkpoint): ``CrossEncoderRerankingEvaluator`` re-ordering the retriever's top ``rerank_top`` for
+each validation question — the same "retriever → reranker" ndcg@10 that ``evaluate`` reports.
+
+Outputs, as :mod:`offline_embft.train`: ``out_dir`` is a complete CrossEncoder directory written atomically, with
+``train_config.yaml``, ``train_log.json``, ``train_metrics.json`` and ``vocab_extension.json``; checkpoints live in
+``<out_dir>.checkpoints/`` while training, so a crashed run resumes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import hashlib
+import logging
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from offline_embft.config import TrainRerankerConfig, save_config
+from offline_embft.dataset import QADataset
+from offline_embft.errors import UserError
+from offline_embft.io import atomic_dir, write_json
+from offline_embft.train import _prepare_checkpoints, checkpoints_dir, resolve_precision
+
+logger = logging.getLogger(__name__)
+
+EVAL_NAME = "val"
+BEST_METRIC = f"eval_{EVAL_NAME}_ndcg@10"
+# Settings that do not change what a run computes, so changing them must not block a resume.
+_NOT_FINGERPRINTED = ("out_dir", "resume", "keep_checkpoints")
+# In-batch passages MultipleNegativesRankingLoss adds to each question's own hard negatives.
+MNRL_IN_BATCH_NEGATIVES = 4
+
+
+@dataclass
+class RerankExample:
+    """One training question with the passages the reranker must put above (positives) and below (negatives)."""
+
+    query: str
+    positives: list[str]
+    negatives: list[str]
+
+
+def build_examples(
+    dataset: QADataset, cfg: TrainRerankerConfig, retriever: Any = None, seed: int | None = None
+) -> list[RerankExample]:
+    """One example per question: its positive passages and ``cfg.negatives`` hard negatives.
+
+    Negatives come from :func:`offline_embft.negatives.mine` (the retriever's nearest passages that are not the
+    answer, a positive-aware margin, positives' copies and near-duplicates excluded); they are unique per question
+    and never equal to the text of one of its positives.
+    """
+    from offline_embft import negatives
+
+    if cfg.negative_source in ("model", "both") and retriever is None:
+        raise UserError(
+            f"train_reranker.negative_source={cfg.negative_source} needs the fine-tuned embedding model; pass "
+            "--retriever MODEL_DIR (the pipeline passes train's output) or --set train_reranker.negative_source=bm25"
+        )
+    rows = negatives.mine(
+        dataset,
+        cfg.negatives,
+        source=cfg.negative_source,
+        model=retriever,
+        query_prompt=cfg.query_prompt,
+        passage_prompt=cfg.passage_prompt,
+        seed=cfg.seed if seed is None else seed,
+    )
+    # mine() gives one row per (question, positive) with the question's negatives repeated: one example per question.
+    by_query: dict[str, RerankExample] = {}
+    for row in rows:
+        example = by_query.setdefault(row["anchor"], RerankExample(row["anchor"], [], []))
+        if row["positive"] not in example.positives:
+            example.positives.append(row["positive"])
+        for key in sorted((k for k in row if k.startswith("negative_")), key=lambda k: int(k.split("_")[1])):
+            if row[key] not in example.negatives:
+                example.negatives.append(row[key])
+    examples = list(by_query.values())
+    for example in examples:  # mine() already guarantees this; a bad negative would teach the opposite of the truth
+        example.negatives = [text for text in example.negatives if text not in example.positives]
+    return examples
+
+
+def training_dataset(examples: list[RerankExample], loss: str) -> Any:
+    """The ``datasets.Dataset`` each loss expects (columns per the sentence-transformers loss tables)."""
+    from datasets import Dataset
+
+    if loss == "bce":
+        queries, passages, labels = [], [], []
+        for example in examples:
+            for text, label in [(p, 1.0) for p in example.positives] + [(n, 0.0) for n in example.negatives]:
+                queries.append(example.query)
+                passages.append(text)
+                labels.append(label)
+        return Dataset.from_dict({"query": queries, "passage": passages, "label": labels})
+    if loss == "mnrl":
+        width = min(len(example.negatives) for example in examples)
+        columns: dict[str, list[str]] = {"query": [], "positive": []}
+        columns.update({f"negative_{i}": [] for i in range(1, width + 1)})
+        for example in examples:
+            for positive in example.positives:
+                columns["query"].append(example.query)
+                columns["positive"].append(positive)
+                for i in range(1, width + 1):
+                    columns[f"negative_{i}"].append(example.negatives[i - 1])
+        return Dataset.from_dict(columns)
+    return Dataset.from_dict(
+        {
+            "query": [e.query for e in examples],
+            "docs": [e.positives + e.negatives for e in examples],
+            "labels": [[1] * len(e.positives) + [0] * len(e.negatives) for e in examples],
+        }
+    )
+
+
+def validation_samples(dataset: QADataset, retriever: Any, cfg: TrainRerankerConfig) -> list[dict[str, Any]]:
+    """``CrossEncoderRerankingEvaluator`` samples: each question with the retriever's top ``rerank_top`` passages.
+
+    Without a retriever, BM25 finds the candidates (the same index as evaluation's baseline).
+    """
+    qids = list(dataset.queries)
+    doc_ids = list(dataset.corpus)
+    passages = [dataset.corpus[d] for d in doc_ids]
+    top = min(cfg.rerank_top, len(doc_ids))
+    if retriever is not None:
+        from sentence_transformers.util import semantic_search
+
+        corpus_emb = retriever.encode_document(
+            passages, prompt=cfg.passage_prompt or None, convert_to_tensor=True, show_progress_bar=False
+        )
+        query_emb = retriever.encode_query(
+            [dataset.queries[q] for q in qids],
+            prompt=cfg.query_prompt or None,
+            convert_to_tensor=True,
+            show_progress_bar=False,
+        )
+        hits = semantic_search(query_emb, corpus_emb, top_k=top, score_function=retriever.similarity)
+        ranked = [[hit["corpus_id"] for hit in row] for row in hits]
+    else:
+        from offline_embft.bm25 import BM25Index
+
+        positions, _ = BM25Index(passages, show_progress=False).search([dataset.queries[q] for q in qids], k=top)
+        ranked = [list(row) for row in positions]
+    return [
+        {
+            "query": dataset.queries[qid],
+            "positive": [dataset.corpus[d] for d in dataset.relevant_docs[qid]],
+            "documents": [passages[i] for i in row],
+        }
+        for qid, row in zip(qids, ranked, strict=True)
+    ]
+
+
+def build_loss(model: Any, cfg: TrainRerankerConfig) -> Any:
+    """The sentence-transformers cross-encoder loss named by ``cfg.loss``."""
+    import torch
+    from sentence_transformers.cross_encoder import losses
+
+    if cfg.loss == "bce":
+        # One positive against N negatives: weight positives by N so both classes pull equally.
+        return losses.BinaryCrossEntropyLoss(model, pos_weight=torch.tensor(float(cfg.negatives)))
+    if cfg.loss == "mnrl":
+        return losses.MultipleNegativesRankingLoss(model, num_negatives=MNRL_IN_BATCH_NEGATIVES)
+    if cfg.loss == "lambda":
+        return losses.LambdaLoss(model)
+    return losses.ListNetLoss(model)
+
+
+def run(cfg: TrainRerankerConfig, callbacks: list[Any] | None = None) -> Path:
+    """Fine-tune ``cfg.model`` as a reranker on ``cfg.train_file``; write the best model to ``cfg.out_dir``.
+
+    Args:
+        cfg: the resolved reranker training config.
+        callbacks: extra ``transformers.TrainerCallback`` objects (tests and benchmarks hook in here).
+
+    Returns:
+        The output CrossEncoder directory.
+
+    Raises:
+        UserError: bad dataset, model directory, or settings; checkpoints from a different run.
+    """
+    started = time.time()
+    if not cfg.train_file:
+        raise UserError("no training dataset given; pass TRAIN.json (written by `offline-embft generate`)")
+    if not cfg.out_dir:
+        raise UserError("no output directory given; pass --out OUT_DIR")
+    if not cfg.model:
+        raise UserError("no reranker given; pass --model RERANKER_DIR or set reranker_model in the config")
+    from offline_embft import rerank
+
+    rerank.check_reranker_dir(cfg.model)
+    train_data = QADataset.load(cfg.train_file)
+    val_data = None
+    if cfg.val_file:
+        if not Path(cfg.val_file).is_file():
+            raise UserError(
+                f"validation dataset {cfg.val_file} not found; pass --val FILE, "
+                "or --set train_reranker.val_file= to train without validation"
+            )
+        val_data = QADataset.load(cfg.val_file)
+    if len(train_data.corpus) <= cfg.negatives:
+        raise UserError(
+            f"{cfg.train_file} has {len(train_data.corpus)} passages, too few for {cfg.negatives} negatives per "
+            "question; lower --set train_reranker.negatives"
+        )
+
+    import transformers
+
+    from offline_embft.vocab import extend_vocabulary
+
+    precision = resolve_precision(cfg.precision)
+    out_dir = Path(cfg.out_dir)
+    ckpt_dir = checkpoints_dir(out_dir)
+    resume_from = _prepare_checkpoints(ckpt_dir, _fingerprint(cfg), cfg.resume)
+    transformers.set_seed(cfg.seed)
+
+    mine_started = time.perf_counter()
+    retriever = _load_retriever(cfg)
+    examples = build_examples(train_data, cfg, retriever)
+    samples = validation_samples(val_data, retriever, cfg) if val_data else None
+    mine_seconds = time.perf_counter() - mine_started
+    del retriever
+    gc.collect()
+
+    model = rerank.load_cross_encoder(cfg.model, cfg.max_length or None)
+    texts = [*train_data.queries.values(), *train_data.corpus.values()]
+    if val_data is not None:
+        texts += [*val_data.queries.values(), *val_data.corpus.values()]
+    vocab = extend_vocabulary(model, texts, cfg.extend_vocab)
+    dataset = training_dataset(examples, cfg.loss)
+    evaluator = _evaluator(samples, cfg) if samples else None
+    trainer = _build_trainer(model, dataset, cfg, evaluator, ckpt_dir, precision, callbacks or [])
+    logger.info(
+        "training reranker %s on %d questions (%d training rows, %d negatives each, loss %s) for %d epochs "
+        "(batch %d, lr %g, %s)%s",
+        cfg.model,
+        len(examples),
+        len(dataset),
+        cfg.negatives,
+        cfg.loss,
+        cfg.epochs,
+        cfg.batch_size,
+        cfg.lr,
+        precision,
+        f"; resuming from {resume_from}" if resume_from else "",
+    )
+    result = trainer.train(resume_from_checkpoint=resume_from)
+    state = trainer.state
+    summary = _summary(cfg, state, result.metrics, precision, resume_from, started, len(examples), len(dataset))
+    summary["mining_seconds"] = round(mine_seconds, 2)
+    summary["device"] = str(model.device)
+    vocab_info = vocab.to_dict()
+    summary["vocab"] = {k: v for k, v in vocab_info.items() if k != "added"}
+
+    if not trainer.is_world_process_zero():
+        return out_dir
+    with atomic_dir(out_dir) as tmp:
+        model.save(str(tmp))
+        save_config(cfg, tmp / "train_config.yaml")
+        write_json(tmp / "train_log.json", state.log_history)
+        write_json(tmp / "train_metrics.json", summary)
+        write_json(tmp / "vocab_extension.json", vocab_info)
+    if not cfg.keep_checkpoints:
+        shutil.rmtree(ckpt_dir, ignore_errors=True)
+    best = summary["val_metrics"].get("ndcg@10")
+    logger.info(
+        "saved %s (%s) in %.0fs",
+        out_dir,
+        f"best val rerank ndcg@10 {best:.4f} at step {summary['best_step']}" if best is not None else "no validation",
+        summary["wall_seconds"],
+    )
+    return out_dir
+
+
+def _load_retriever(cfg: TrainRerankerConfig) -> Any:
+    """The embedding model that mines negatives (None when only BM25 is asked for)."""
+    if cfg.negative_source == "bm25" and not cfg.val_file:
+        return None
+    if not cfg.retriever:
+        if cfg.negative_source == "bm25":
+            return None
+        raise UserError(
+            "no retriever to mine negatives with; pass --retriever MODEL_DIR (the fine-tuned embedding model) "
+            "or --set train_reranker.negative_source=bm25"
+        )
+    from offline_embft.model_files import load_sentence_transformer
+
+    return load_sentence_transformer(cfg.retriever)
+
+
+def _evaluator(samples: list[dict[str, Any]], cfg: TrainRerankerConfig) -> Any:
+    from sentence_transformers.cross_encoder.evaluation import CrossEncoderRerankingEvaluator
+
+    # always_rerank_positives=False: a positive the retriever missed cannot be saved by the reranker, as in evaluate.
+    return CrossEncoderRerankingEvaluator(
+        samples,
+        at_k=10,
+        always_rerank_positives=False,
+        name=EVAL_NAME,
+        batch_size=max(cfg.batch_size, 32),
+        write_csv=False,
+    )
+
+
+def _build_trainer(
+    model: Any,
+    dataset: Any,
+    cfg: TrainRerankerConfig,
+    evaluator: Any,
+    ckpt_dir: Path,
+    precision: str,
+    callbacks: list[Any],
+) -> Any:
+    import torch
+    from sentence_transformers.cross_encoder import CrossEncoderTrainer, CrossEncoderTrainingArguments
+    from sentence_transformers.sentence_transformer.training_args import BatchSamplers
+    from transformers.trainer_callback import ProgressCallback
+
+    from offline_embft.train import _log_callback
+
+    class _QuietProgress(ProgressCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            pass
+
+    strategy = "steps" if cfg.eval_steps else "epoch"
+    args = CrossEncoderTrainingArguments(
+        output_dir=str(ckpt_dir),
+        num_train_epochs=cfg.epochs,
+        per_device_train_batch_size=cfg.batch_size,
+        per_device_eval_batch_size=cfg.batch_size,
+        learning_rate=cfg.lr,
+        warmup_steps=cfg.warmup_ratio,  # transformers 5: a float below 1 is a share of the total steps
+        weight_decay=cfg.weight_decay,
+        lr_scheduler_type="linear",
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
+        # In-batch passages are negatives for MNRL: a duplicate would be a false one.
+        batch_sampler=BatchSamplers.NO_DUPLICATES if cfg.loss == "mnrl" else BatchSamplers.BATCH_SAMPLER,
+        eval_strategy=strategy if evaluator is not None else "no",
+        eval_steps=cfg.eval_steps or None,
+        save_strategy=strategy,
+        save_steps=cfg.eval_steps or None,
+        save_total_limit=2,  # the best checkpoint and the last one (to resume from)
+        load_best_model_at_end=evaluator is not None,
+        metric_for_best_model=BEST_METRIC if evaluator is not None else None,
+        greater_is_better=True,
+        logging_steps=1,
+        logging_first_step=True,
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        report_to="none",
+        dataloader_drop_last=False,
+        dataloader_pin_memory=torch.cuda.is_available(),
+    )
+    trainer = CrossEncoderTrainer(
+        model=model,
+        args=args,
+        train_dataset=dataset,
+        loss=build_loss(model, cfg),
+        evaluator=evaluator,
+        callbacks=[_log_callback(), *callbacks],
+    )
+    if trainer.pop_callback(ProgressCallback) is not None:
+        trainer.add_callback(_QuietProgress)
+    return trainer
+
+
+def _summary(
+    cfg: TrainRerankerConfig,
+    state: Any,
+    train_metrics: dict[str, Any],
+    precision: str,
+    resume_from: str | None,
+    started: float,
+    questions: int,
+    rows: int,
+) -> dict[str, Any]:
+    """Final metrics and timings for ``train_metrics.json`` (the same keys as the embedding stage's)."""
+    import resource
+
+    best_step = None
+    val_metrics: dict[str, float] = {}
+    if state.best_model_checkpoint:
+        best_step = int(state.best_model_checkpoint.rsplit("-", 1)[-1])
+        prefix = f"eval_{EVAL_NAME}_"
+        for entry in state.log_history:
+            if entry.get("step") == best_step and BEST_METRIC in entry:
+                val_metrics = {k[len(prefix) :]: v for k, v in entry.items() if k.startswith(prefix)}
+    return {
+        "train_questions": questions,
+        "train_rows": rows,
+        "loss": cfg.loss,
+        "negatives": cfg.negatives,
+        "epochs": cfg.epochs,
+        "global_step": state.global_step,
+        "best_step": best_step,
+        "val_metrics": val_metrics,
+        "train_runtime_seconds": round(train_metrics.get("train_runtime", 0.0), 2),
+        "train_samples_per_second": round(train_metrics.get("train_samples_per_second", 0.0), 3),
+        "train_loss": train_metrics.get("train_loss"),
+        "wall_seconds": round(time.time() - started, 2),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "precision": precision,
+        "resumed_from": resume_from,
+        "resumed_from_step": int(resume_from.rsplit("-", 1)[-1]) if resume_from else None,
+    }
+
+
+def _fingerprint(cfg: TrainRerankerConfig) -> dict[str, Any]:
+    """What a checkpoint must match to be resumed: settings, input files' content, and the models' weights."""
+    settings = {key: value for key, value in dataclasses.asdict(cfg).items() if key not in _NOT_FINGERPRINTED}
+    files = {}
+    for key in ("train_file", "val_file"):
+        path = getattr(cfg, key)
+        if path and Path(path).is_file():
+            files[key] = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    for key in ("model", "retriever"):
+        path = getattr(cfg, key)
+        if path:
+            settings[key] = str(Path(path).resolve())
+            # A retrained retriever mines other negatives: its weights' size and time tell them apart cheaply.
+            weights = sorted(Path(path).glob("*.safetensors")) + sorted(Path(path).glob("*.bin"))
+            files[f"{key}_weights"] = [(w.name, w.stat().st_size, w.stat().st_mtime_ns) for w in weights]
+    return {"settings": settings, "files": files}
