@@ -1,8 +1,8 @@
 """The whole CPU pipeline on real statute PDFs, in-process, with the network cut.
 
-Every stage runs through the real CLI (download → doctor → convert → ingest → generate → train → evaluate) with
-socket connections and DNS refused by the ``no_network`` fixture; any connection attempt fails the test. A second
-run must find every stage fresh and redo nothing.
+Every stage runs through the real CLI (download → doctor → convert → ingest → generate → train → train-reranker →
+evaluate) with socket connections and DNS refused by the ``no_network`` fixture; any connection attempt fails the
+test. A second run must find every stage fresh and redo nothing.
 """
 
 from __future__ import annotations
@@ -38,6 +38,8 @@ def test_cpu_pipeline_end_to_end_without_network(tmp_path, laws_dir, minilm_path
         "ingest.val_ratio=0.5",
         "train.epochs=1",
         "train.batch_size=16",
+        "train_reranker.negatives=1",
+        "train_reranker.max_length=128",
     ]
     cfg = load_config(config, overrides).resolve()
     calls: list[str] = []
@@ -52,7 +54,7 @@ def test_cpu_pipeline_end_to_end_without_network(tmp_path, laws_dir, minilm_path
         return result.exit_code
 
     report = pipeline.run(cfg, config_path=config, overrides=overrides, runner=in_process)
-    assert calls == ["download", "doctor", "convert", "ingest", "generate", "train", "evaluate"]
+    assert calls == ["download", "doctor", "convert", "ingest", "generate", "train", "train-reranker", "evaluate"]
 
     results = tmp_path / "results"
     assert report == results / "report.md" and report.is_file()
@@ -63,6 +65,11 @@ def test_cpu_pipeline_end_to_end_without_network(tmp_path, laws_dir, minilm_path
     for row in rows:
         assert 0.0 <= float(row["ndcg@10"]) <= 1.0 and 0.0 <= float(row["hit_rate@5"]) <= 1.0
     assert (tmp_path / "Models" / "model_outdir" / "minilm-demo" / "modules.json").is_file()
+    # The second stage: the demo's reranker re-orders the fine-tuned model's and the hybrid's top 20.
+    assert [row["model"] for row in rows if " → " in row["model"]] == [
+        "minilm-demo → minilm-demo-reranker",
+        "minilm-demo+BM25 → minilm-demo-reranker",
+    ]
 
     calls.clear()
     pipeline.run(cfg, config_path=config, overrides=overrides, runner=in_process)

@@ -71,7 +71,7 @@ def test_stage_order_and_separate_processes(tmp_path):
     cfg = _cfg(tmp_path)
     stamps = pipeline.write_stamps(cfg, tmp_path / "s")
     names = [stage.name for stage in pipeline.stages(cfg, stamps, ["--config", "c.yaml"])]
-    assert names == ["convert", "ingest", "generate", "train", "evaluate"]
+    assert names == ["convert", "ingest", "generate", "train", "train-reranker", "evaluate"]
     assert pipeline.run.__defaults__[-1] is pipeline.run_in_child, "stages must run in child processes by default"
 
 
@@ -123,7 +123,7 @@ def _make(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
 
 def _stage_lines(stdout: str) -> list[str]:
     """The stage commands a dry run prints, in order (preflight left out)."""
-    names = ("convert", "ingest", "generate", "train", "evaluate")
+    names = ("convert", "ingest", "generate", "train", "train-reranker", "evaluate")
     return [
         line.split()[1]
         for line in stdout.splitlines()
@@ -135,7 +135,7 @@ def _stage_lines(stdout: str) -> list[str]:
 def test_make_dry_run_shows_stage_order(tmp_path):
     out = _make(tmp_path, "-n", "demo")
     assert out.returncode == 0, out.stderr
-    assert _stage_lines(out.stdout) == ["convert", "ingest", "generate", "train", "evaluate"]
+    assert _stage_lines(out.stdout) == ["convert", "ingest", "generate", "train", "train-reranker", "evaluate"]
     assert not (tmp_path / "Dataset").exists(), "a dry run writes no stage output"
 
 
