@@ -22,7 +22,7 @@ import re
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -260,15 +260,19 @@ class Chunker:
         return fitted
 
 
-def holdout_span(text: str, val_ratio: float, rng: random.Random) -> tuple[int, int] | None:
+def holdout_span(text: str, val_ratio: float, rng: random.Random, units: Sequence[int] = ()) -> tuple[int, int] | None:
     """A seeded contiguous stretch of about ``val_ratio`` of ``text``, cut at paragraph (else sentence) boundaries.
 
+    ``units``: where the document's own units start (articles, headings that do not just follow a heading); when
+    there are enough of them the stretch is cut there, so no article is split between train and validation.
     Returns None when the text has too few boundaries to cut.
     """
     length = len(text)
     if val_ratio <= 0 or length == 0:
         return None
-    cuts = [0, *(m.end() for m in re.finditer("\n", text)), length]
+    cuts = [0, *(u for u in units if 0 < u < length), length]
+    if len(cuts) < 5:
+        cuts = [0, *(m.end() for m in re.finditer("\n", text)), length]
     if len(cuts) < 4:
         cuts = sorted({0, *(m.end() for m in SENTENCE_RE.finditer(text)), length})
     if len(cuts) < 3:
@@ -439,7 +443,11 @@ def run(cfg: IngestConfig) -> Path:
     single = len(documents) == 1
     split_note = ""
     for doc in _progress(documents, "chunking"):
-        held = holdout_span(doc.clean.text, cfg.val_ratio, random.Random(cfg.seed)) if single else None
+        held = None
+        if single:
+            after_heading = {h.end + 1 for h in doc.outline.headings}  # a heading stays with what it introduces
+            units = [u for u in doc.outline.unit_starts if u not in after_heading]
+            held = holdout_span(doc.clean.text, cfg.val_ratio, random.Random(cfg.seed), units)
         if held is None:
             doc.chunks = chunker.chunk(doc, 0, len(doc.clean.text))
         else:

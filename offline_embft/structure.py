@@ -243,9 +243,16 @@ class UnitSplitter:
             pieces.extend(self._pack(text, body))
             head = trail[0].start if trail else unit.start
             if self.count(text[head : unit.end].strip()) > self.chunk_size:
-                # Too long for one chunk: cut by sentences (the splitter's own sizing and overlap).
-                pieces.extend(self._split_long(text, head, unit.end, list(unit.path)))
-                group = []
+                # Too long for one chunk: cut by sentences (the splitter's own sizing and overlap). A short last
+                # part (an article's last list item) is not left alone: it opens the next chunk, as a unit would.
+                parts = self._split_long(text, head, unit.end, list(unit.path))
+                tail = parts[-1] if len(parts) > 1 else None
+                if tail and tail.start >= 0 and self.count(tail.text) < self.merge_below * self.chunk_size:
+                    parts.pop()
+                    group = [_Unit(tail.start, unit.end, unit.path, heading_only=False)]
+                else:
+                    group = []
+                pieces.extend(parts)
             else:
                 group = [*trail, unit]
         pieces.extend(self._pack(text, group))
@@ -279,8 +286,11 @@ class UnitSplitter:
         start += len(span) - len(span.lstrip())
         span = span.strip()
         pieces, cursor = [], 0
-        for part in self.split_long(span):
-            found = span.find(part, cursor)
+        parts = self.split_long(span)
+        for index, part in enumerate(parts):
+            # The last part ends the span (the first search could find a repeated sentence earlier on).
+            last = index == len(parts) - 1 and span.endswith(part)
+            found = len(span) - len(part) if last else span.find(part, cursor)
             if found < 0:  # not expected (the splitter returns stretches of its input): keep it, unlocated
                 pieces.append(Piece(-1, -1, path, part))
                 continue

@@ -1,7 +1,9 @@
-"""Benchmark `offline-embft ingest` on the five statute PDFs against their ground-truth article text.
+"""Benchmark `offline-embft ingest` on the five statute PDFs and on the office fixtures (DOCX, and the PDF and HTML
+LibreOffice exports of each) against their ground truth.
 
-Runs the real CLI (a cold process, as a user would) once sized by characters and once sized by the MiniLM tokenizer,
-reads the chunks it wrote, and prints a markdown table per law and overall:
+Runs the real CLI (a cold process, as a user would) on the statutes sized by characters, by characters with
+unit-aware chunking (``ingest.chunking=units``), and sized by the MiniLM tokenizer, reads the chunks it wrote, and
+prints a markdown table per law and overall:
 
 - **recall**: share of the ground-truth article text's CJK ideographs (data/laws/articles, field ``text``) that the
   chunks recover, in order. Matching is a two-level diff: paragraphs first, then characters inside paragraphs that
@@ -15,6 +17,8 @@ reads the chunks it wrote, and prints a markdown table per law and overall:
   page-footer matches.
 - **broken lines**: line breaks left inside a sentence: a newline whose line does not end with 。！？；： and is not a
   heading or the title.
+- **heading paths**: of the chunks that open with an article (``第十条 …``), the share whose ``headings`` metadata
+  is the article's true path (the law's name, its chapter, its section if any).
 - **chunks**, **CLI wall s** (wall time of the whole command, Python start-up and imports included), **CLI CPU s**
   (user + system CPU time of the command and its worker processes: the figure that does not depend on what else
   runs on the machine) and **stage s** (the stage's own wall time, from stats.json).
@@ -22,7 +26,15 @@ reads the chunks it wrote, and prints a markdown table per law and overall:
 The chunks overlap (chunk_overlap); the document text is rebuilt by removing each chunk's overlap with the previous
 one (a suffix/prefix match of at least 4 characters) before measuring.
 
+The office table (data/office, built by scripts/make_office_fixtures.py) runs the CLI once per format — the DOCX
+files, their PDFs, their HTML pages — with unit-aware chunking, and measures each file against its
+``*.truth.json`` (what the Word document shows: body lines, numbered headings, table rows): CJK recall and precision
+as above (a heading or table row is a line like any other), **running residue** (the running header
+"内部资料 注意保密" and ``第 N 页 共 M 页`` footers found in the chunks), **table cells** (cells whose CJK text is in
+the chunks, of all cells) and **heading paths** as above.
+
 Usage: python scripts/bench_ingest.py [--pdf-dir data/laws/pdf] [--articles data/laws/articles] [--tokenizer DIR]
+                                      [--office-dir data/office]
 """
 
 from __future__ import annotations
@@ -167,17 +179,39 @@ def run_mode(name: str, pdf_dir: Path, out: Path, extra: list[str]) -> tuple[flo
     return elapsed, cpu, out
 
 
-def table_rows(name: str, out: Path, truth: dict[str, list[dict]], cli_s: float, cpu_s: float) -> list[str]:
-    chunks: dict[str, list[str]] = defaultdict(list)
+def _read_chunks(out: Path) -> dict[str, list[dict]]:
+    """The chunks ingest wrote, per source, in document order (train then val)."""
+    chunks: dict[str, list[dict]] = defaultdict(list)
     for split in ("train.jsonl", "val.jsonl"):
         for line in (out / split).read_text(encoding="utf-8").splitlines():
             row = json.loads(line)
-            chunks[row["source"]].append(row["text"])
+            chunks[row["source"]].append(row)
+    return chunks
+
+
+def heading_paths(chunks: list[dict], paths: dict[str, list[str]]) -> tuple[int, int]:
+    """(right, checked): chunks that open with an article whose ``headings`` equal the article's true path."""
+    right = checked = 0
+    for chunk in chunks:
+        number = ARTICLE_NO.match(chunk["text"])
+        if number and number.group(0) in paths:
+            checked += 1
+            right += chunk.get("headings") == paths[number.group(0)]
+    return right, checked
+
+
+def _statute_paths(law: str, articles: list[dict]) -> dict[str, list[str]]:
+    return {r["article_no"]: [law, *(h for h in (r["chapter"], r["section"]) if h)] for r in articles}
+
+
+def table_rows(name: str, out: Path, truth: dict[str, list[dict]], cli_s: float, cpu_s: float) -> list[str]:
+    chunks = _read_chunks(out)
     stats = json.loads((out / "stats.json").read_text(encoding="utf-8"))
     rows, totals = [], Counter()
     for source in sorted(chunks):
         law = Path(source).stem
-        m = measure_law(law, truth[law], rebuild(chunks[source]))
+        m = measure_law(law, truth[law], rebuild([c["text"] for c in chunks[source]]))
+        m["paths_right"], m["paths_checked"] = heading_paths(chunks[source], _statute_paths(law, truth[law]))
         totals.update(m)
         totals["chunks"] += len(chunks[source])
         rows.append(_row(name, law, m, len(chunks[source]), " | | "))
@@ -186,13 +220,62 @@ def table_rows(name: str, out: Path, truth: dict[str, list[dict]], cli_s: float,
     return rows
 
 
+def _share(right: int, total: int) -> str:
+    return f"{100 * right / total:.1f}%" if total else "–"
+
+
 def _row(mode: str, law: str, m: dict, chunks: int, timing: str) -> str:
     recall = 100 * m["matched"] / m["truth"]
     precision = 100 * m["correct"] / m["out"]
     return (
         f"| {mode} | {law} | {recall:.2f}% | {precision:.2f}% | {m['header_residue']} | {m['page_residue']} | "
-        f"{m['broken']} | {chunks} | {timing} |"
+        f"{m['broken']} | {_share(m['paths_right'], m['paths_checked'])} | {chunks} | {timing} |"
     )
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Office documents
+
+OFFICE_FORMATS = (("DOCX", ".docx"), ("PDF (LibreOffice export)", ".pdf"), ("HTML (LibreOffice export)", ".html"))
+FOOTER_RE = re.compile(r"第\s*\d+\s*页\s*共\s*\d+\s*页|第\s*\d+\s*页")
+
+
+def measure_office(truth: dict, chunks: list[dict]) -> dict:
+    """Recall/precision of one office file's chunks against its truth file, residue, table cells, heading paths."""
+    text = rebuild([c["text"] for c in chunks])
+    expected = [han(line) for line in truth["lines"] if han(line)]
+    got = [han(line) for line in text.split("\n") if han(line)]
+    matched = matched_chars(expected, got)
+    all_han = han(text)
+    header = han(truth["running"][0])
+    cells = [han(cell) for row in truth["cells"] for cell in row if han(cell)]
+    right, checked = heading_paths(chunks, truth["paths"])
+    return {
+        "recall": matched / sum(len(e) for e in expected),
+        "precision": matched / max(1, sum(len(g) for g in got)),
+        "residue": all_han.count(header) + len(FOOTER_RE.findall(text)),
+        "cells": f"{sum(1 for c in cells if c in all_han)}/{len(cells)}",
+        "paths": _share(right, checked),
+    }
+
+
+def office_rows(office_dir: Path, workdir: Path) -> list[str]:
+    rows = []
+    for label, suffix in OFFICE_FORMATS:
+        docs = workdir / f"office{suffix}"
+        docs.mkdir(parents=True)
+        for path in sorted(office_dir.glob(f"*{suffix}")):
+            shutil.copy(path, docs / path.name)
+        extra = ["--tokenizer", "", "--chunk-size", "300", "--chunk-overlap", "30", "--set", "ingest.chunking=units"]
+        cli_s, _, out = run_mode(label, docs, workdir / f"out{suffix}", extra)
+        for source, chunks in sorted(_read_chunks(out).items()):
+            truth = json.loads((office_dir / f"{Path(source).stem}.truth.json").read_text(encoding="utf-8"))
+            m = measure_office(truth, chunks)
+            rows.append(
+                f"| {label} | {source} | {100 * m['recall']:.2f}% | {100 * m['precision']:.2f}% | {m['residue']} | "
+                f"{m['cells']} | {m['paths']} | {len(chunks)} | {cli_s:.1f} |"
+            )
+    return rows
 
 
 def _load() -> str:
@@ -204,6 +287,7 @@ def main() -> None:
     parser.add_argument("--pdf-dir", type=Path, default=REPO / "data" / "laws" / "pdf")
     parser.add_argument("--articles", type=Path, default=REPO / "data" / "laws" / "articles")
     parser.add_argument("--tokenizer", default="", help="Model dir for the token-sized run (default: MiniLM package)")
+    parser.add_argument("--office-dir", type=Path, default=REPO / "data" / "office")
     args = parser.parse_args()
     tokenizer = args.tokenizer
     if not tokenizer:
@@ -214,14 +298,23 @@ def main() -> None:
         except ImportError:
             tokenizer = ""
     truth = load_truth(args.articles)
-    modes = [("characters 300/30", ["--chunk-size", "300", "--chunk-overlap", "30", "--tokenizer", ""])]
+    characters = ["--chunk-size", "300", "--chunk-overlap", "30", "--tokenizer", ""]
+    modes = [
+        ("characters 300/30", characters),
+        ("characters 300/30, units", [*characters, "--set", "ingest.chunking=units"]),
+    ]
     if tokenizer:
         sizing = ["--chunk-size", "256", "--chunk-overlap", "20", "--set", "ingest.max_seq_length=256"]
         modes.append(("MiniLM tokens 256/20", ["--tokenizer", tokenizer, *sizing]))
     lines = [
-        "| sizing | law | CJK recall | CJK precision | header residue | 第 N 页 residue | broken lines | chunks "
-        "| CLI wall s | CLI CPU s | stage s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| sizing | law | CJK recall | CJK precision | header residue | 第 N 页 residue | broken lines "
+        "| heading paths | chunks | CLI wall s | CLI CPU s | stage s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    office = [
+        "| format | document | CJK recall | CJK precision | running residue | table cells | heading paths | chunks "
+        "| CLI wall s |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     load_before = _load()
     workdir = Path(tempfile.mkdtemp(prefix="bench_ingest."))
@@ -229,6 +322,8 @@ def main() -> None:
         for name, extra in modes:
             cli_s, cpu_s, out = run_mode(name, args.pdf_dir, workdir / re.sub(r"\W+", "_", name), extra)
             lines.extend(table_rows(name, out, truth, cli_s, cpu_s))
+        if args.office_dir.is_dir():
+            office.extend(office_rows(args.office_dir, workdir))
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     print(
@@ -237,6 +332,8 @@ def main() -> None:
     )
     print()
     print("\n".join(lines))
+    print()
+    print("\n".join(office))
 
 
 if __name__ == "__main__":

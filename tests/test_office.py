@@ -88,7 +88,7 @@ def test_docx_headings_and_numbered_titles_become_chunk_metadata(tmp_path):
             if label:
                 assert chunk["headings"] == truth["paths"][label.group(1)], chunk["text"][:30]
                 checked += 1
-    assert checked >= 15
+    assert checked >= 10
 
 
 def test_numbering_renders_chinese_counting():

@@ -123,6 +123,26 @@ def test_long_article_is_split_by_sentences_with_its_heading(laws_dir):
     assert len(pieces) >= 4 and all(p.headings == ["某某管理办法", "第二章 义务"] for p in pieces[1:])
 
 
+def test_a_short_tail_of_a_long_article_joins_the_next_article():
+    sentence = "公司应当依法履行信息披露义务并接受监督。"  # 20 characters
+    tail = "（十一）其他损害交易者的情形。"
+    text = "\n".join(["第一条 " + sentence * 4, tail, "第二条 短条文。", "第三条 " + sentence * 2])
+    pieces = _chars(50).split(text, find_outline(text))
+    assert all(len(p.text) <= 50 for p in pieces)
+    assert any(p.text == f"{tail}\n第二条 短条文。" for p in pieces), [p.text for p in pieces]
+    assert "".join(p.text for p in pieces).replace("\n", "") == text.replace("\n", "")
+
+
+def test_single_file_holdout_is_cut_at_an_article(laws_dir, tmp_path):
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "公司法.txt").write_text(_statute_text(laws_dir, chapters=5), encoding="utf-8")
+    out = ingest.run(IngestConfig(input_dir=str(docs), out_dir=str(tmp_path / "out"), tokenizer="", seed=3))
+    val = read_jsonl(out / "val.jsonl")
+    first = val[0]["text"].split("\n")[0]
+    assert is_article(first) or heading_level(first) is not None, "no article is split between train and val"
+
+
 def test_markdown_headings_give_the_path(tmp_path):
     markdown = (
         "# 信息安全管理制度\n\n总则部分说明本制度的目的。\n\n## 第一部分 账号管理\n\n### 1.1 密码\n\n"
