@@ -70,10 +70,50 @@ def _mnrl_loss(model, pairs) -> float:
     return torch.nn.functional.cross_entropy(scores, torch.arange(len(pairs))).item()
 
 
+def _degrade_after_checkpoint(step: int):
+    """Scramble the weights right after the checkpoint of ``step`` is saved: every later evaluation is worse, so the
+    best checkpoint is an EARLIER one than the last, and only ``load_best_model_at_end`` brings it back."""
+    from transformers import TrainerCallback
+
+    class Degrade(TrainerCallback):
+        def on_save(self, args, state, control, model=None, **kwargs):
+            if state.global_step == step:
+                import torch
+
+                generator = torch.Generator().manual_seed(0)
+                with torch.no_grad():
+                    for parameter in model.parameters():
+                        parameter.add_(torch.randn(parameter.shape, generator=generator) * parameter.std())
+
+    return Degrade()
+
+
+def _spy_on_training():
+    """Records the training arguments and the batch sampler the trainer really uses."""
+    from transformers import TrainerCallback
+
+    class Spy(TrainerCallback):
+        args = None
+        batch_sampler = None
+        columns = None
+
+        def on_train_begin(self, args, state, control, train_dataloader=None, **kwargs):
+            Spy.args = args
+            Spy.batch_sampler = train_dataloader.batch_sampler
+            Spy.columns = list(train_dataloader.batch_sampler.dataset.column_names)
+
+    return Spy()
+
+
 @pytest.fixture(scope="module")
-def trained(data, minilm_path, tmp_path_factory):
+def spy():
+    return _spy_on_training()
+
+
+@pytest.fixture(scope="module")
+def trained(data, minilm_path, tmp_path_factory, spy):
     out = tmp_path_factory.mktemp("run") / "model"
-    return train.run(_config(data, minilm_path, out))
+    return train.run(_config(data, minilm_path, out), callbacks=[_degrade_after_checkpoint(3), spy])
 
 
 def test_training_lowers_the_loss_and_saves_a_complete_model(trained, data, minilm_path):
@@ -89,7 +129,7 @@ def test_training_lowers_the_loss_and_saves_a_complete_model(trained, data, mini
     step_losses = [entry["loss"] for entry in log if "loss" in entry]
     assert len(step_losses) == summary["global_step"] == 6  # 24 pairs / batch 8 x 2 epochs, one loss per step
     assert summary["vocab"]["tokens_added"] > 100 and summary["vocab"]["unk_rate_after"] < 0.001
-    assert summary["wall_seconds"] > 0 and summary["peak_rss_mb"] > 0
+    assert summary["wall_seconds"] >= summary["train_runtime_seconds"] > 0 and summary["peak_rss_mb"] > 100
     assert (trained / "train_config.yaml").is_file() and (trained / "vocab_extension.json").is_file()
     assert not train.checkpoints_dir(trained).exists()  # finished runs leave no checkpoints behind
 
@@ -100,15 +140,36 @@ def test_the_best_checkpoint_by_ndcg_is_what_is_saved(trained, data):
     log = json.loads((trained / "train_log.json").read_text(encoding="utf-8"))
     summary = json.loads((trained / "train_metrics.json").read_text(encoding="utf-8"))
     evals = {entry["step"]: entry["eval_val_cosine_ndcg@10"] for entry in log if "eval_val_cosine_ndcg@10" in entry}
-    assert len(evals) == 2  # one evaluation per epoch
-    assert summary["best_step"] == max(evals, key=lambda step: (evals[step], -step))
-    assert summary["val_metrics"]["ndcg@10"] == pytest.approx(max(evals.values()))
+    assert sorted(evals) == [3, 6]  # one evaluation per epoch
+    assert evals[3] > evals[6] + 0.05  # the weights were scrambled after the epoch-1 checkpoint
+    assert summary["best_step"] == 3 and summary["global_step"] == 6
+    assert summary["val_metrics"]["ndcg@10"] == pytest.approx(evals[3])
 
-    # Re-evaluating the saved model reproduces the best evaluation, whichever epoch it came from.
+    # Re-evaluating the saved model reproduces the epoch-1 evaluation, not the last one.
     model = SentenceTransformer(str(trained), device="cpu", local_files_only=True)
     cfg = _config(data, "unused", trained)
     metrics = train.build_evaluator(QADataset.load(data["val"]), cfg, model)(model)
-    assert metrics["val_cosine_ndcg@10"] == pytest.approx(summary["val_metrics"]["ndcg@10"], abs=1e-4)
+    assert metrics["val_cosine_ndcg@10"] == pytest.approx(evals[3], abs=1e-4)
+    assert metrics["val_cosine_ndcg@10"] != pytest.approx(evals[6], abs=1e-3)
+
+
+def test_the_default_recipe_uses_batch_32_without_duplicates(trained, spy):
+    """README: "batch 32+, NO_DUPLICATES sampler": the defaults, and the sampler the trainer really uses."""
+    from sentence_transformers.base.sampler import NoDuplicatesBatchSampler
+    from sentence_transformers.sentence_transformer.training_args import BatchSamplers
+
+    from offline_embft.config import load_config
+
+    defaults = TrainConfig()
+    assert defaults.batch_size == 32 and defaults.loss == "mnrl" and defaults.hard_negatives == 0
+    repo = Path(__file__).resolve().parents[1]
+    assert load_config(repo / "configs" / "default.yaml").train.batch_size >= 32
+    assert load_config(repo / "configs" / "cpu.yaml").train.batch_size >= 32
+    assert spy.args.batch_sampler == BatchSamplers.NO_DUPLICATES
+    assert isinstance(spy.batch_sampler, NoDuplicatesBatchSampler)
+    assert spy.args.per_device_train_batch_size == 8  # what the test asked for, not a hidden default
+    assert spy.args.load_best_model_at_end and spy.args.metric_for_best_model == "eval_val_cosine_ndcg@10"
+    assert spy.columns == ["anchor", "positive"]
 
 
 def test_saved_model_loads_with_llamaindex(trained, no_network):
@@ -172,7 +233,12 @@ def test_a_crashed_run_resumes_from_its_checkpoint(data, minilm_path, tmp_path):
     assert [entry["step"] for entry in log if "loss" in entry] == list(range(1, 7))
 
 
-def test_hard_negatives_with_cached_mnrl_and_matryoshka(data, minilm_path, tmp_path):
+def test_hard_negatives_with_cached_mnrl_and_matryoshka(data, minilm_path, tmp_path, monkeypatch):
+    from sentence_transformers.sentence_transformer import losses
+
+    built = []
+    real_build_loss = train.build_loss
+    monkeypatch.setattr(train, "build_loss", lambda model, cfg: built.append(real_build_loss(model, cfg)) or built[-1])
     out = tmp_path / "model"
     cfg = _config(
         data,
@@ -183,14 +249,25 @@ def test_hard_negatives_with_cached_mnrl_and_matryoshka(data, minilm_path, tmp_p
         hard_negatives=1,
         hard_negative_source="both",
         loss="cached-mnrl",
-        mini_batch_size=8,
+        mini_batch_size=4,
         matryoshka_dims=[128, 64],
         query_prompt="问题：",
     )
-    train.run(cfg)
+    spy = _spy_on_training()
+    train.run(cfg, callbacks=[spy])
     summary = json.loads((out / "train_metrics.json").read_text(encoding="utf-8"))
     assert summary["global_step"] == 3 and summary["best_step"] is None  # no validation set: the last step is kept
     assert np.isfinite(summary["train_loss"])
+
+    # The loss really built: Matryoshka (the model's full 384 dims first) around CachedMNRL with the mini-batch size.
+    (loss,) = built
+    assert isinstance(loss, losses.MatryoshkaLoss) and list(loss.matryoshka_dims) == [384, 128, 64]
+    assert isinstance(loss.loss, losses.CachedMultipleNegativesRankingLoss) and loss.loss.mini_batch_size == 4
+    # The trainer's dataset carries the mined negative, a passage other than the row's positive.
+    assert spy.columns == ["anchor", "positive", "negative_1"]
+    rows = spy.batch_sampler.dataset
+    assert len(rows) == 24 and all(row["negative_1"] != row["positive"] for row in rows)
+    assert set(rows["negative_1"]) <= set(data["train_set"].corpus.values())
     # The query prompt used in training is saved with the model, so encode_query applies it at inference.
     saved = json.loads((out / "config_sentence_transformers.json").read_text(encoding="utf-8"))
     assert saved["prompts"]["query"] == "问题："
