@@ -126,6 +126,11 @@ def fetch(ref: str, models_dir: str | Path = "Models") -> Path:
     try:
         _modelscope_download(remote, staging)
     except Exception as exc:  # the hub client raises many types; the user needs one line and a retry
+        if any(cls.__name__ == "NotExistError" for cls in type(exc).__mro__):  # modelscope's 404
+            raise UserError(
+                f"{remote} does not exist on ModelScope (or is private); check the model id (org/name as shown on "
+                "modelscope.cn), or point the config at a local directory"
+            ) from None
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise UserError(
             f"download of {remote} from ModelScope failed ({first}); check the network and the model id, then run "

@@ -14,9 +14,11 @@ Downloading lives in :mod:`offline_embft.download`, the convert stage in :mod:`o
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
+import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -217,13 +219,47 @@ def _hf_missing(path: Path) -> list[str]:
                 file = path / shard
                 if not file.is_file() or file.stat().st_size == 0:
                     missing.append(f"{shard} (named in {index.name})")
+                elif problem := weights_problem(file):
+                    missing.append(f"{shard} ({problem})")
     else:
         present = [path / n for n in WEIGHT_FILES if (path / n).is_file()]
         if not present:
             missing.append(f"weights ({' or '.join(WEIGHT_FILES)}, or a sharded *.index.json)")
         elif all(p.stat().st_size == 0 for p in present):
             missing.append(f"{present[0].name} (empty file)")
+        else:
+            missing += [f"{p.name} ({problem})" for p in present if (problem := weights_problem(p))]
     return missing
+
+
+def weights_problem(file: Path) -> str | None:
+    """Why a weight file is cut short (None: its size is what it declares).
+
+    A safetensors file declares its size in its own header (8-byte length, JSON with every tensor's byte range),
+    so an interrupted download or a copy cut short is caught without hashing gigabytes. A ``.bin`` saved by
+    ``torch.save`` is a zip archive whose directory sits at its very end, which a truncated file lacks.
+    """
+    size = file.stat().st_size
+    if file.suffix == ".safetensors":
+        try:
+            with file.open("rb") as handle:
+                length = int.from_bytes(handle.read(8), "little")
+                if size < 8 or length > size - 8:
+                    return f"truncated: {size} bytes, not even its header"
+                header = json.loads(handle.read(length))
+        except (OSError, ValueError):
+            return "unreadable safetensors header"
+        ends = [entry["data_offsets"][1] for key, entry in header.items() if key != "__metadata__"]
+        expected = 8 + length + max(ends, default=0)
+        if size != expected:
+            return f"truncated: {size} of {expected} bytes" if size < expected else f"{size} bytes, not {expected}"
+        return None
+    if file.suffix == ".bin":
+        with file.open("rb") as handle:
+            zipped = handle.read(2) == b"PK"
+        if zipped and not zipfile.is_zipfile(file):
+            return "truncated: its zip directory is missing"
+    return None
 
 
 def transformer_dir(path: Path) -> Path:

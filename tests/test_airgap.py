@@ -42,8 +42,37 @@ def demo_config(tmp_path: Path) -> PipelineConfig:
     return cfg.resolve()
 
 
-def test_offline_variables_are_in_force():
-    assert all(ok for _, ok in offline.status().values()), offline.status()
+def _readme_offline_variables() -> list[str]:
+    """The variables README's air-gap section promises, read from its text: "Every entry point sets `A`, `B` ..."."""
+    import re
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    sentence = readme[readme.index("Every entry point sets") :].split(" and friends")[0]
+    return re.findall(r"`([A-Z_]+)`", sentence)
+
+
+def test_a_fresh_process_importing_the_cli_has_the_readme_variables_before_any_heavy_import(tmp_path):
+    promised = _readme_offline_variables()
+    assert {"HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE", "VLLM_NO_USAGE_STATS"} <= set(promised)
+    code = (
+        "import json, os, sys\n"
+        "import offline_embft.cli\n"
+        "heavy = sorted(m for m in ('torch', 'transformers', 'sentence_transformers', 'vllm', 'modelscope') "
+        "if m in sys.modules)\n"
+        "from huggingface_hub import constants\n"
+        f"print(json.dumps({{'env': {{k: os.environ.get(k) for k in {promised!r}}}, 'heavy': heavy, "
+        "'hub_offline': constants.HF_HUB_OFFLINE}))\n"
+    )
+    # A clean environment: none of the variables set by the test session or the user, network not allowed.
+    env = {k: v for k, v in os.environ.items() if k not in offline.OFFLINE_ENV and k != offline.ALLOW_NETWORK_VAR}
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    assert seen["env"] == dict.fromkeys(promised, "1")  # literally, each one
+    assert seen["heavy"] == []  # set before torch/transformers/vLLM could read them
+    assert seen["hub_offline"] is True  # and huggingface_hub, imported afterwards, is offline
 
 
 def test_download_convert_doctor_without_network(tmp_path, no_network):

@@ -8,6 +8,7 @@ import os
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 from tiny_encoders import build_tiny_bert, build_tiny_xlmr, raw_minilm_copy
 from typer.testing import CliRunner
@@ -24,20 +25,34 @@ BGE = "BAAI/bge-small-en-v1.5"
 # Fixtures
 
 
+def write_weights(path: Path, name: str = "layer.0.weight") -> Path:
+    """A real (tiny) safetensors file, as the hub serves them: a header that declares every tensor's bytes."""
+    from safetensors.numpy import save_file
+
+    save_file({name: np.arange(64, dtype=np.float32).reshape(8, 8)}, str(path))
+    return path
+
+
+def truncate(path: Path, keep: float = 0.5) -> None:
+    """Cut a file short, as an interrupted download or copy does (not empty: still a file of some size)."""
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep)])
+
+
 def fake_model(path: Path, shards: int = 0, skip_shard: int | None = None) -> Path:
     """A model directory with config, tokenizer and weights (sharded with an index when ``shards`` > 0)."""
     path.mkdir(parents=True, exist_ok=True)
     (path / "config.json").write_text('{"model_type": "bert"}', encoding="utf-8")
     (path / "tokenizer.json").write_text("{}", encoding="utf-8")
     if not shards:
-        (path / "model.safetensors").write_bytes(b"weights")
+        write_weights(path / "model.safetensors")
         return path
     names = [f"model-{i:05d}-of-{shards:05d}.safetensors" for i in range(1, shards + 1)]
     weight_map = {f"layer.{i}.weight": name for i, name in enumerate(names)}
     (path / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}), encoding="utf-8")
     for i, name in enumerate(names, start=1):
         if i != skip_shard:
-            (path / name).write_bytes(b"shard")
+            write_weights(path / name, f"layer.{i - 1}.weight")
     return path
 
 
@@ -141,6 +156,31 @@ def test_missing_files_names_every_absent_shard_and_the_tokenizer(tmp_path):
     assert model_files.missing_files(complete) == [expected]
 
 
+def test_missing_files_catches_weights_cut_short(tmp_path):
+    """A shard that is there and not empty, but shorter than its own header says: a copy or download cut short."""
+    sharded = fake_model(tmp_path / "sharded", shards=2)
+    full = (sharded / "model-00002-of-00002.safetensors").stat().st_size
+    truncate(sharded / "model-00002-of-00002.safetensors")
+    assert model_files.missing_files(sharded) == [
+        f"model-00002-of-00002.safetensors (truncated: {full // 2} of {full} bytes)"
+    ]
+    truncate(sharded / "model-00001-of-00002.safetensors", keep=0.02)  # not even the header is left
+    assert model_files.missing_files(sharded)[0].startswith("model-00001-of-00002.safetensors (truncated:")
+
+    single = fake_model(tmp_path / "single")
+    truncate(single / "model.safetensors", keep=0.9)
+    assert model_files.missing_files(single) == [f"model.safetensors (truncated: {int(full * 0.9)} of {full} bytes)"]
+
+    import torch
+
+    legacy = fake_model(tmp_path / "legacy")
+    (legacy / "model.safetensors").unlink()
+    torch.save({"w": torch.zeros(64)}, legacy / "pytorch_model.bin")
+    assert model_files.missing_files(legacy) == []
+    truncate(legacy / "pytorch_model.bin", keep=0.8)
+    assert model_files.missing_files(legacy) == ["pytorch_model.bin (truncated: its zip directory is missing)"]
+
+
 def test_missing_files_checks_sentence_transformers_modules(tmp_path, minilm_path):
     assert model_files.missing_files(minilm_path) == []  # 2_Normalize has no folder, and needs none
     broken = tmp_path / "st"
@@ -155,26 +195,74 @@ def test_missing_files_checks_sentence_transformers_modules(tmp_path, minilm_pat
 
 
 class FakeHub:
-    """Stands in for modelscope's snapshot_download: writes a sharded model into local_dir, like the real one."""
+    """Stands in for modelscope's snapshot_download: writes a sharded model into local_dir, like the real one.
+
+    Like modelscope_hub it downloads each file to ``<file>.incomplete`` and renames it when complete, resumes a
+    partial file, skips files already there, and raises its own exception types (``modelscope_hub.errors``).
+    """
 
     def __init__(self, skip_shard: int | None = None, error: Exception | None = None):
         self.calls: list[dict] = []
         self.skip_shard = skip_shard
         self.error = error
+        self.truncate_shard: int | None = None  # serve this shard cut short (a broken mirror or proxy)
+        self.interrupt_at_shard: int | None = None  # the connection drops halfway through this shard
 
     def __call__(self, model_id=None, revision=None, cache_dir=None, local_dir=None, **kwargs):
+        local = Path(local_dir)
         self.calls.append(
             {
                 "model_id": model_id,
                 "local_dir": local_dir,
                 "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE"),
                 "MODELSCOPE_OFFLINE": os.environ.get("MODELSCOPE_OFFLINE"),
+                "present": sorted(p.name for p in local.iterdir()) if local.is_dir() else [],
             }
         )
         if self.error:
             raise self.error
-        fake_model(Path(local_dir), shards=2, skip_shard=self.skip_shard)
+        source = fake_model(local.parent / f".{local.name}.hub-source", shards=2, skip_shard=self.skip_shard)
+        for file in sorted(source.iterdir()):
+            target = local / file.name
+            if target.is_file():
+                continue  # already downloaded
+            partial = target.with_suffix(target.suffix + ".incomplete")
+            data = file.read_bytes()
+            shard = int(file.name[6:11]) if file.name.startswith("model-0") else None
+            if shard is not None and shard == self.interrupt_at_shard:
+                self.interrupt_at_shard = None
+                partial.write_bytes(data[: len(data) // 2])
+                from modelscope_hub.errors import NetworkError
+
+                raise NetworkError(
+                    f"Request failed: ('Connection broken: IncompleteRead({len(data) // 2} bytes read, "
+                    f"{len(data) - len(data) // 2} more expected)')"
+                )
+            if partial.is_file():
+                data = partial.read_bytes() + data[partial.stat().st_size :]  # resumed with a Range request
+            if shard is not None and shard == self.truncate_shard:
+                data = data[: len(data) // 2]
+            partial.write_bytes(data)
+            partial.rename(target)
+        shutil.rmtree(source)
         return local_dir
+
+
+def modelscope_not_found(model_id: str) -> Exception:
+    """The exception modelscope 1.40 raises for a model that does not exist: its own raise_for_status on a 404."""
+    import requests
+    from modelscope_hub.errors import raise_for_status
+
+    response = requests.Response()
+    response.status_code = 404
+    response.url = f"https://www.modelscope.cn/api/v1/models/{model_id}/revisions"
+    body = {"Code": 10010205001, "Message": f"model {model_id} not exists", "RequestId": "3c5b", "Success": False}
+    response._content = json.dumps(body).encode()
+    try:
+        raise_for_status(response)
+    except Exception as exc:  # returned, for the fake hub to raise
+        return exc
+    raise AssertionError("raise_for_status accepted a 404")
 
 
 @pytest.fixture
@@ -221,6 +309,48 @@ def test_download_failure_is_one_line(tmp_path, monkeypatch, no_caches):
     with pytest.raises(UserError) as info:
         download.fetch("Qwen/Qwen3-8B", tmp_path / "Models")
     assert "Name or service not known" in str(info.value) and "\n" not in str(info.value)
+
+
+def test_download_of_a_model_modelscope_does_not_have_is_one_line(tmp_path, monkeypatch, no_caches):
+    ms = importlib.import_module("modelscope.hub.snapshot_download")
+    error = modelscope_not_found("Qwen/Qwen3-9B")
+    from modelscope.hub.errors import NotExistError
+
+    assert isinstance(error, NotExistError) and "\n" in str(error)  # the real message spans several lines
+    monkeypatch.setattr(ms, "snapshot_download", FakeHub(error=error))
+    with pytest.raises(UserError) as info:
+        download.fetch("Qwen/Qwen3-9B", tmp_path / "Models")
+    message = str(info.value)
+    assert "\n" not in message and "Qwen/Qwen3-9B does not exist on ModelScope" in message
+    assert "check the model id" in message
+
+
+def test_an_interrupted_download_resumes_where_it_stopped(tmp_path, hub, no_caches):
+    models_dir = tmp_path / "Models"
+    target = models_dir / "Qwen" / "Qwen3-0.6B"
+    staging = models_dir / "Qwen" / ".Qwen3-0.6B.download"
+    hub.interrupt_at_shard = 2
+    with pytest.raises(UserError, match=r"IncompleteRead.*run `offline-embft download` again") as info:
+        download.fetch("Qwen/Qwen3-0.6B", models_dir)
+    assert "\n" not in str(info.value) and not target.exists()
+    assert (staging / "model-00001-of-00002.safetensors").is_file()
+    assert (staging / "model-00002-of-00002.safetensors.incomplete").is_file()
+
+    assert download.fetch("Qwen/Qwen3-0.6B", models_dir) == target
+    # The second call ran in the same staging folder and found the finished shard and the partial one there.
+    assert [c["local_dir"] for c in hub.calls] == [str(staging)] * 2
+    assert {"model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors.incomplete"} <= set(
+        hub.calls[1]["present"]
+    )
+    assert model_files.missing_files(target) == [] and not staging.exists()
+
+
+def test_a_truncated_shard_from_the_hub_is_not_accepted(tmp_path, hub, no_caches):
+    models_dir = tmp_path / "Models"
+    hub.truncate_shard = 2
+    with pytest.raises(UserError, match=r"incomplete: missing model-00002-of-00002\.safetensors \(truncated: "):
+        download.fetch("Qwen/Qwen3-0.6B", models_dir)
+    assert not (models_dir / "Qwen" / "Qwen3-0.6B").exists()
 
 
 def test_download_copies_from_a_local_cache_without_the_hub(tmp_path, hub, no_caches):

@@ -95,12 +95,14 @@ def _spy_on_training():
     class Spy(TrainerCallback):
         args = None
         batch_sampler = None
+        dataset = None
         columns = None
 
         def on_train_begin(self, args, state, control, train_dataloader=None, **kwargs):
             Spy.args = args
             Spy.batch_sampler = train_dataloader.batch_sampler
-            Spy.columns = list(train_dataloader.batch_sampler.dataset.column_names)
+            Spy.dataset = train_dataloader.dataset
+            Spy.columns = list(train_dataloader.dataset.column_names)
 
     return Spy()
 
@@ -265,7 +267,7 @@ def test_hard_negatives_with_cached_mnrl_and_matryoshka(data, minilm_path, tmp_p
     assert isinstance(loss.loss, losses.CachedMultipleNegativesRankingLoss) and loss.loss.mini_batch_size == 4
     # The trainer's dataset carries the mined negative, a passage other than the row's positive.
     assert spy.columns == ["anchor", "positive", "negative_1"]
-    rows = spy.batch_sampler.dataset
+    rows = spy.dataset
     assert len(rows) == 24 and all(row["negative_1"] != row["positive"] for row in rows)
     assert set(rows["negative_1"]) <= set(data["train_set"].corpus.values())
     # The query prompt used in training is saved with the model, so encode_query applies it at inference.

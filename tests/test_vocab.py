@@ -71,11 +71,24 @@ def test_unk_init_keeps_the_base_models_function(base_model, model, texts):
     np.testing.assert_allclose(after, before, atol=1e-5)  # ... yet the untrained model computes the same embedding
 
 
-def test_sample_init_gives_distinct_rows(model, texts):
+def test_sample_init_draws_rows_from_the_existing_rows_distribution(model, texts):
+    """README: new rows are "sampled from the existing rows' distribution": same mean, same spread per dimension, and
+    the same correlations between dimensions (a per-dimension normal would have none of them)."""
+    import torch
+
+    known = len(model.tokenizer)
+    torch.manual_seed(0)
     report = extend_vocabulary(model, texts, mode="on", init="sample")
-    rows = model[0].auto_model.get_input_embeddings().weight[-report.tokens_added :].detach()
-    assert rows.shape[0] == report.tokens_added
-    assert not np.allclose(rows[0].numpy(), rows[1].numpy())
+    weight = model[0].auto_model.get_input_embeddings().weight.detach().numpy()
+    old, new = weight[:known], weight[known : known + report.tokens_added]
+    assert new.shape[0] == report.tokens_added > 300
+
+    assert np.linalg.norm(new.mean(0) - old.mean(0)) < 0.15 * np.linalg.norm(old.std(0))
+    ratio = new.std(0) / old.std(0)  # 1.0 when the spread matches; 0 for a copied (unk/mean) row
+    assert 0.9 < np.median(ratio) < 1.1 and ratio.min() > 0.8 and ratio.max() < 1.25
+    upper = np.triu_indices(old.shape[1], 1)
+    assert np.corrcoef(np.cov(old.T)[upper], np.cov(new.T)[upper])[0, 1] > 0.4  # ~0.67 here; ~0.0 if independent
+    assert len({row.tobytes() for row in new}) == len(new)  # every new character gets its own row
 
 
 def test_off_and_auto_on_a_covered_corpus_change_nothing(model):
