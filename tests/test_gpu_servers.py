@@ -523,3 +523,28 @@ def test_train_child_is_pinned_to_one_gpu_and_says_so(monkeypatch, tmp_path, cap
     assert pipeline.train_env(cfg) == {"CUDA_VISIBLE_DEVICES": "2"}
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1")
     assert pipeline.train_env(cfg) == {}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# scripts/gpu_smoke.py: its vLLM steps against the fake (on a GPU server they run against the real engine)
+
+
+def test_gpu_smoke_vllm_steps_pass_against_the_faithful_fake(tiny_qwen, vllm, monkeypatch):
+    spec = importlib.util.spec_from_file_location("gpu_smoke_under_test", REPO / "scripts" / "gpu_smoke.py")
+    smoke = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, smoke)
+    spec.loader.exec_module(smoke)
+    monkeypatch.setattr(smoke, "cuda_device", lambda: (True, "cuda: fake"))
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: object() if name == "vllm" else real_find_spec(name, *a)
+    )
+    model = build_tiny_qwen(tiny_qwen.parent / "smoke" / "Qwen3-0.6B", [*smoke.statute_chunks()])
+
+    first = smoke.timed(smoke.Row("generate vllm"), lambda row: setattr(row, "llm", smoke.step_vllm(row, model)))
+    assert first.result == "pass", first.detail
+    assert "64/64 answered in 1 engine call(s)" in first.detail and "shortened by" in first.detail
+    second = smoke.timed(smoke.Row("vllm refuses alone"), lambda row: smoke.step_vllm_refuses_alone(row, first.llm))
+    assert second.result == "pass", second.detail
+    assert "7/8 answered" in second.detail and "longer than the maximum model length of 1024" in second.detail
+    assert "| generate vllm | cuda: fake |" in smoke.table([first, second])
