@@ -17,6 +17,21 @@ from typing import Annotated, Any, Optional
 import typer
 
 from offline_embft import offline
+from offline_embft.config import (
+    BACKENDS,
+    ENGINES,
+    EXTEND_VOCAB,
+    LOSSES,
+    POOLINGS,
+    RERANKER_LOSSES,
+    ConvertConfig,
+    EvaluateConfig,
+    GenerateConfig,
+    IngestConfig,
+    TrainConfig,
+    TrainRerankerConfig,
+    field_help,
+)
 from offline_embft.errors import UserError
 
 offline.enable()
@@ -38,39 +53,27 @@ app = typer.Typer(
 logger = logging.getLogger("offline_embft")
 
 
-class Backend(str, Enum):
-    vllm = "vllm"
-    transformers = "transformers"
-    openai = "openai"
-    ict = "ict"
+def _choices(name: str, values: tuple[str, ...]) -> Any:
+    """A str Enum of a config field's allowed values (typer shows and checks them; config.py lists them once)."""
+    return Enum(name, [(value.replace("-", "_"), value) for value in values], type=str)
 
 
-class Engine(str, Enum):
-    native = "native"
-    llamaindex = "llamaindex"
+Backend = _choices("Backend", BACKENDS)
+Engine = _choices("Engine", ENGINES)
+Pooling = _choices("Pooling", POOLINGS)
+Loss = _choices("Loss", LOSSES)
+ExtendVocab = _choices("ExtendVocab", EXTEND_VOCAB)
+RerankerLoss = _choices("RerankerLoss", RERANKER_LOSSES)
 
 
-class Pooling(str, Enum):
-    cls = "cls"
-    mean = "mean"
+def _opt(section: type, name: str, *decls: str) -> Any:
+    """A flag whose help is the config field's own help text (written once, in config.py)."""
+    return typer.Option(*decls, help=field_help(section, name))
 
 
-class Loss(str, Enum):
-    mnrl = "mnrl"
-    cached_mnrl = "cached-mnrl"
-
-
-class RerankerLoss(str, Enum):
-    bce = "bce"
-    mnrl = "mnrl"
-    lambda_ = "lambda"
-    listnet = "listnet"
-
-
-class ExtendVocab(str, Enum):
-    auto = "auto"
-    on = "on"
-    off = "off"
+def _arg(section: type, name: str) -> Any:
+    """An argument whose help is the config field's own help text."""
+    return typer.Argument(help=field_help(section, name))
 
 
 ConfigOpt = Annotated[
@@ -119,15 +122,13 @@ def main(
 
 @app.command()
 def ingest(
-    input_dir: Annotated[Optional[Path], typer.Argument(help="Directory of PDF/MD/TXT documents.")] = None,
-    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Output directory for chunks.")] = None,
-    tokenizer: Annotated[
-        Optional[str], typer.Option(help='Embedding model dir whose tokenizer sizes chunks ("": characters).')
-    ] = None,
-    chunk_size: Annotated[Optional[int], typer.Option(help="Chunk size in tokens (default 300).")] = None,
-    chunk_overlap: Annotated[Optional[int], typer.Option(help="Chunk overlap in tokens (default 30).")] = None,
-    val_ratio: Annotated[Optional[float], typer.Option(help="Share of files held out for validation (0.3).")] = None,
-    seed: Annotated[Optional[int], typer.Option(help="Seed of the train/val split (42).")] = None,
+    input_dir: Annotated[Optional[Path], _arg(IngestConfig, "input_dir")] = None,
+    out: Annotated[Optional[Path], _opt(IngestConfig, "out_dir", "--out", "-o")] = None,
+    tokenizer: Annotated[Optional[str], _opt(IngestConfig, "tokenizer")] = None,
+    chunk_size: Annotated[Optional[int], _opt(IngestConfig, "chunk_size")] = None,
+    chunk_overlap: Annotated[Optional[int], _opt(IngestConfig, "chunk_overlap")] = None,
+    val_ratio: Annotated[Optional[float], _opt(IngestConfig, "val_ratio")] = None,
+    seed: Annotated[Optional[int], _opt(IngestConfig, "seed")] = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
 ) -> None:
@@ -159,18 +160,14 @@ def generate(
     chunks: Annotated[
         Optional[Path], typer.Argument(help="Chunks JSONL (default: both train and val chunks of the config).")
     ] = None,
-    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Output dataset JSON.")] = None,
-    backend: Annotated[Optional[Backend], typer.Option(help="Question generator backend.")] = None,
-    model: Annotated[Optional[str], typer.Option(help="Qwen3 preset (Qwen3-8B) or local model directory.")] = None,
-    base_url: Annotated[Optional[str], typer.Option(help="OpenAI-compatible server URL (backend openai).")] = None,
-    questions_per_chunk: Annotated[Optional[int], typer.Option(help="Questions per chunk (1).")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(help="Prompts per engine call.")] = None,
-    prompt: Annotated[
-        Optional[Path], typer.Option(help="Prompt template file with {context}, {num_questions}.")
-    ] = None,
-    engine: Annotated[
-        Optional[Engine], typer.Option(help="native, or llamaindex's generate_qa_embedding_pairs.")
-    ] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Output dataset JSON (needs CHUNKS).")] = None,
+    backend: Annotated[Optional[Backend], _opt(GenerateConfig, "backend")] = None,
+    model: Annotated[Optional[str], _opt(GenerateConfig, "model")] = None,
+    base_url: Annotated[Optional[str], _opt(GenerateConfig, "base_url")] = None,
+    questions_per_chunk: Annotated[Optional[int], _opt(GenerateConfig, "questions_per_chunk")] = None,
+    batch_size: Annotated[Optional[int], _opt(GenerateConfig, "batch_size")] = None,
+    prompt: Annotated[Optional[Path], _opt(GenerateConfig, "prompt_file", "--prompt")] = None,
+    engine: Annotated[Optional[Engine], _opt(GenerateConfig, "engine")] = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
 ) -> None:
@@ -207,14 +204,10 @@ def generate(
 
 @app.command()
 def convert(
-    model_dir: Annotated[
-        Optional[Path], typer.Argument(help="Hugging Face encoder directory (BCE, BGE, BERT...).")
-    ] = None,
-    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Output sentence-transformers directory.")] = None,
-    pooling: Annotated[
-        Optional[Pooling], typer.Option(help="cls (BCE/BGE) or mean; default: the model's own, CLS for a raw one.")
-    ] = None,
-    max_seq_length: Annotated[Optional[int], typer.Option(help="max_seq_length to save (512).")] = None,
+    model_dir: Annotated[Optional[Path], _arg(ConvertConfig, "model")] = None,
+    out: Annotated[Optional[Path], _opt(ConvertConfig, "out_dir", "--out", "-o")] = None,
+    pooling: Annotated[Optional[Pooling], _opt(ConvertConfig, "pooling")] = None,
+    max_seq_length: Annotated[Optional[int], _opt(ConvertConfig, "max_seq_length")] = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
 ) -> None:
@@ -243,20 +236,16 @@ def convert(
 
 @app.command()
 def train(
-    train_file: Annotated[
-        Optional[Path], typer.Argument(help="Training dataset JSON (EmbeddingQAFinetuneDataset).")
-    ] = None,
-    model: Annotated[Optional[Path], typer.Option(help="Base sentence-transformers model directory.")] = None,
-    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Output model directory.")] = None,
-    val: Annotated[Optional[Path], typer.Option(help="Validation dataset JSON (best checkpoint by ndcg@10).")] = None,
-    epochs: Annotated[Optional[int], typer.Option(help="Epochs (3).")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(help="Pairs per batch (32).")] = None,
-    lr: Annotated[Optional[float], typer.Option(help="Peak learning rate.")] = None,
-    loss: Annotated[Optional[Loss], typer.Option(help="mnrl or cached-mnrl.")] = None,
-    hard_negatives: Annotated[Optional[int], typer.Option(help="Hard negatives per query (0).")] = None,
-    extend_vocab: Annotated[
-        Optional[ExtendVocab], typer.Option(help="Add UNK corpus characters to the vocab.")
-    ] = None,
+    train_file: Annotated[Optional[Path], _arg(TrainConfig, "train_file")] = None,
+    model: Annotated[Optional[Path], _opt(TrainConfig, "model")] = None,
+    out: Annotated[Optional[Path], _opt(TrainConfig, "out_dir", "--out", "-o")] = None,
+    val: Annotated[Optional[Path], _opt(TrainConfig, "val_file", "--val")] = None,
+    epochs: Annotated[Optional[int], _opt(TrainConfig, "epochs")] = None,
+    batch_size: Annotated[Optional[int], _opt(TrainConfig, "batch_size")] = None,
+    lr: Annotated[Optional[float], _opt(TrainConfig, "lr")] = None,
+    loss: Annotated[Optional[Loss], _opt(TrainConfig, "loss")] = None,
+    hard_negatives: Annotated[Optional[int], _opt(TrainConfig, "hard_negatives")] = None,
+    extend_vocab: Annotated[Optional[ExtendVocab], _opt(TrainConfig, "extend_vocab")] = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
 ) -> None:
@@ -292,24 +281,16 @@ def train(
 
 @app.command(name="train-reranker")
 def train_reranker(
-    train_file: Annotated[
-        Optional[Path], typer.Argument(help="Training dataset JSON (EmbeddingQAFinetuneDataset).")
-    ] = None,
-    model: Annotated[
-        Optional[Path], typer.Option(help="Base reranker (CrossEncoder, HF encoder or sentence-transformers model).")
-    ] = None,
-    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Output CrossEncoder directory.")] = None,
-    val: Annotated[
-        Optional[Path], typer.Option(help="Validation dataset JSON (best checkpoint by rerank ndcg@10).")
-    ] = None,
-    retriever: Annotated[
-        Optional[Path], typer.Option(help="Fine-tuned embedding model that mines the hard negatives.")
-    ] = None,
-    negatives: Annotated[Optional[int], typer.Option(help="Hard negatives per question (7).")] = None,
-    loss: Annotated[Optional[RerankerLoss], typer.Option(help="bce, mnrl, lambda or listnet.")] = None,
-    epochs: Annotated[Optional[int], typer.Option(help="Epochs (2).")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(help="Training rows per batch (16).")] = None,
-    lr: Annotated[Optional[float], typer.Option(help="Peak learning rate.")] = None,
+    train_file: Annotated[Optional[Path], _arg(TrainRerankerConfig, "train_file")] = None,
+    model: Annotated[Optional[Path], _opt(TrainRerankerConfig, "model")] = None,
+    out: Annotated[Optional[Path], _opt(TrainRerankerConfig, "out_dir", "--out", "-o")] = None,
+    val: Annotated[Optional[Path], _opt(TrainRerankerConfig, "val_file", "--val")] = None,
+    retriever: Annotated[Optional[Path], _opt(TrainRerankerConfig, "retriever")] = None,
+    negatives: Annotated[Optional[int], _opt(TrainRerankerConfig, "negatives")] = None,
+    loss: Annotated[Optional[RerankerLoss], _opt(TrainRerankerConfig, "loss")] = None,
+    epochs: Annotated[Optional[int], _opt(TrainRerankerConfig, "epochs")] = None,
+    batch_size: Annotated[Optional[int], _opt(TrainRerankerConfig, "batch_size")] = None,
+    lr: Annotated[Optional[float], _opt(TrainRerankerConfig, "lr")] = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
 ) -> None:
@@ -342,23 +323,14 @@ def train_reranker(
 
 @app.command()
 def evaluate(
-    dataset: Annotated[
-        Optional[Path], typer.Argument(help="Evaluation dataset JSON (EmbeddingQAFinetuneDataset).")
-    ] = None,
-    model: Annotated[
-        Optional[list[Path]],
-        typer.Option("--model", "-m", help="Model directory (repeat; the first is the reference)."),
-    ] = None,
-    bm25: Annotated[Optional[bool], typer.Option("--bm25/--no-bm25", help="Add a BM25 baseline.")] = None,
-    hybrid: Annotated[Optional[bool], typer.Option("--hybrid/--no-hybrid", help="Add BM25+model RRF rows.")] = None,
-    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Results directory.")] = None,
-    reranker: Annotated[
-        Optional[Path], typer.Option(help="Fine-tuned reranker: adds 'retriever → reranker' rows.")
-    ] = None,
-    base_reranker: Annotated[Optional[Path], typer.Option(help="Reranker before fine-tuning, for comparison.")] = None,
-    rerank_top: Annotated[
-        Optional[int], typer.Option(help="Passages per question the reranker re-orders (20).")
-    ] = None,
+    dataset: Annotated[Optional[Path], _arg(EvaluateConfig, "dataset")] = None,
+    model: Annotated[Optional[list[Path]], _opt(EvaluateConfig, "models", "--model", "-m")] = None,
+    bm25: Annotated[Optional[bool], _opt(EvaluateConfig, "bm25", "--bm25/--no-bm25")] = None,
+    hybrid: Annotated[Optional[bool], _opt(EvaluateConfig, "hybrid", "--hybrid/--no-hybrid")] = None,
+    out: Annotated[Optional[Path], _opt(EvaluateConfig, "out_dir", "--out", "-o")] = None,
+    reranker: Annotated[Optional[Path], _opt(EvaluateConfig, "reranker")] = None,
+    base_reranker: Annotated[Optional[Path], _opt(EvaluateConfig, "base_reranker")] = None,
+    rerank_top: Annotated[Optional[int], _opt(EvaluateConfig, "rerank_top")] = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
 ) -> None:
@@ -459,14 +431,21 @@ def summary(config: ConfigOpt = None, set_: SetOpt = None) -> None:
 
 
 @app.command(name="config")
-def show_config(config: ConfigOpt = None, set_: SetOpt = None) -> None:
-    """Print the resolved config (defaults + YAML + overrides) as YAML."""
+def show_config(
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    keys: Annotated[bool, typer.Option("--keys", help="List every config key with its default and help.")] = False,
+) -> None:
+    """Print the resolved config (defaults + YAML + overrides) as YAML, or with --keys every key and its help."""
 
     def body() -> None:
         import yaml
 
-        from offline_embft.config import to_dict
+        from offline_embft.config import keys_markdown, to_dict
 
+        if keys:
+            typer.echo(keys_markdown(), nl=False)
+            return
         typer.echo(yaml.safe_dump(to_dict(_load(config, set_)), allow_unicode=True, sort_keys=False))
 
     _guard(body)

@@ -27,10 +27,12 @@ LOSSES = ("mnrl", "cached-mnrl")
 RERANKER_LOSSES = ("bce", "mnrl", "lambda", "listnet")
 NEGATIVE_SOURCES = ("model", "bm25", "both")
 EXTEND_VOCAB = ("auto", "on", "off")
+HARD_NEGATIVE_SOURCES = ("model", "bm25", "both")
 
 
 def _help(text: str, default: Any = dataclasses.MISSING, factory: Any = dataclasses.MISSING) -> Any:
-    """A dataclass field carrying its help text (shown by ``offline-embft config --help`` and in docs)."""
+    """A dataclass field carrying its help text: the one place it is written (CLI flags, ``config --keys`` and
+    docs/config.md all show it from here)."""
     if factory is not dataclasses.MISSING:
         return field(default_factory=factory, metadata={"help": text})
     return field(default=default, metadata={"help": text})
@@ -220,7 +222,7 @@ class TrainConfig:
         _check(self.lr > 0, "train.lr must be positive")
         _check(self.hard_negatives >= 0, "train.hard_negatives must be >= 0")
         _check(
-            self.hard_negative_source in ("model", "bm25", "both"),
+            self.hard_negative_source in HARD_NEGATIVE_SOURCES,
             "train.hard_negative_source must be model, bm25 or both",
         )
         _check(self.precision in ("auto", "bf16", "fp16", "fp32"), "train.precision must be auto, bf16, fp16 or fp32")
@@ -507,8 +509,12 @@ def save_config(cfg: Any, path: str | Path) -> Path:
     return write_text(path, text)
 
 
+def _default(f: dataclasses.Field) -> Any:
+    return f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+
+
 def describe(cls: type = PipelineConfig, prefix: str = "") -> list[tuple[str, str, str]]:
-    """(key, default, help) for every field, for documentation and ``offline-embft config``."""
+    """(key, default, help) for every field, in declaration order: ``offline-embft config --keys`` and the docs."""
     rows: list[tuple[str, str, str]] = []
     hints = _field_types(cls)
     for f in dataclasses.fields(cls):
@@ -516,6 +522,37 @@ def describe(cls: type = PipelineConfig, prefix: str = "") -> list[tuple[str, st
         if dataclasses.is_dataclass(hints[f.name]):
             rows.extend(describe(hints[f.name], key + "."))
             continue
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-        rows.append((key, repr(default), f.metadata.get("help", "")))
+        rows.append((key, repr(_default(f)), f.metadata.get("help", "")))
     return rows
+
+
+def field_help(cls: type, name: str) -> str:
+    """A config field's help text with its key and default, as a command-line flag shows it.
+
+    Raises:
+        KeyError: ``cls`` has no field ``name`` (a CLI flag naming a field that does not exist).
+    """
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    f = fields[name]
+    hints = _field_types(PipelineConfig)
+    section = next((s.name for s in dataclasses.fields(PipelineConfig) if hints[s.name] is cls), "")
+    key = f"{section}.{name}" if section else name
+    default = _default(f)
+    shown = f", default {default}" if default not in ("", [], None) else ""
+    return f"{f.metadata['help']} (config: {key}{shown})"
+
+
+def keys_markdown() -> str:
+    """docs/config.md: every config key with its default and help (``offline-embft config --keys`` prints it)."""
+    lines = [
+        "# Configuration keys",
+        "",
+        "Every key below can be set in the YAML config (`--config`), with `--set key=value`, and — where a stage has",
+        "one — with that stage's flag, whose help is this same text. Generated from the config dataclasses by",
+        "`offline-embft config --keys > docs/config.md`; empty paths are filled from the artifact layout.",
+        "",
+        "| key | default | help |",
+        "|---|---|---|",
+    ]
+    lines += [f"| `{key}` | `{default}` | {text.replace('|', '/')} |" for key, default, text in describe()]
+    return "\n".join(lines) + "\n"

@@ -23,7 +23,8 @@ from typing import Any
 
 logger = logging.getLogger(__name__)
 
-# The CLI contract's column order (DESIGN.md): model, then these, all fractions in [0, 1].
+# metrics.csv column order, which scripts rely on (README, "The outputs and how to read the report"): model, then
+# these, all fractions in [0, 1].
 METRIC_COLUMNS = (
     "accuracy@1",
     "accuracy@3",

@@ -89,3 +89,53 @@ def test_atomic_outputs_are_readable_by_others(tmp_path):
         os.umask(old)
     assert stat.S_IMODE(path.stat().st_mode) == 0o644
     assert stat.S_IMODE((tmp_path / "model").stat().st_mode) == 0o755
+
+
+def test_every_key_is_documented_with_its_help():
+    """docs/config.md is generated from the config fields; a field added without regenerating it fails here."""
+    from typer.testing import CliRunner
+
+    from offline_embft.cli import app
+    from offline_embft.config import describe, keys_markdown
+
+    listed = CliRunner().invoke(app, ["config", "--keys"])
+    assert listed.exit_code == 0, listed.output
+    for key, _, text in describe():
+        assert text, f"config key {key} has no help text"
+        assert f"| `{key}` |" in listed.stdout and text.replace("|", "/") in listed.stdout
+    docs = (REPO / "docs" / "config.md").read_text(encoding="utf-8")
+    assert docs == keys_markdown(), "docs/config.md is stale: run `offline-embft config --keys > docs/config.md`"
+
+
+def test_cli_flags_take_help_and_choices_from_the_config_fields():
+    import typer
+    from typer.testing import CliRunner
+
+    from offline_embft import config
+    from offline_embft.cli import app
+
+    commands = typer.main.get_command(app).commands
+    sections = {
+        "ingest": config.IngestConfig,
+        "generate": config.GenerateConfig,
+        "convert": config.ConvertConfig,
+        "train": config.TrainConfig,
+        "evaluate": config.EvaluateConfig,
+        "train-reranker": config.TrainRerankerConfig,
+    }
+    checked = 0
+    for name, section in sections.items():
+        for param in commands[name].params:
+            help_text = getattr(param, "help", None) or ""
+            if "(config: " not in help_text:
+                continue
+            key = help_text.rsplit("(config: ", 1)[1].split(",")[0].rstrip(")")
+            assert key.startswith(f"{name.replace('-', '_')}."), (name, param.name, key)
+            assert help_text == config.field_help(section, key.split(".", 1)[1])
+            checked += 1
+    assert checked >= 25, f"only {checked} flags take their help from the config"
+    from offline_embft.cli import Backend, Loss
+
+    assert tuple(m.value for m in Loss) == config.LOSSES and tuple(m.value for m in Backend) == config.BACKENDS
+    result = CliRunner().invoke(app, ["train", "x.json", "--loss", "triplet"])
+    assert result.exit_code == 2 and "cached-mnrl" in result.output, "typer checks the config's choices"
