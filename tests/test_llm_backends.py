@@ -522,8 +522,12 @@ def test_llm_in_the_modelscope_cache_is_found_by_generate_and_doctor(tmp_path, n
 
     cached = no_caches / ".cache/modelscope/hub/models/Qwen/Qwen3-8B"
     cached.mkdir(parents=True)
-    for name, content in (("config.json", "{}"), ("tokenizer.json", "{}"), ("model.safetensors", "weights")):
+    for name, content in (("config.json", "{}"), ("tokenizer.json", "{}")):
         (cached / name).write_text(content)
+    import torch
+    from safetensors.torch import save_file  # a whole weights file: doctor checks its header against its size
+
+    save_file({"w": torch.zeros(2)}, str(cached / "model.safetensors"))
     for ref in ("Qwen3-8B", "Qwen/Qwen3-8B", "qwen3-8b"):
         resolved = resolve_model(ref, tmp_path / "Models")
         assert resolved.path == cached and resolved.preset.name == "Qwen3-8B"
