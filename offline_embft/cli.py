@@ -19,6 +19,7 @@ import typer
 from offline_embft import offline
 from offline_embft.config import (
     BACKENDS,
+    CHUNKINGS,
     ENGINES,
     EXTEND_VOCAB,
     LOSSES,
@@ -59,6 +60,7 @@ def _choices(name: str, values: tuple[str, ...]) -> Any:
 
 
 Backend = _choices("Backend", BACKENDS)
+Chunking = _choices("Chunking", CHUNKINGS)
 Engine = _choices("Engine", ENGINES)
 Pooling = _choices("Pooling", POOLINGS)
 Loss = _choices("Loss", LOSSES)
@@ -127,6 +129,7 @@ def ingest(
     tokenizer: Annotated[Optional[str], _opt(IngestConfig, "tokenizer")] = None,
     chunk_size: Annotated[Optional[int], _opt(IngestConfig, "chunk_size")] = None,
     chunk_overlap: Annotated[Optional[int], _opt(IngestConfig, "chunk_overlap")] = None,
+    chunking: Annotated[Optional[Chunking], _opt(IngestConfig, "chunking")] = None,
     val_ratio: Annotated[Optional[float], _opt(IngestConfig, "val_ratio")] = None,
     seed: Annotated[Optional[int], _opt(IngestConfig, "seed")] = None,
     config: ConfigOpt = None,
@@ -147,6 +150,7 @@ def ingest(
             tokenizer_strict=True if tokenizer else None,
             chunk_size=chunk_size,
             chunk_overlap=chunk_overlap,
+            chunking=chunking.value if chunking else None,
             val_ratio=val_ratio,
             seed=seed,
         )

@@ -21,6 +21,7 @@ from offline_embft.errors import UserError
 from offline_embft.model_files import RERANKER_FROM_EMBEDDING
 
 BACKENDS = ("vllm", "transformers", "openai", "ict")
+CHUNKINGS = ("sentences", "units")
 ENGINES = ("native", "llamaindex")
 POOLINGS = ("cls", "mean")
 LOSSES = ("mnrl", "cached-mnrl")
@@ -47,7 +48,7 @@ def _check(condition: bool, message: str) -> None:
 class IngestConfig:
     """Documents → clean Chinese text → token-aware chunks, split train/val by file."""
 
-    input_dir: str = _help("Directory of PDF/MD/TXT documents (searched recursively).", "")
+    input_dir: str = _help("Directory of PDF/DOCX/HTML/MD/TXT documents (searched recursively).", "")
     out_dir: str = _help("Output directory for train.jsonl, val.jsonl and stats.json.", "")
     tokenizer: str = _help("Embedding model directory whose tokenizer sizes the chunks (empty: characters).", "")
     tokenizer_strict: bool = _help(
@@ -76,8 +77,8 @@ class IngestConfig:
         )
         _check(0.0 <= self.val_ratio < 1.0, f"ingest.val_ratio must be in [0, 1), got {self.val_ratio}")
         _check(
-            self.chunking in ("sentences", "units"),
-            f"ingest.chunking must be 'sentences' or 'units', got {self.chunking!r}",
+            self.chunking in CHUNKINGS,
+            f"ingest.chunking must be one of {', '.join(CHUNKINGS)}, got {self.chunking!r}",
         )
 
 

@@ -1,9 +1,10 @@
 """The ingest stage: documents → clean Chinese text → token-aware chunks → train.jsonl / val.jsonl / stats.json.
 
-Flow: find the PDF/MD/TXT files under the input folder → read each (:mod:`offline_embft.loaders`; bad files are
-skipped with a reason) → clean it (:mod:`offline_embft.clean`) → chunk it with LlamaIndex's ``SentenceSplitter``
-set up for Chinese (paragraphs, then sentences ending in 。！？；, then clauses) and sized in tokens of the
-embedding model's own tokenizer → drop short and exact-duplicate chunks → split train/val by file (seeded) → measure
+Flow: find the PDF/DOCX/HTML/MD/TXT files under the input folder → read each (:mod:`offline_embft.loaders`; bad
+files are skipped with a reason) → clean it (:mod:`offline_embft.clean`) → chunk it with LlamaIndex's
+``SentenceSplitter`` set up for Chinese (paragraphs, then sentences ending in 。！？；, then clauses), or at the
+document's own units first (:mod:`offline_embft.structure`, ``chunking: units``), sized in tokens of the embedding
+model's own tokenizer → drop short and exact-duplicate chunks → split train/val by file (seeded) → measure
 UNK rate and truncation with the same tokenizer → write everything atomically.
 
 Every chunk is a contiguous stretch of the cleaned document, so it knows the pages it came from. With a single
@@ -416,12 +417,14 @@ def run(cfg: IngestConfig) -> Path:
     """
     started = time.perf_counter()
     if not cfg.input_dir:
-        raise UserError("no input directory; pass INPUT_DIR (a folder of PDF/MD/TXT files) or set ingest.input_dir")
+        raise UserError(
+            "no input directory; pass INPUT_DIR (a folder of PDF/DOCX/HTML/MD/TXT files) or set ingest.input_dir"
+        )
     if not cfg.out_dir:
         raise UserError("no output directory; pass --out CHUNKS_DIR or set ingest.out_dir")
     input_dir, out_dir = Path(cfg.input_dir), Path(cfg.out_dir)
     if not input_dir.is_dir():
-        raise UserError(f"input directory {input_dir} not found; pass the folder that holds your PDF/MD/TXT files")
+        raise UserError(f"input directory {input_dir} not found; pass the folder that holds your documents")
     if cfg.tokenizer and cfg.tokenizer_strict and not Path(cfg.tokenizer).is_dir():
         resolve_sizer(cfg)  # raises the one-line error before any file is read
 

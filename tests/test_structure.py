@@ -223,3 +223,24 @@ def test_ingest_writes_heading_paths_and_never_exceeds_the_token_size(chunking, 
         starts = [c["text"].split("\n")[0] for c in chunks]
         at_units = sum(1 for s in starts if ARTICLE_START.match(s) or heading_level(s) is not None)
         assert at_units / len(chunks) > 0.8, "chunks start at articles and headings"
+
+
+def test_cli_chunking_flag(laws_dir, tmp_path):
+    from typer.testing import CliRunner
+
+    from offline_embft.cli import app
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "公司法.txt").write_text(_statute_text(laws_dir, chapters=2), encoding="utf-8")
+    runner = CliRunner()
+    args = ["ingest", str(docs), "--out", str(tmp_path / "out"), "--tokenizer", "", "--val-ratio", "0"]
+    result = runner.invoke(app, [*args, "--chunking", "units"])
+    assert result.exit_code == 0, result.output
+    config = (tmp_path / "out" / ingest.CONFIG_FILE).read_text(encoding="utf-8")
+    assert "chunking: units" in config
+    chunks = read_jsonl(tmp_path / "out" / "train.jsonl")
+    starts = [c["text"].split("\n")[0] for c in chunks]
+    assert sum(1 for s in starts if is_article(s) or heading_level(s) is not None) / len(chunks) > 0.8
+    bad = runner.invoke(app, [*args, "--chunking", "pages"])
+    assert bad.exit_code == 2 and "pages" in bad.output
