@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from offline_embft import ingest
+from offline_embft import chunking, documents, ingest
+from offline_embft.chunks import Chunk
 from offline_embft.cli import app
 from offline_embft.config import IngestConfig, load_config
 from offline_embft.errors import UserError
@@ -370,7 +371,7 @@ def test_failed_write_leaves_previous_output_intact(tmp_path, monkeypatch):
         raise OSError("disk full")
 
     (tmp_path / "docs" / "doc0.txt").write_text("第一条 改过的内容，足够长足够长足够长足够长。", encoding="utf-8")
-    monkeypatch.setattr(ingest.Chunk, "row", broken_row)
+    monkeypatch.setattr(Chunk, "row", broken_row)
     with pytest.raises(OSError, match="disk full"):
         ingest.run(_cfg(tmp_path / "docs", tmp_path / "out"))
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before, "old output kept whole, no temp files left"
@@ -382,12 +383,12 @@ def test_parallel_reading_gives_the_same_result_as_serial(tmp_path, monkeypatch)
     for i in range(3):
         _english_pdf(docs / f"report{i}.pdf", f"Report number {i} has a text layer that pypdf can read. ")
     (docs / "empty.pdf").write_bytes(b"")
-    files = ingest.find_files(docs)
-    serial = ingest.read_documents(docs, files, meanwhile=lambda: "unused")
-    monkeypatch.setattr(ingest, "PARALLEL_MIN_PDF_BYTES", 0)
-    if ingest._workers(files) < 2:
+    files = documents.find_files(docs)
+    serial = documents.read_documents(docs, files, meanwhile=lambda: "unused")
+    monkeypatch.setattr(documents, "PARALLEL_MIN_PDF_BYTES", 0)
+    if documents._workers(files) < 2:
         pytest.skip("parallel reading needs Linux and two CPUs")
-    parallel = ingest.read_documents(docs, files, meanwhile=lambda: "done meanwhile")
+    parallel = documents.read_documents(docs, files, meanwhile=lambda: "done meanwhile")
     assert [d.clean.text for d in parallel[0]] == [d.clean.text for d in serial[0]]
     assert [d.source for d in parallel[0]] == ["report0.pdf", "report1.pdf", "report2.pdf"]
     assert parallel[1] == serial[1] and parallel[1][0]["reason"] == "empty"
@@ -398,8 +399,8 @@ def test_holdout_span_cuts_at_paragraphs():
     import random
 
     text = "\n".join(f"第{i}段内容。" * 3 for i in range(20))
-    start, end = ingest.holdout_span(text, 0.3, random.Random(0))
+    start, end = chunking.holdout_span(text, 0.3, random.Random(0))
     assert start == 0 or text[start - 1] == "\n"
     assert end == len(text) or text[end - 1] == "\n"
     assert 0.2 < (end - start) / len(text) < 0.4
-    assert ingest.holdout_span("一句话", 0.3, random.Random(0)) is None
+    assert chunking.holdout_span("一句话", 0.3, random.Random(0)) is None
