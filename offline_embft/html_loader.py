@@ -3,8 +3,9 @@ line, headings as Markdown heading lines and tables a row a line.
 
 Parsed with BeautifulSoup on lxml. What is kept and what is not:
 
-- **Encoding**: a byte-order mark, else the charset the page declares (``<meta charset>``, ``http-equiv``; GB2312 and
-  GBK are read as GB18030, their superset), else detection (:func:`offline_embft.loaders.decode_text`).
+- **Encoding**: a byte-order mark, else UTF-8 when the bytes are valid UTF-8, else the charset the page declares
+  (``<meta charset>``, ``http-equiv``; GB2312 and GBK are read as GB18030, their superset), else detection
+  (:func:`offline_embft.loaders.decode_text`).
 - **Main text**: ``<main>`` or a single ``<article>`` when the page has one, else ``<body>``. Dropped: scripts,
   styles, forms, ``<nav>``/``<header>``/``<footer>``/``<aside>`` and their ARIA roles, elements named as navigation
   (class or id ``nav``, ``menu``, ``breadcrumb``, ``sidebar``, …), hidden elements, HTML comments (Word and
@@ -12,7 +13,8 @@ Parsed with BeautifulSoup on lxml. What is kept and what is not:
   ``<div title="header">``, Word's ``mso-element:header``) and text frames (LibreOffice's ``Frame`` spans).
 - **Structure**: ``<h1>``–``<h6>`` → ``#`` lines; block elements (p, div, li, …) and ``<br>`` end a line; items of
   an ordered list get their number (``1.``, ``a.``, ``i.`` as the list's ``type`` and ``start`` say); tables a row a
-  line, cells `` | ``-separated (a merged cell appears once, as HTML has it), empty cells left out.
+  line, cells `` | ``-separated (a merged cell appears once, as HTML has it), empty cells left out. A table that
+  lays out the page (a cell holds headings, lists or another table) is read as the blocks it holds.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ _NAV_TOKEN = re.compile(
 )
 _HIDDEN_STYLE = re.compile(r"display\s*:\s*none|visibility\s*:\s*hidden|mso-element\s*:\s*(?:header|footer)", re.I)
 _FRAME_ID = re.compile(r"^Frame\d+$")
+_LAYOUT_BLOCKS = ["h1", "h2", "h3", "h4", "h5", "h6", "table", "ul", "ol", "blockquote"]
 BLOCKS = {
     "p", "div", "section", "article", "main", "li", "dd", "dt", "dl", "ul", "ol", "blockquote", "pre", "address",
     "figure", "figcaption", "table", "tr", "h1", "h2", "h3", "h4", "h5", "h6", "center", "body", "hr", "caption",
@@ -43,12 +46,18 @@ BLOCKS = {
 
 
 def decode_html(data: bytes) -> tuple[str, str]:
-    """The page's text and encoding: a BOM, else its declared charset, else detection.
+    """The page's text and encoding: a BOM; else UTF-8 when the bytes are valid UTF-8 (a page re-saved as UTF-8
+    often keeps its old ``charset=gb2312`` line, and GB18030 would decode those bytes into nonsense without an
+    error, while real GBK text is practically never valid UTF-8); else the declared charset; else detection.
 
     Raises:
         LoadError: the bytes are not text in any encoding.
     """
     if not data.startswith((b"\xef\xbb\xbf", b"\xff\xfe", b"\xfe\xff")):
+        try:
+            return data.decode("utf-8"), "utf-8"
+        except UnicodeDecodeError:
+            pass
         declared = _DECLARED.search(data[:8192])
         if declared:
             name = declared.group(1).decode("ascii", "ignore").lower()
@@ -116,6 +125,10 @@ class _Writer:
                 self.end_line()
                 self.walk(child)
                 self.end_line("#" * int(name[1]) + " ")
+            elif name == "table" and _is_layout_table(child):
+                self.end_line()
+                self.walk(child)  # a page laid out with a table: its cells are blocks of the page
+                self.end_line()
             elif name == "table":
                 self.end_line()
                 self.table(child)
@@ -164,6 +177,15 @@ class _Writer:
                     cells.append(text)
             if cells:
                 self.lines.append(" | ".join(cells))
+
+
+def _is_layout_table(table: Any) -> bool:
+    """A table that lays out a page (old portals put the whole article in one) rather than holding data: a cell
+    holds headings, paragraphs, lists or another table."""
+    for cell in table.find_all(["td", "th"]):
+        if cell.find_parent("table") is table and cell.find(_LAYOUT_BLOCKS):
+            return True
+    return False
 
 
 def _is_chrome(tag: Any) -> bool:

@@ -226,6 +226,22 @@ def test_gbk_html_page_main_text_with_headings_and_table(tmp_path):
     assert first["headings"] == ["信息安全管理办法", "第二章 账号管理"]
 
 
+def test_html_layout_table_and_a_wrong_charset_line(tmp_path):
+    page = (
+        '<html><head><meta charset="gb2312"></head><body><table><tr>'
+        '<td class="menu"><a>首页</a><a>公告</a></td>'
+        "<td><h2>第三章 数据备份</h2><p>第九条 核心系统每日全量备份。</p>"
+        "<table><tr><th>系统</th><th>周期</th></tr><tr><td>核心</td><td>每日</td></tr></table></td>"
+        "</tr></table></body></html>"
+    )
+    # Re-saved as UTF-8 with the old charset line left in: valid UTF-8 wins over the declaration.
+    (tmp_path / "layout.html").write_bytes(page.encode("utf-8"))
+    raw = load(tmp_path / "layout.html")
+    assert raw.encoding == "utf-8"
+    lines = ["## 第三章 数据备份", "第九条 核心系统每日全量备份。", "系统 | 周期", "核心 | 每日"]
+    assert raw.pages[0].split("\n") == lines
+
+
 @pytest.mark.parametrize("name", ["company_law_typed", "insurance_law_autonum"])
 def test_libreoffice_html_drops_running_lines_comments_and_frames(name):
     truth = _truth(name)
