@@ -276,3 +276,48 @@ def test_office_pdf_loses_running_lines_and_keeps_the_text(name, tmp_path):
         assert _han(line) in han, line
     with_label = [c for c in chunks if re.match(r"^第[一二三四五六七八九十百]+条 ", c["text"])]
     assert with_label and all(c["headings"] == truth["paths"][c["text"].split(" ")[0]] for c in with_label)
+
+
+def test_docx_outline_levels_derived_styles_revisions_controls_and_nested_tables(tmp_path):
+    import docx
+    from docx.enum.style import WD_STYLE_TYPE
+    from docx.oxml import parse_xml
+    from docx.oxml.ns import nsdecls
+
+    document = docx.Document()
+    # A plain paragraph that Word's outline puts at level 1 (w:outlineLvl 0), and a company style built on Heading 2.
+    outlined = document.add_paragraph("第一部分 总体要求")
+    outlined._p.get_or_add_pPr().append(parse_xml(f'<w:outlineLvl {nsdecls("w")} w:val="0"/>'))
+    style = document.styles.add_style("制度小标题", WD_STYLE_TYPE.PARAGRAPH)
+    style.base_style = document.styles["Heading 2"]
+    document.add_paragraph("适用范围", style="制度小标题")
+    # Tracked changes: the insertion is read, the deletion is not.
+    revised = document.add_paragraph("本办法适用于")
+    revised._p.append(parse_xml(f'<w:ins {nsdecls("w")} w:id="1" w:author="a"><w:r><w:t>全体员工</w:t></w:r></w:ins>'))
+    revised._p.append(
+        parse_xml(f'<w:del {nsdecls("w")} w:id="2" w:author="a"><w:r><w:delText>部分员工</w:delText></w:r></w:del>')
+    )
+    revised.add_run("。")
+    # A content control around a paragraph (templates use them for fields to fill in).
+    document.element.body.insert(
+        len(document.element.body) - 1,
+        parse_xml(
+            f"<w:sdt {nsdecls('w')}><w:sdtPr/><w:sdtContent><w:p><w:r><w:t>填报单位：信息科技部</w:t></w:r></w:p>"
+            "</w:sdtContent></w:sdt>"
+        ),
+    )
+    table = document.add_table(rows=1, cols=2)
+    table.cell(0, 0).text = "外层"
+    inner = table.cell(0, 1).add_table(rows=1, cols=2)
+    inner.cell(0, 0).text = "内层甲"
+    inner.cell(0, 1).text = "内层乙"
+    document.save(str(tmp_path / "制度.docx"))
+
+    lines = load(tmp_path / "制度.docx").pages[0].split("\n")
+    assert lines == [
+        "## 第一部分 总体要求",
+        "### 适用范围",
+        "本办法适用于全体员工。",
+        "填报单位：信息科技部",
+        "外层 | 内层甲 内层乙",
+    ]
