@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as _dt
 import logging
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -144,6 +145,33 @@ def _build(hf_dir: Path, pooling: str, normalize: bool, max_seq_length: int, out
     return dimension
 
 
+@dataclass(frozen=True)
+class Plan:
+    """What convert will do with one source model.
+
+    Attributes:
+        src: The source model directory.
+        out: The output directory.
+        kind: ``hf`` (a raw Hugging Face encoder) or ``st`` (already sentence-transformers).
+        hf_dir: The Hugging Face model inside ``src`` (``src`` itself, or its Transformer module).
+        action: ``converted`` (raw encoder), ``repooled`` (another pooling asked for) or ``copied`` (kept as is).
+        pooling: The pooling mode of the output.
+        normalize: Whether the output ends in a Normalize module.
+        max_seq_length: What the output truncates at.
+        others: Module types other than Transformer/Pooling/Normalize (they rule out the numerical check).
+    """
+
+    src: Path
+    out: Path
+    kind: str
+    hf_dir: Path
+    action: str
+    pooling: str | None
+    normalize: bool
+    max_seq_length: int
+    others: list[str]
+
+
 def run(cfg: ConvertConfig) -> Path:
     """``offline-embft convert``: a Hugging Face encoder → a verified sentence-transformers directory.
 
@@ -153,13 +181,40 @@ def run(cfg: ConvertConfig) -> Path:
     ``cfg.pooling`` asks for another pooling. The result is loaded back and compared with a raw transformers
     forward pass on Chinese and English texts; the max abs difference is logged and saved in convert_report.json.
 
+    Args:
+        cfg: The convert settings (source, output, pooling, max_seq_length, normalize).
+
     Returns:
         The output directory.
 
     Raises:
         UserError: the source is missing, not a model, incomplete, or the check fails.
     """
-    from offline_embft.config import save_config
+    plan = make_plan(cfg)
+    check = write(plan, cfg)
+    if check["passed"]:
+        logger.info(
+            "%s → %s (%s, %s pooling%s, max_seq_length %d): verified, max abs difference %.2e vs raw transformers "
+            "on %d texts",
+            plan.src,
+            plan.out,
+            plan.action,
+            plan.pooling,
+            " + normalize" if plan.normalize else "",
+            plan.max_seq_length,
+            check["max_abs_diff"],
+            check["texts"],
+        )
+    return plan.out
+
+
+def make_plan(cfg: ConvertConfig) -> Plan:
+    """Decide what to write: convert a raw encoder, repool or copy a sentence-transformers model; with which
+    pooling and max_seq_length (never beyond what the encoder's position embeddings can take).
+
+    Raises:
+        UserError: no model given, the source is missing, not a model or incomplete, or the output is the source.
+    """
     from offline_embft.paths import st_dir
 
     if not cfg.model:
@@ -169,7 +224,6 @@ def run(cfg: ConvertConfig) -> Path:
     out = Path(cfg.out_dir) if cfg.out_dir else st_dir(src)
     if out.resolve() == src.resolve():
         raise UserError(f"convert would overwrite its source {src}; pass another --out")
-
     hf_dir = transformer_dir(src)
     limit = _seq_limit(hf_dir)
     if kind == "st":
@@ -179,76 +233,76 @@ def run(cfg: ConvertConfig) -> Path:
                 f"{src} has extra modules ({', '.join(others)}); changing its pooling would drop them — leave "
                 "--pooling unset to keep the model as it is"
             )
-        action = "repooled" if cfg.pooling and cfg.pooling != own_mode else "copied"
-    else:
-        own_mode, own_normalize, others = None, False, []
-        action = "converted"
+        if not (cfg.pooling and cfg.pooling != own_mode):
+            max_seq_length = st_max_seq_length(src) or limit or cfg.max_seq_length
+            if max_seq_length != cfg.max_seq_length:
+                logger.info(
+                    "%s is already a sentence-transformers model: kept unchanged (max_seq_length %d, config says %d)",
+                    src,
+                    max_seq_length,
+                    cfg.max_seq_length,
+                )
+            return Plan(src, out, kind, hf_dir, "copied", own_mode, own_normalize, max_seq_length, others)
+    if not cfg.pooling:
+        logger.warning(
+            "%s has no pooling config: using CLS pooling (right for BCE/BGE/XLM-R); pass --pooling mean for "
+            "mean-pooled models such as MiniLM or m3e",
+            src,
+        )
+    max_seq_length = cfg.max_seq_length
+    if limit and max_seq_length > limit:
+        logger.warning("max_seq_length %d exceeds what %s can take; using %d", max_seq_length, src, limit)
+        max_seq_length = limit
+    action = "repooled" if kind == "st" else "converted"
+    return Plan(src, out, kind, hf_dir, action, cfg.pooling or "cls", cfg.normalize, max_seq_length, [])
 
-    if action == "copied":
-        pooling, normalize = own_mode, own_normalize
-        max_seq_length = st_max_seq_length(src) or limit or cfg.max_seq_length
-        if max_seq_length != cfg.max_seq_length:
-            logger.info(
-                "%s is already a sentence-transformers model: kept unchanged (max_seq_length %d, config says %d)",
-                src,
-                max_seq_length,
-                cfg.max_seq_length,
-            )
-    else:
-        pooling = cfg.pooling or "cls"
-        if not cfg.pooling:
-            logger.warning(
-                "%s has no pooling config: using CLS pooling (right for BCE/BGE/XLM-R); pass --pooling mean for "
-                "mean-pooled models such as MiniLM or m3e",
-                src,
-            )
-        normalize = cfg.normalize
-        max_seq_length = cfg.max_seq_length
-        if limit and max_seq_length > limit:
-            logger.warning("max_seq_length %d exceeds what %s can take; using %d", max_seq_length, src, limit)
-            max_seq_length = limit
 
-    with atomic_dir(out) as tmp:
-        if action == "copied":
-            shutil.copytree(src, tmp, dirs_exist_ok=True, ignore=shutil.ignore_patterns(CONVERT_REPORT, ".git"))
-            dimension = read_json(hf_dir / "config.json").get("hidden_size")
+def write(plan: Plan, cfg: ConvertConfig) -> dict[str, Any]:
+    """Write the planned model, check it numerically, and keep it only if the check passes (atomically).
+
+    Returns:
+        The check: ``{"passed": True/False/None, ...}`` (None: no raw reference for this pooling).
+
+    Raises:
+        UserError: the check fails (nothing is written).
+    """
+    from offline_embft.config import save_config
+
+    with atomic_dir(plan.out) as tmp:
+        if plan.action == "copied":
+            shutil.copytree(plan.src, tmp, dirs_exist_ok=True, ignore=shutil.ignore_patterns(CONVERT_REPORT, ".git"))
+            dimension = read_json(plan.hf_dir / "config.json").get("hidden_size")
         else:
-            dimension = _build(hf_dir, pooling, normalize, max_seq_length, tmp)
-        if pooling in ("cls", "mean") and not others:
-            check = verify(tmp, hf_dir, pooling, normalize, max_seq_length)
+            dimension = _build(plan.hf_dir, plan.pooling, plan.normalize, plan.max_seq_length, tmp)
+        if plan.pooling in ("cls", "mean") and not plan.others:
+            check = verify(tmp, plan.hf_dir, plan.pooling, plan.normalize, plan.max_seq_length)
         else:
-            check = {"passed": None, "reason": f"pooling {pooling!r} with modules {others}: no raw reference"}
-            logger.warning("%s: not verified (%s)", src, check["reason"])
+            check = {
+                "passed": None,
+                "reason": f"pooling {plan.pooling!r} with modules {plan.others}: no raw reference",
+            }
+            logger.warning("%s: not verified (%s)", plan.src, check["reason"])
         if check["passed"] is False:
             raise UserError(
                 f"conversion check failed: max abs difference {check['max_abs_diff']:.2e} ≥ {TOLERANCE:g} between "
-                f"the sentence-transformers model and raw transformers ({pooling} pooling); output not written"
+                f"the sentence-transformers model and raw transformers ({plan.pooling} pooling); output not written"
             )
-        report = {
-            "source": str(src),
-            "output": str(out),
-            "action": action,
-            "source_format": "sentence-transformers" if kind == "st" else "transformers",
-            "pooling": pooling,
-            "normalize": normalize,
-            "max_seq_length": max_seq_length,
-            "embedding_dimension": dimension,
-            "verification": check,
-            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        }
-        write_json(tmp / CONVERT_REPORT, report)
+        write_json(tmp / CONVERT_REPORT, _report(plan, dimension, check))
         save_config(cfg, tmp / CONVERT_CONFIG)
-    if check["passed"]:
-        logger.info(
-            "%s → %s (%s, %s pooling%s, max_seq_length %d): verified, max abs difference %.2e vs raw transformers "
-            "on %d texts",
-            src,
-            out,
-            action,
-            pooling,
-            " + normalize" if normalize else "",
-            max_seq_length,
-            check["max_abs_diff"],
-            check["texts"],
-        )
-    return out
+    return check
+
+
+def _report(plan: Plan, dimension: int | None, check: dict[str, Any]) -> dict[str, Any]:
+    """convert_report.json: what was done, with which settings, and the numerical check."""
+    return {
+        "source": str(plan.src),
+        "output": str(plan.out),
+        "action": plan.action,
+        "source_format": "sentence-transformers" if plan.kind == "st" else "transformers",
+        "pooling": plan.pooling,
+        "normalize": plan.normalize,
+        "max_seq_length": plan.max_seq_length,
+        "embedding_dimension": dimension,
+        "verification": check,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
