@@ -1,0 +1,188 @@
+"""README's promises, each guarded by a test that fails when the promise breaks.
+
+Every row of the "the blog script | offline_embft" table names the tests that hold it to its word (most live beside
+the feature; the few that had none are here). A row added to the README without a test, or a test renamed away,
+fails ``test_every_blog_script_row_is_guarded``. The Troubleshooting rows quote messages users will search for: the
+code must print exactly those.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import logging
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+README = (REPO / "README.md").read_text(encoding="utf-8")
+
+# README row (a phrase of its offline_embft column) → the tests that fail if that promise breaks.
+GUARDS: dict[str, list[str]] = {
+    "LlamaIndex's dataset format and splitter kept": [
+        "test_generate.py::test_native_run_writes_a_clean_loadable_dataset_with_stats",
+        "test_generate.py::test_llamaindex_engine_same_prompt_same_cache",
+        "test_readme_promises.py::test_chunks_are_cut_by_llamaindex_sentence_splitter",
+        "test_readme_promises.py::test_nothing_imports_llamaindex_finetuning_but_its_own_engine",
+    ],
+    "all prompts of a batch in one vLLM call": [
+        "test_llm_backends.py::test_vllm_backend_one_chat_call_per_batch_thinking_off_max_tokens_set",
+        "test_generate.py::test_batches_group_prompts_of_similar_length",
+    ],
+    "Chinese prompt, thinking disabled": [
+        "test_readme_promises.py::test_the_default_prompt_is_chinese",
+        "test_llm_backends.py::test_transformers_backend_batches_with_left_padding_and_thinking_off",
+        "test_generate.py::test_native_run_writes_a_clean_loadable_dataset_with_stats",
+        "test_questions.py::test_each_filter_counts_its_reason",
+    ],
+    "`convert` forces CLS + Normalize": [
+        "test_models.py::test_convert_raw_xlmr_uses_cls_and_is_verified",
+        "test_models.py::test_verify_catches_the_wrong_pooling",
+    ],
+    "train/val split **by file**": [
+        "test_ingest.py::test_split_by_file_is_seeded_and_never_leaks",
+        "test_ingest.py::test_single_file_is_split_by_chunk_without_leakage",
+    ],
+    "batch 32+, `NO_DUPLICATES` sampler, cached MNRL": [
+        "test_train.py::test_the_default_recipe_uses_batch_32_without_duplicates",
+        "test_train.py::test_hard_negatives_with_cached_mnrl_and_matryoshka",
+    ],
+    "every stage writes atomically and resumes": [
+        "test_generate.py::test_killed_run_resumes_with_nothing_lost_and_nothing_generated_twice",
+        "test_train.py::test_a_crashed_run_resumes_from_its_checkpoint",
+        "test_ingest.py::test_failed_write_leaves_previous_output_intact",
+        "test_evaluate.py::test_model_that_does_not_load_leaves_no_output",
+        "test_models.py::test_an_interrupted_download_resumes_where_it_stopped",
+    ],
+    "base vs fine-tuned vs BM25 vs hybrid": [
+        "test_pipeline_e2e.py::test_cpu_pipeline_end_to_end_without_network",
+        "test_evaluate.py::test_ir_metrics_equal_information_retrieval_evaluator",
+        "test_report.py::test_sign_test",
+        "test_report.py::test_chart_draws_cjk_labels_without_missing_glyphs",
+    ],
+    "nothing touches the network at run time": [
+        "test_pipeline_e2e.py::test_cpu_pipeline_end_to_end_without_network",
+        "test_airgap.py::test_a_fresh_process_importing_the_cli_has_the_readme_variables_before_any_heavy_import",
+        "test_airgap.py::test_download_convert_doctor_without_network",
+    ],
+}
+
+
+def _blog_table_rows() -> list[str]:
+    """The offline_embft column of each row of the README's "the blog script | offline_embft" table."""
+    table = README[README.index("| the blog script | offline_embft |") :].split("\n\n")[0]
+    rows = [line for line in table.splitlines()[2:] if line.startswith("|")]
+    return [line.strip("|").split(" | ", 1)[1] for line in rows]
+
+
+def _test_names(file: str) -> set[str]:
+    tree = ast.parse((REPO / "tests" / file).read_text(encoding="utf-8"))
+    return {node.name for node in tree.body if isinstance(node, ast.FunctionDef) and node.name.startswith("test_")}
+
+
+def test_every_blog_script_row_is_guarded():
+    rows = _blog_table_rows()
+    assert len(rows) >= 9
+    for row in rows:
+        keys = [key for key in GUARDS if key in row]
+        assert len(keys) == 1, f"README row without a guarding test (add it to GUARDS): {row}"
+    assert all(any(key in row for row in rows) for key in GUARDS), "a GUARDS key no longer matches a README row"
+    for guards in GUARDS.values():
+        for guard in guards:
+            file, name = guard.split("::")
+            assert name in _test_names(file), f"{guard} does not exist"
+
+
+def test_the_default_prompt_is_chinese():
+    from offline_embft.generate import load_template
+
+    template = load_template()
+    text = re.sub(r"\{\w+\}|[\s\-]", "", template)
+    cjk = sum("\u4e00" <= ch <= "\u9fff" for ch in text)
+    assert cjk / len(text) > 0.6 and "{context}" in template and "{num_questions}" in template
+
+
+def test_chunks_are_cut_by_llamaindex_sentence_splitter():
+    from llama_index.core.node_parser import SentenceSplitter
+
+    from offline_embft.ingest import make_splitter
+
+    splitter = make_splitter(64, 8, list)
+    assert isinstance(splitter, SentenceSplitter)
+    text = "第一条 为了规范期货交易行为，制定本法。" * 20
+    chunks = splitter.split_text(text)
+    assert len(chunks) > 1 and all(len(chunk) <= 64 for chunk in chunks)
+
+
+def test_nothing_imports_llamaindex_finetuning_but_its_own_engine(tmp_path):
+    """llama-index-finetuning is deprecated upstream: only `--engine llamaindex` may import it."""
+    code = (
+        "import sys\n"
+        "import offline_embft.cli, offline_embft.ingest, offline_embft.generate, offline_embft.train\n"
+        "import offline_embft.evaluate, offline_embft.dataset\n"
+        "print(sorted(m for m in sys.modules if m.startswith('llama_index.finetuning')))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=120, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "[]"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Troubleshooting: the truncation row quotes what doctor and evaluate print
+
+
+def _troubleshooting_row(symptom_phrase: str) -> str:
+    section = README[README.index("## Troubleshooting") :].split("\n## ")[0]
+    (row,) = [line for line in section.splitlines() if line.startswith("|") and symptom_phrase in line]
+    return row
+
+
+def test_troubleshooting_truncation_row_quotes_doctor(tmp_path, minilm_path, no_caches):
+    from offline_embft import doctor
+    from offline_embft.config import PipelineConfig
+
+    row = _troubleshooting_row("max_seq_length")
+    assert "`truncated 12.0% at 256 tokens`" in row and "ingest.chunk_size" in row
+    cfg = PipelineConfig(
+        llm="",
+        embedding_model=str(minilm_path),
+        models_dir=str(tmp_path / "Models"),
+        dataset_dir=str(tmp_path / "Dataset"),
+        results_dir=str(tmp_path / "results"),
+    )
+    cfg.generate.backend = "ict"
+    cfg.convert.out_dir = str(minilm_path)
+    chunks = tmp_path / "Dataset" / "chunks"
+    chunks.mkdir(parents=True)
+    long_chunk = "The shareholders' meeting consists of all shareholders. " * 40
+    rows = [{"id": str(i), "text": long_chunk if i < 3 else "Short."} for i in range(25)]
+    (chunks / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    check = {c.name: c for c in doctor.diagnose(cfg.resolve())}["tokenizer coverage"]
+    assert check.verdict == doctor.WARN
+    assert "truncated 12.0% at 256 tokens" in check.detail and "lower ingest.chunk_size" in check.detail
+
+
+def test_troubleshooting_truncation_row_quotes_evaluate(tmp_path, minilm_path, caplog):
+    from offline_embft import evaluate
+    from offline_embft.config import EvaluateConfig
+    from offline_embft.dataset import QADataset
+
+    row = _troubleshooting_row("max_seq_length")
+    assert "`1 of 3 passages are longer than max_seq_length 256`" in row
+    dataset = QADataset(
+        queries={"q0": "股东会有哪些职权？", "q1": "期货交易遵循什么原则？", "q2": "保险合同是什么？"},
+        corpus={
+            "p0": "股东会行使下列职权。" * 80,  # far past MiniLM's 256 word pieces
+            "p1": "期货交易应当遵循公开、公平、公正的原则。",
+            "p2": "保险合同是投保人与保险人约定保险权利义务关系的协议。",
+        },
+        relevant_docs={"q0": ["p0"], "q1": ["p1"], "q2": ["p2"]},
+    ).save(tmp_path / "ds.json")
+    cfg = EvaluateConfig(dataset=str(dataset), models=[str(minilm_path)], bm25=False, out_dir=str(tmp_path / "out"))
+    with caplog.at_level(logging.WARNING, logger="offline_embft.evaluate"):
+        evaluate.run(cfg)
+    assert "1 of 3 passages are longer than max_seq_length 256 and are cut when encoded" in caplog.text
