@@ -107,7 +107,7 @@ def test_the_default_prompt_is_chinese():
 def test_chunks_are_cut_by_llamaindex_sentence_splitter():
     from llama_index.core.node_parser import SentenceSplitter
 
-    from offline_embft.ingest import make_splitter
+    from offline_embft.chunking import make_splitter
 
     splitter = make_splitter(64, 8, list)
     assert isinstance(splitter, SentenceSplitter)
