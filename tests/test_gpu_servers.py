@@ -548,3 +548,115 @@ def test_gpu_smoke_vllm_steps_pass_against_the_faithful_fake(tiny_qwen, vllm, mo
     assert second.result == "pass", second.detail
     assert "7/8 answered" in second.detail and "longer than the maximum model length of 1024" in second.detail
     assert "| generate vllm | cuda: fake |" in smoke.table([first, second])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Defect 4 for the openai backend: a vLLM-like server that lists max_model_len and answers 400 past it
+
+
+class _VllmLikeServer:
+    """``vllm serve`` as the openai backend sees it: /v1/models with ``max_model_len`` (ModelCard, vllm 0.33
+    entrypoints/serve/engine/protocol.py:105-113), and a 400 ErrorResponse with vLLM's message (renderers/params.py:
+    543-551) when the chat-rendered prompt has more tokens than that."""
+
+    def __init__(self, model_dir: Path, name: str, max_model_len: int) -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+        self.too_long = 0
+        self.answered = 0
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def _send(self, status: int, body: dict) -> None:
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self):
+                card = {"id": name, "object": "model", "owned_by": "vllm", "max_model_len": max_model_len}
+                self._send(200, {"object": "list", "data": [card]})
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                rendered = tokenizer.apply_chat_template(
+                    body["messages"],
+                    tokenize=False,
+                    add_generation_prompt=True,
+                    **body.get("chat_template_kwargs", {}),
+                )
+                count = len(tokenizer(rendered, add_special_tokens=False)["input_ids"])
+                if count > max_model_len:
+                    server.too_long += 1
+                    message = (
+                        f"This model's maximum context length is {max_model_len} tokens. However, your prompt "
+                        f"contains {count} input tokens, which exceeds this limit even without any output tokens. "
+                        f"Please reduce the length of the input prompt. (parameter=input_tokens, value={count})"
+                    )
+                    error = {"message": message, "type": "BadRequestError", "param": "input_tokens", "code": 400}
+                    self._send(400, {"error": error})
+                    return
+                server.answered += 1
+                question = fake_vllm.qwen3_answer(rendered, body["messages"][-1]["content"])
+                choice = {"index": 0, "message": {"role": "assistant", "content": question}, "finish_reason": "stop"}
+                usage = {"prompt_tokens": count, "completion_tokens": 9, "total_tokens": count + 9}
+                self._send(
+                    200,
+                    {
+                        "id": "c",
+                        "object": "chat.completion",
+                        "created": 0,
+                        "model": name,
+                        "choices": [choice],
+                        "usage": usage,
+                    },
+                )
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.mark.parametrize("tokenizer_here", [True, False])
+def test_openai_backend_shortens_with_a_local_tokenizer_else_counts_the_servers_refusal(
+    tiny_qwen, tmp_path, tokenizer_here
+):
+    from offline_embft.cli import app
+
+    server = _VllmLikeServer(tiny_qwen, "Qwen3-0.6B", 600)
+    models = tmp_path / "Models"
+    if tokenizer_here:
+        import shutil
+
+        shutil.copytree(tiny_qwen, models / "Qwen" / "Qwen3-0.6B")
+    chunks = _write_chunks(tmp_path / "train.jsonl", _chunk_texts())
+    out = tmp_path / "train_dataset.json"
+    args = ["generate", str(chunks), "--out", str(out), "--backend", "openai", "--model", "Qwen3-0.6B"]
+    args += ["--base-url", server.url, "--batch-size", "64"]
+    for item in (f"models_dir={models}", "generate.max_new_tokens=64", "generate.request_retries=0"):
+        args += ["--set", item]
+    try:
+        result = CliRunner().invoke(app, args)
+    finally:
+        server.close()
+    assert result.exit_code == 0, result.output
+    stats = json.loads(stats_path(out).read_text(encoding="utf-8"))
+    if tokenizer_here:  # counted here against the server's max_model_len: shortened, never refused
+        assert stats["chunks_with_questions"] == 64 and stats["chunks_shortened_in_prompt"] == 1
+        assert server.too_long == 0
+    else:  # the server refuses it: one failure with the server's reason, not retried, the stage goes on
+        assert stats["chunks_with_questions"] == 63 and stats["prompts_refused"] == 1
+        assert server.too_long == 1 and "maximum context length is 600" in stats["failed"][0]["refused"]

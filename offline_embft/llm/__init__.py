@@ -117,6 +117,8 @@ def _build(cfg: GenerateConfig, template: str) -> BatchLLM:
             concurrency=cfg.concurrency,
             timeout=cfg.timeout,
             request_retries=cfg.request_retries,
+            tokenizer_dir=_local_tokenizer(cfg),
+            max_model_len=cfg.max_model_len,
         )
     if cfg.backend == "vllm":
         from offline_embft.llm.vllm_backend import VllmLLM, import_vllm
@@ -143,3 +145,11 @@ def _build(cfg: GenerateConfig, template: str) -> BatchLLM:
             max_model_len=cfg.max_model_len,
         )
     raise UserError(f"unknown backend {cfg.backend!r}; use vllm, transformers, openai or ict")
+
+
+def _local_tokenizer(cfg: GenerateConfig) -> str | None:
+    """The served model's directory on this machine, if it is here: its tokenizer counts the prompts' tokens."""
+    try:
+        return str(resolve_model(cfg.model, cfg.models_dir).path) if cfg.model else None
+    except UserError:
+        return None

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
@@ -18,6 +19,7 @@ from llama_index.core.bridge.pydantic import PrivateAttr
 
 from offline_embft.errors import UserError
 from offline_embft.llm.base import CHAT_TEMPLATE_KWARGS, PROMPT_TOO_LONG, BatchLLM, Refused, Sampling
+from offline_embft.llm.prompt_budget import PromptBudget
 
 logger = logging.getLogger(__name__)
 
@@ -67,16 +69,33 @@ class OpenAILLM(BatchLLM):
         concurrency: int = 16,
         timeout: float = 120.0,
         request_retries: int = 3,
+        tokenizer_dir: str | Path | None = None,
+        max_model_len: int = 0,
     ) -> None:
         from openai import OpenAI
 
         url = normalize_base_url(base_url)
         client = OpenAI(base_url=url, api_key=api_key or "EMPTY", timeout=timeout, max_retries=request_retries)
-        model = _pick_model(model, _served_models(client, url), url)
+        served = _served_models(client, url)
+        model = _pick_model(model, list(served) if served is not None else None, url)
         super().__init__(model_name=model, sampling=sampling, fingerprint=model)
         self._client = client
         self._url = url
         self._concurrency = concurrency
+        # The same token budget as the local backends, when the model's tokenizer is on this machine and the context
+        # is known (vLLM lists it per model: ModelCard.max_model_len, vllm 0.33 entrypoints/serve/engine/
+        # protocol.py:105-113). Otherwise an over-long prompt is refused by the server (HTTP 400) and counted.
+        context = max_model_len or (served or {}).get(model) or 0
+        if tokenizer_dir and context:
+            from transformers import AutoTokenizer
+
+            try:
+                tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+            except (OSError, ValueError) as exc:
+                logger.warning("cannot count prompt tokens with %s (%s); the server checks them", tokenizer_dir, exc)
+            else:
+                self._budget = PromptBudget(tokenizer, context, sampling.max_tokens)
+                logger.info("counting prompt tokens with %s's tokenizer, max_model_len %d", tokenizer_dir, context)
 
     def settings(self) -> dict[str, Any]:
         return {"backend": self.backend, "model": self.model_name, "base_url": self._url}
@@ -175,12 +194,12 @@ def _message(exc: Any) -> str:
     return str(exc).splitlines()[0][:200]
 
 
-def _served_models(client: Any, url: str) -> list[str] | None:
-    """Model names the server lists (None when it has no /models endpoint)."""
+def _served_models(client: Any, url: str) -> dict[str, int | None] | None:
+    """Model names the server lists, with the context length it gives each when it says (None: no /models)."""
     import openai
 
     try:
-        return [m.id for m in client.models.list()]
+        return {m.id: _context_of(m) for m in client.models.list()}
     except openai.APIConnectionError as exc:
         raise UserError(
             f"cannot reach the OpenAI-compatible server at {url} ({type(exc).__name__}); start it "
@@ -190,6 +209,12 @@ def _served_models(client: Any, url: str) -> list[str] | None:
         raise UserError(f"the server at {url} rejected the API key; set generate.api_key") from None
     except openai.APIStatusError:
         return None
+
+
+def _context_of(card: Any) -> int | None:
+    """``max_model_len`` of a /models entry (a vLLM field; other servers leave it out)."""
+    value = getattr(card, "max_model_len", None) or (getattr(card, "model_extra", None) or {}).get("max_model_len")
+    return int(value) if isinstance(value, int | float) and value > 0 else None
 
 
 def _pick_model(requested: str, served: list[str] | None, url: str) -> str:
