@@ -296,6 +296,8 @@ def _read_row(doc: Document, chunk_counts: Counter, split: Split) -> dict[str, A
         "encoding": doc.raw.encoding or None,
         "characters": len(doc.clean.text),
         "header_footer_lines_removed": doc.clean.removed_lines,
+        "headings": len(doc.outline.headings),
+        "units": len(doc.outline.unit_starts),
         "chunks": chunk_counts.get(doc.source, 0),
         "split": _split_label(doc.source, split.train_files, split.val_files),
         "notes": doc.raw.notes,

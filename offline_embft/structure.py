@@ -32,8 +32,9 @@ _CHINESE_HEADINGS: tuple[tuple[re.Pattern[str], float], ...] = (
     (re.compile(rf"^[一二三四五六七八九十]{{1,3}}、[ \t]*\S{_TITLE}$"), 5.0),
     (re.compile(rf"^[（(][一二三四五六七八九十]{{1,3}}[）)][ \t]*\S{_TITLE}$"), 6.0),
 )
-# 4 / 4.1 / 4.1.2 then a space and a short title with at least one letter or ideograph (not "2 000 元").
-_NUMBERED = re.compile(rf"^(\d{{1,2}}(?:\.\d{{1,2}}){{0,4}})\.?[ \t]+(?=\D)({_TITLE})$")
+# 4 / 4.1 / 4.1.2 then a space and a short title with at least one letter or ideograph (not "2 000 元"). "1. …"
+# (one number and a dot) is how list items are numbered, in Word's lists and in text: not a heading.
+_NUMBERED = re.compile(rf"^(\d{{1,2}}(?:\.\d{{1,2}}){{1,4}}\.?|\d{{1,2}})[ \t]+(?=\D)({_TITLE})$")
 _LETTER = re.compile(r"[A-Za-z\u3400-\u9fff]")
 # An article number opening a paragraph: then a space, a colon or the text itself, but not a reference that happens
 # to open one ("第十条规定的…", "第十条至第十二条…").
@@ -62,7 +63,7 @@ def heading_level(line: str) -> float | None:
             return level
     numbered = _NUMBERED.match(line)
     if numbered and _LETTER.search(numbered.group(2)):
-        return 6.0 + numbered.group(1).count(".") + 1
+        return 6.0 + numbered.group(1).rstrip(".").count(".") + 1
     return None
 
 
@@ -206,7 +207,7 @@ class UnitSplitter:
         chunk_size: int,
         count: Callable[[str], int],
         split_long: Callable[[str], list[str]],
-        merge_below: float = 1 / 3,
+        merge_below: float = 1 / 8,
     ) -> None:
         self.chunk_size = chunk_size
         self.count = count
@@ -243,15 +244,11 @@ class UnitSplitter:
             pieces.extend(self._pack(text, body))
             head = trail[0].start if trail else unit.start
             if self.count(text[head : unit.end].strip()) > self.chunk_size:
-                # Too long for one chunk: cut by sentences (the splitter's own sizing and overlap). A short last
-                # part (an article's last list item) is not left alone: it opens the next chunk, as a unit would.
+                # Too long for one chunk: cut by sentences (the splitter's own sizing and overlap). The last part
+                # (often short: an article's last list item) goes on like a unit: the next units may join it.
                 parts = self._split_long(text, head, unit.end, list(unit.path))
-                tail = parts[-1] if len(parts) > 1 else None
-                if tail and tail.start >= 0 and self.count(tail.text) < self.merge_below * self.chunk_size:
-                    parts.pop()
-                    group = [_Unit(tail.start, unit.end, unit.path, heading_only=False)]
-                else:
-                    group = []
+                tail = parts[-1] if len(parts) > 1 and parts[-1].start >= 0 else None
+                group = [_Unit(parts.pop().start, unit.end, unit.path, heading_only=False)] if tail else []
                 pieces.extend(parts)
             else:
                 group = [*trail, unit]

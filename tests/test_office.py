@@ -79,6 +79,8 @@ def test_docx_headings_and_numbered_titles_become_chunk_metadata(tmp_path):
         shutil.copy(OFFICE / f"{name}.docx", docs)
     chunks, stats = _run(docs, tmp_path / "out", chunking="units", chunk_size=200, tokenizer="")
     assert {r["type"] for r in stats["read"]} == {"docx"}
+    # The title, 3 chapters; 19 units: those and 15 articles.
+    assert all(r["headings"] == 4 and r["units"] == 19 for r in stats["read"]), stats["read"]
     checked = 0
     for name in ("company_law_typed", "insurance_law_autonum"):
         truth = _truth(name)

@@ -62,9 +62,11 @@ def test_heading_and_article_patterns():
     assert heading_level("第一编 总则") == 2.0
     assert heading_level("一、总体要求") == 5.0
     assert heading_level("（二）适用范围") == 6.0
-    assert heading_level("4.1.2 密码管理") == 9.0 and heading_level("1 范围") == 7.0
+    assert heading_level("4.1.2 密码管理") == 9.0 and heading_level("4.1. 要求") == 8.0
+    assert heading_level("1 范围") == 7.0
     # Body text is not a heading: sentence punctuation, a long line, an amount, a list item ending in ；.
-    for line in ("第三章规定的情形除外，依照本法处理。", "（一）股东会；", "2 000 元", "一、" + "很长的标题" * 20):
+    body = ["第三章规定的情形除外，依照本法处理。", "（一）股东会；", "2 000 元", "一、" + "很长的标题" * 20]
+    for line in [*body, "1. 提交申请书"]:
         assert heading_level(line) is None, line
     assert is_article("第十条 公司应当…") and is_article("第十条之一 …") and not is_article("第十条规定的")
 
@@ -165,8 +167,8 @@ def test_markdown_headings_give_the_path(tmp_path):
     assert paths["密码长度不少于十二位，每九十天更换一次。"] == ["信息安全管理制度", "第一部分 账号管理", "1.1 密码"]
     assert paths["权限按最小授权原则分配。"] == ["信息安全管理制度", "第一部分 账号管理", "1.2 权限"]
     assert paths["设备须登记，离职时收回。"] == ["信息安全管理制度", "第二部分 设备管理"]
-    # With room to spare, the small sections of one part merge (the path is what they share).
-    merged = UnitSplitter(200, len, lambda t: [t]).split(cleaned.text, outline)
+    # Sections below a third of the size (merge_below) merge across their headings; the path is what they share.
+    merged = UnitSplitter(200, len, lambda t: [t], merge_below=1 / 3).split(cleaned.text, outline)
     assert len(merged) < len(pieces)
     assert any("1.1 密码" in p.text and "1.2 权限" in p.text for p in merged)
 
