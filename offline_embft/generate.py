@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -244,37 +244,64 @@ def _answer_round(
 def _run_native(
     cfg: GenerateConfig, chunks: list[Chunk], template: str, llm: BatchLLM, cache: AnswerCache
 ) -> tuple[QADataset, dict[str, Any]]:
-    wanted = cfg.questions_per_chunk
-    pseudo = llm.pseudo_queries
+    """Ask, retry chunks left short, build the dataset, count what happened."""
     questions = QuestionFilter(
         FilterSettings(
             min_chars=cfg.min_question_chars,
             max_chars=cfg.max_question_chars,
             near_copy_ratio=cfg.near_copy_ratio,
-            require_question=not pseudo,
-            check_copy=not pseudo,
+            require_question=not llm.pseudo_queries,
+            check_copy=not llm.pseudo_queries,
         )
     )
-    kept: dict[str, list[str]] = {c.id: [] for c in chunks}
-    last: dict[str, tuple[str | None, Counter[str]]] = {}
-    generated = engine_errors = retried = attempts = 0
-    refused: dict[str, str] = {}
-    shortened: dict[str, int] = {}
+    rounds = _ask_until_enough(cfg, chunks, template, llm, cache, questions)
+    dataset = _build_dataset(cfg, chunks, rounds.kept, llm.pseudo_queries)
+    failed = [c.id for c in chunks if not rounds.kept[c.id]]
+    warn_about_run(questions, failed=len(failed), chunks=len(chunks), attempts=rounds.attempts)
+    return dataset, _native_stats(cfg, chunks, dataset, questions, rounds, failed)
+
+
+@dataclass
+class _Rounds:
+    """What the answer rounds produced: the questions kept per chunk, and the counts the stats report."""
+
+    kept: dict[str, list[str]]
+    last: dict[str, tuple[str | None, Counter[str]]] = field(default_factory=dict)  # last answer, drop reasons
+    refused: dict[str, str] = field(default_factory=dict)
+    shortened: dict[str, int] = field(default_factory=dict)
+    generated: int = 0
+    engine_errors: int = 0
+    retried: int = 0
+    attempts: int = 0
+
+
+def _ask_until_enough(
+    cfg: GenerateConfig,
+    chunks: list[Chunk],
+    template: str,
+    llm: BatchLLM,
+    cache: AnswerCache,
+    questions: QuestionFilter,
+) -> _Rounds:
+    """Ask for every chunk, then again (new seed, up to max_retries) for chunks left without enough questions."""
+    wanted = cfg.questions_per_chunk
+    rounds = _Rounds(kept={c.id: [] for c in chunks})
+    kept, last = rounds.kept, rounds.last
     for attempt in range(cfg.max_retries + 1):
         # A refused prompt (longer than the engine's context) would be refused again: no retry for it.
-        todo = [c for c in chunks if len(kept[c.id]) < wanted and c.id not in refused]
+        todo = [c for c in chunks if len(kept[c.id]) < wanted and c.id not in rounds.refused]
         if not todo:
             break
-        attempts = attempt + 1
+        rounds.attempts = attempt + 1
         if attempt:
-            retried += len(todo)
+            rounds.retried += len(todo)
             logger.info(
-                "retrying %d chunks without enough valid questions, new seed (attempt %d)", len(todo), attempts
+                "retrying %d chunks without enough valid questions, new seed (attempt %d)", len(todo), attempt + 1
             )
         answered = _answer_round(cfg, todo, template, llm, cache, attempt)
-        generated += answered.generated
-        refused.update(answered.refused)
-        shortened.update(answered.shortened)
+        rounds.generated += answered.generated
+        rounds.refused.update(answered.refused)
+        rounds.shortened.update(answered.shortened)
         # File order, not batch order: the duplicate filter then decides the same way on a resumed run.
         for chunk in todo:
             raw = answered.answers.get(chunk.id)
@@ -282,13 +309,17 @@ def _run_native(
                 last[chunk.id] = (None, Counter({answered.refused[chunk.id].split(":", 1)[0]: 1}))
                 continue
             if raw is None:
-                engine_errors += 1
+                rounds.engine_errors += 1
                 last[chunk.id] = (None, Counter({"engine_error": 1}))
                 continue
             new, dropped = questions.select(raw, chunk.text, wanted - len(kept[chunk.id]))
             kept[chunk.id].extend(new)
             last[chunk.id] = (raw, dropped)
+    return rounds
 
+
+def _build_dataset(cfg: GenerateConfig, chunks: list[Chunk], kept: dict[str, list[str]], pseudo: bool) -> QADataset:
+    """The EmbeddingQAFinetuneDataset: every chunk in the corpus (chunks without questions stay as distractors)."""
     if pseudo:
         from offline_embft.llm.ict_backend import mask_positive
 
@@ -304,10 +335,20 @@ def _run_native(
             query_id = f"{chunk.id}-q{number}"
             dataset.queries[query_id] = question
             dataset.relevant_docs[query_id] = [chunk.id]
+    return dataset
 
-    failed = [c.id for c in chunks if not kept[c.id]]
-    warn_about_run(questions, failed=len(failed), chunks=len(chunks), attempts=attempts)
-    stats = {
+
+def _native_stats(
+    cfg: GenerateConfig,
+    chunks: list[Chunk],
+    dataset: QADataset,
+    questions: QuestionFilter,
+    rounds: _Rounds,
+    failed: list[str],
+) -> dict[str, Any]:
+    """The counts of the stats file: questions, chunks served, filtered, retried, refused, and each failure."""
+    wanted, kept, last, refused = cfg.questions_per_chunk, rounds.kept, rounds.last, rounds.refused
+    return {
         "questions": len(dataset.queries),
         "chunks_with_questions": sum(1 for c in chunks if kept[c.id]),
         "chunks_short": sum(1 for c in chunks if 0 < len(kept[c.id]) < wanted),
@@ -315,14 +356,14 @@ def _run_native(
         "filtered": dict(questions.dropped),
         "surplus_dropped": questions.surplus,
         "thinking_unclosed": questions.thinking_unclosed,
-        "engine_errors": engine_errors,
-        "attempts": attempts,
-        "retried_chunks": retried,
-        "prompts_generated": generated,
+        "engine_errors": rounds.engine_errors,
+        "attempts": rounds.attempts,
+        "retried_chunks": rounds.retried,
+        "prompts_generated": rounds.generated,
         "chunks_truncated_in_prompt": sum(1 for c in chunks if len(c.text) > MAX_CONTEXT_CHARS),
         # Chunks cut (at the end) so the rendered prompt fits the LLM's context in tokens, and prompts the engine
         # refused all the same (listed under "failed" with the engine's reason).
-        "chunks_shortened_in_prompt": len(shortened),
+        "chunks_shortened_in_prompt": len(rounds.shortened),
         "prompts_refused": len(refused),
         "failed": [
             {
@@ -334,4 +375,3 @@ def _run_native(
             for chunk_id in failed
         ],
     }
-    return dataset, stats
