@@ -167,11 +167,13 @@ def generate(
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Output dataset JSON (needs CHUNKS).")] = None,
     backend: Annotated[Optional[Backend], _opt(GenerateConfig, "backend")] = None,
     model: Annotated[Optional[str], _opt(GenerateConfig, "model")] = None,
-    base_url: Annotated[Optional[str], _opt(GenerateConfig, "base_url")] = None,
+    base_url: Annotated[Optional[list[str]], _opt(GenerateConfig, "base_url")] = None,
     questions_per_chunk: Annotated[Optional[int], _opt(GenerateConfig, "questions_per_chunk")] = None,
     batch_size: Annotated[Optional[int], _opt(GenerateConfig, "batch_size")] = None,
     prompt: Annotated[Optional[Path], _opt(GenerateConfig, "prompt_file", "--prompt")] = None,
     engine: Annotated[Optional[Engine], _opt(GenerateConfig, "engine")] = None,
+    data_parallel_size: Annotated[Optional[str], _opt(GenerateConfig, "data_parallel_size")] = None,
+    ray_address: Annotated[Optional[str], _opt(GenerateConfig, "ray_address")] = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
 ) -> None:
@@ -187,11 +189,13 @@ def generate(
             pipeline.generate,
             backend=_value(backend),
             model=model,
-            base_url=base_url,
+            base_url=base_url and ",".join(base_url),
             questions_per_chunk=questions_per_chunk,
             batch_size=batch_size,
             prompt_file=prompt and str(prompt),
             engine=_value(engine),
+            data_parallel_size=data_parallel_size,
+            ray_address=ray_address,
         )
         if chunks is not None:
             target = out or chunks.with_name(chunks.stem + "_dataset.json")

@@ -44,6 +44,14 @@ def _check(condition: bool, message: str) -> None:
         raise UserError(message)
 
 
+def _check_count(value: str, key: str) -> None:
+    """``auto`` or a whole number >= 1 (process counts: replicas, training processes)."""
+    _check(
+        value == "auto" or (value.isdigit() and int(value) >= 1),
+        f"{key} must be auto or a whole number >= 1, got {value!r}",
+    )
+
+
 @dataclass
 class IngestConfig:
     """Documents → clean Chinese text → token-aware chunks, split train/val by file."""
@@ -89,7 +97,11 @@ class GenerateConfig:
     backend: str = _help(f"Question generator: one of {', '.join(BACKENDS)}.", "vllm")
     engine: str = _help("native (batched, cached, cleaned) or llamaindex (generate_qa_embedding_pairs).", "native")
     model: str = _help("LLM: a Qwen3 preset name (e.g. Qwen3-8B) or a local model directory.", "")
-    base_url: str = _help("OpenAI-compatible server URL inside your network (backend openai).", "")
+    base_url: str = _help(
+        "OpenAI-compatible server URL inside your network (backend openai); several, comma-separated, share the "
+        "requests (one per `vllm serve`).",
+        "",
+    )
     api_key: str = _help("API key for the openai backend, if the server wants one.", "EMPTY")
     questions_per_chunk: int = _help("Questions to keep per chunk.", 1)
     batch_size: int = _help("Prompts sent to the engine in one call.", 256)
@@ -125,8 +137,23 @@ class GenerateConfig:
         "Drop a question when this share of it is copied verbatim from the chunk (1: never).", 0.9
     )
     ict_keep_prob: float = _help("Backend ict: chance the query sentence stays in its positive passage.", 0.1)
+    data_parallel_size: str = _help(
+        "Engine replicas, each in its own process answering a shard of the prompts: auto (visible GPUs ÷ "
+        "tensor_parallel_size, 1 without GPUs) or N (N > 1 also works on CPU, sharing out the cores).",
+        "auto",
+    )
+    ray_address: str = _help(
+        "Generate through Ray Data actors: empty (off), local (start Ray here), auto (join the running cluster) "
+        "or ray://host:10001. Needs `pip install 'offline-embft[ray]'`.",
+        "",
+    )
 
     def __post_init__(self) -> None:
+        _check_count(self.data_parallel_size, "generate.data_parallel_size")
+        _check(
+            self.ray_address in ("", "local", "auto") or self.ray_address.startswith("ray://"),
+            f"generate.ray_address must be empty, local, auto or ray://host:port, got {self.ray_address!r}",
+        )
         _check(
             self.backend in BACKENDS, f"generate.backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}"
         )
@@ -212,8 +239,14 @@ class TrainConfig:
     eval_steps: int = _help("Evaluate every N steps (0: once per epoch).", 0)
     resume: bool = _help("Resume from the last checkpoint in <out_dir>.checkpoints/ if there is one.", True)
     keep_checkpoints: bool = _help("Keep <out_dir>.checkpoints/ after a successful run (default: delete it).", False)
+    nproc: str = _help(
+        "Training processes on this machine (`torchrun --nproc_per_node`, launched by train/all/make): auto (visible "
+        "GPUs, 1 without GPUs) or N (N > 1 works on CPU with gloo). train.batch_size stays the per-device batch.",
+        "auto",
+    )
 
     def __post_init__(self) -> None:
+        _check_count(self.nproc, "train.nproc")
         _check(self.loss in LOSSES, f"train.loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
         _check(
             self.extend_vocab in EXTEND_VOCAB, f"train.extend_vocab must be auto, on or off, got {self.extend_vocab!r}"

@@ -30,9 +30,10 @@ from offline_embft.dataset import QADataset
 from offline_embft.errors import UserError
 from offline_embft.io import write_json
 from offline_embft.llamaindex_engine import run_llamaindex
-from offline_embft.llm import PROMPT_TOO_LONG, BatchLLM, create_llm
+from offline_embft.llm import PROMPT_TOO_LONG, BatchLLM
 from offline_embft.prompt import MAX_CONTEXT_CHARS, load_template, render
 from offline_embft.questions import FAILED_ANSWER_CHARS, FilterSettings, QuestionFilter, warn_about_run
+from offline_embft.scale import ReplicaUsage, create_engine
 
 logger = logging.getLogger(__name__)
 
@@ -76,14 +77,15 @@ def run(cfg: GenerateConfig, chunks_path: Path, out_path: Path, *, llm: BatchLLM
     chunks, skipped = read_chunks(chunks_path)
     template = load_template(cfg.prompt_file)
     owned = llm is None
-    llm = llm or create_llm(cfg, template=template)
+    llm = llm or create_engine(cfg, template=template)
     calls_before = llm.engine_calls
+    usage = ReplicaUsage()
     try:
         with AnswerCache(cache_path(cfg, out_path)) as cache:
             if cfg.engine == "llamaindex":
                 dataset, stats = run_llamaindex(cfg, chunks, template, llm, cache, out_path)
             else:
-                dataset, stats = _run_native(cfg, chunks, template, llm, cache)
+                dataset, stats = _run_native(cfg, chunks, template, llm, cache, usage)
             cache_hits = cache.hits
     finally:
         if owned:
@@ -93,6 +95,7 @@ def run(cfg: GenerateConfig, chunks_path: Path, out_path: Path, *, llm: BatchLLM
         "chunks_file": str(chunks_path),
         "output": str(out_path),
         "engine": cfg.engine,
+        "replicas": 1,
         **llm.settings(),
         "chunks": len(chunks),
         "chunks_skipped_empty": skipped,
@@ -102,6 +105,7 @@ def run(cfg: GenerateConfig, chunks_path: Path, out_path: Path, *, llm: BatchLLM
         "engine_calls": llm.engine_calls - calls_before,
         "wall_seconds": round(elapsed, 3),
         "chunks_per_second": round(len(chunks) / elapsed, 3) if elapsed > 0 else None,
+        "per_replica": usage.stats(),
     }
     write_json(stats_path(out_path), stats)
     save_config(cfg, config_path(out_path))
@@ -137,7 +141,7 @@ def run_many(cfg: GenerateConfig, jobs: list[tuple[Path, Path]]) -> list[Path]:
     """
     for chunks_path, _ in jobs:
         read_chunks(chunks_path)
-    llm = create_llm(cfg, template=load_template(cfg.prompt_file))
+    llm = create_engine(cfg, template=load_template(cfg.prompt_file))
     try:
         return [run(cfg, chunks_path, out_path, llm=llm) for chunks_path, out_path in jobs]
     finally:
@@ -209,6 +213,7 @@ def _answer_round(
     llm: BatchLLM,
     cache: AnswerCache,
     attempt: int,
+    usage: ReplicaUsage,
 ) -> _Round:
     """Answers for ``todo`` (from the cache, else from the engine in batches), and what was refused or shortened."""
     seed = cfg.seed + attempt
@@ -226,23 +231,24 @@ def _answer_round(
     if len(answers):
         logger.info("attempt %d: %d answers from the cache, %d to generate", attempt + 1, len(answers), len(missing))
     desc = "questions" if attempt == 0 else f"retry {attempt}"
+    # One bar for the whole round, whichever replica answers; each batch is on disk before the next is awaited.
     with tqdm(total=len(missing), desc=desc, unit="chunk", disable=not missing) as bar:
-        for start in range(0, len(missing), cfg.batch_size):
-            batch = missing[start : start + cfg.batch_size]
-            outputs = llm.complete_batch([prompts[c.id] for c in batch], seed=seed, raw=True)
-            refused.update((batch[index].id, reason) for index, reason in llm.last_refusals.items())
-            done = [(c, out) for c, out in zip(batch, outputs, strict=True) if out is not None]
+        items = [(c.id, prompts[c.id]) for c in missing]
+        for batch in llm.answer_stream(items, seed=seed, batch_size=cfg.batch_size, raw=True):
+            refused.update(batch.refused)
+            done = [(chunk_id, out) for chunk_id, out in batch.answers if out is not None]
             cache.put_many(
-                {"key": keys[c.id], "chunk_id": c.id, "attempt": attempt, "model": llm.identity, "answer": out}
-                for c, out in done
+                {"key": keys[chunk_id], "chunk_id": chunk_id, "attempt": attempt, "model": llm.identity, "answer": out}
+                for chunk_id, out in done
             )
-            answers.update((c.id, out) for c, out in done)
-            bar.update(len(batch))
+            answers.update(done)
+            usage.add(batch)
+            bar.update(len(batch.answers))
     return _Round(answers, len(missing), refused, shortened)
 
 
 def _run_native(
-    cfg: GenerateConfig, chunks: list[Chunk], template: str, llm: BatchLLM, cache: AnswerCache
+    cfg: GenerateConfig, chunks: list[Chunk], template: str, llm: BatchLLM, cache: AnswerCache, usage: ReplicaUsage
 ) -> tuple[QADataset, dict[str, Any]]:
     """Ask, retry chunks left short, build the dataset, count what happened."""
     questions = QuestionFilter(
@@ -254,7 +260,7 @@ def _run_native(
             check_copy=not llm.pseudo_queries,
         )
     )
-    rounds = _ask_until_enough(cfg, chunks, template, llm, cache, questions)
+    rounds = _ask_until_enough(cfg, chunks, template, llm, cache, questions, usage)
     dataset = _build_dataset(cfg, chunks, rounds.kept, llm.pseudo_queries)
     failed = [c.id for c in chunks if not rounds.kept[c.id]]
     warn_about_run(questions, failed=len(failed), chunks=len(chunks), attempts=rounds.attempts)
@@ -282,6 +288,7 @@ def _ask_until_enough(
     llm: BatchLLM,
     cache: AnswerCache,
     questions: QuestionFilter,
+    usage: ReplicaUsage,
 ) -> _Rounds:
     """Ask for every chunk, then again (new seed, up to max_retries) for chunks left without enough questions."""
     wanted = cfg.questions_per_chunk
@@ -298,7 +305,7 @@ def _ask_until_enough(
             logger.info(
                 "retrying %d chunks without enough valid questions, new seed (attempt %d)", len(todo), attempt + 1
             )
-        answered = _answer_round(cfg, todo, template, llm, cache, attempt)
+        answered = _answer_round(cfg, todo, template, llm, cache, attempt, usage)
         rounds.generated += answered.generated
         rounds.refused.update(answered.refused)
         rounds.shortened.update(answered.shortened)

@@ -26,6 +26,8 @@ OFFLINE_ENV: dict[str, str] = {
     "WANDB_DISABLED": "true",
     "DISABLE_MLFLOW_INTEGRATION": "TRUE",
     "GRADIO_ANALYTICS_ENABLED": "False",
+    # Ray (generate.ray_address): no usage report to anyscale; the dashboard is switched off where Ray starts.
+    "RAY_USAGE_STATS_ENABLED": "0",
 }
 
 # Variables the download command lifts (it is the one stage meant for a connected machine).

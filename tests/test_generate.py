@@ -326,8 +326,8 @@ def test_cli_generates_both_splits_with_one_engine(tmp_path, articles, monkeypat
     _write_chunks(tmp_path / "Dataset" / "chunks" / "train.jsonl", articles[:12])
     _write_chunks(tmp_path / "Dataset" / "chunks" / "val.jsonl", articles[12:18])
     built = []
-    real_create = generate.create_llm
-    monkeypatch.setattr(generate, "create_llm", lambda *a, **k: built.append(1) or real_create(*a, **k))
+    real_create = generate.create_engine
+    monkeypatch.setattr(generate, "create_engine", lambda *a, **k: built.append(1) or real_create(*a, **k))
     args = ["generate", "--backend", "ict", "--set", f"dataset_dir={tmp_path / 'Dataset'}", "--set", "llm="]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output

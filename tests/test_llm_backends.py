@@ -67,14 +67,26 @@ def test_transformers_backend_batches_with_left_padding_and_thinking_off(tiny_qw
     assert len(calls) == 1  # one engine call for the whole batch
     ids = calls[0]["input_ids"]
     assert ids.shape[0] == len(prompts)
-    assert calls[0]["max_new_tokens"] == 12 and calls[0]["do_sample"] and calls[0]["top_k"] == 20
+    assert calls[0]["max_new_tokens"] == 12
+    # Seeded sampling is greedy over Gumbel-perturbed logits, one generator per prompt, after the usual warpers.
+    warpers = [type(p).__name__ for p in calls[0]["logits_processor"]]
+    assert not calls[0]["do_sample"] and warpers[:3] == [
+        "TemperatureLogitsWarper",
+        "TopKLogitsWarper",
+        "TopPLogitsWarper",
+    ]
     # Left padding: every row ends with the generation prompt; the shorter prompts start with padding.
     assert (ids[:, -1] == ids[0, -1]).all()
     assert (ids[:, 0] == tokenizer.pad_token_id).any()
     assert len(answers) == len(prompts) and all(isinstance(a, str) and a for a in answers)
     # Same seed, same batch → same answers (the resume cache relies on keys, but reproducibility is nice).
     assert llm.complete_batch(prompts, seed=7, raw=True) == answers
-    assert llm.engine_calls == 2
+    # Seeded per prompt, not per batch: alone, or in another order, a prompt gets the same answer (replicas rely
+    # on it); another seed gives other answers.
+    assert llm.complete_batch(prompts[:1], seed=7, raw=True) == answers[:1]
+    assert llm.complete_batch(prompts[::-1], seed=7, raw=True) == answers[::-1]
+    assert llm.complete_batch(prompts, seed=8, raw=True) != answers
+    assert llm.engine_calls == 5
 
 
 def test_transformers_backend_is_a_llamaindex_llm(tiny_qwen):

@@ -23,7 +23,7 @@ from typing import Any
 
 from offline_embft.config import GenerateConfig
 from offline_embft.errors import UserError
-from offline_embft.llm.base import PROMPT_TOO_LONG, BatchLLM, Refused, Sampling
+from offline_embft.llm.base import PROMPT_TOO_LONG, AnsweredBatch, BatchLLM, Refused, Sampling
 from offline_embft.llm.presets import PRESETS, Preset, ResolvedModel, find_preset, resolve_model
 from offline_embft.prompt import builtin_template, load_template
 from offline_embft.questions import NoQuestionError, QuestionCleaner
@@ -31,6 +31,7 @@ from offline_embft.questions import NoQuestionError, QuestionCleaner
 __all__ = [
     "PRESETS",
     "PROMPT_TOO_LONG",
+    "AnsweredBatch",
     "BatchLLM",
     "NoQuestionError",
     "Preset",
@@ -40,6 +41,7 @@ __all__ = [
     "Sampling",
     "create_llm",
     "find_preset",
+    "prepare",
     "resolve_model",
 ]
 
@@ -70,7 +72,14 @@ def create_llm(
     """
     cfg = _with_settings(cfg or GenerateConfig(), settings)
     template = template if template is not None else load_template(cfg.prompt_file)
-    llm = _build(cfg, template)
+    return prepare(_build(cfg, template), cfg, template, raw=raw)
+
+
+def prepare(llm: BatchLLM, cfg: GenerateConfig, template: str, *, raw: bool = False) -> BatchLLM:
+    """Set how ``llm`` answers: its raw text, or the clean questions in it under ``cfg``'s question filters.
+
+    Used by :func:`create_llm` and for engines that front several backends (:mod:`offline_embft.scale`).
+    """
     llm.raw = raw
     llm.cleaner = QuestionCleaner(
         llm.default_filter_settings(

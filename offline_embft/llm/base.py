@@ -14,9 +14,10 @@ line splitting receives nothing but questions. ``raw=True`` returns the model's 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, ClassVar
 
 from llama_index.core.base.llms.types import CompletionResponse, CompletionResponseGen, LLMMetadata
@@ -80,6 +81,17 @@ class Sampling:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class AnsweredBatch:
+    """One engine call's answers as they come back: ``(key, answer or None)`` pairs, who answered, how long it took,
+    and the prompts the engine refused on their own merits (e.g. longer than its context)."""
+
+    answers: list[tuple[str, str | None]]
+    replica: int = 0
+    seconds: float = 0.0
+    refused: dict[str, str] = field(default_factory=dict)  # key → why the engine refused that prompt itself
 
 
 class BatchLLM(CustomLLM):
@@ -239,6 +251,23 @@ class BatchLLM(CustomLLM):
             return None
         questions = self._cleaner.clean(prompt, answer)
         return "\n".join(questions) if questions else None
+
+    def answer_stream(
+        self, items: Sequence[tuple[str, str]], *, seed: int | None, batch_size: int, raw: bool | None = None
+    ) -> Iterator[AnsweredBatch]:
+        """Answer ``(key, prompt)`` items in batches of ``batch_size``, yielding each batch as soon as it is done.
+
+        The generate stage writes every yielded batch to the answer cache before asking for the next, so a crash
+        loses at most the batches in flight. Engine replicas (:mod:`offline_embft.scale`) override this to answer
+        shards in parallel. ``raw`` as in :meth:`complete_batch`.
+        """
+        for start in range(0, len(items), batch_size):
+            batch = items[start : start + batch_size]
+            began = time.perf_counter()
+            outputs = self.complete_batch([prompt for _, prompt in batch], seed=seed, raw=raw)
+            answers = [(key, out) for (key, _), out in zip(batch, outputs, strict=True)]
+            refused = {batch[index][0]: reason for index, reason in self.last_refusals.items()}
+            yield AnsweredBatch(answers, replica=0, seconds=time.perf_counter() - began, refused=refused)
 
     def _generate(self, prompts: list[str], sampling: Sampling) -> list[str | Refused | None]:
         """Answer every prompt in one engine call: a text, None (failed, worth a retry) or :class:`Refused`."""

@@ -2,10 +2,16 @@
 
 Slower than vLLM on a GPU (no paged attention, no continuous batching) but it runs anywhere torch runs. Prompts of
 similar length should share a batch (the generate stage sorts them) so that little compute goes to padding.
+
+Sampling is seeded per prompt, not per batch, like vLLM's per-request seed: each prompt draws its tokens from its
+own generator (seeded by the run's seed and the prompt), through the Gumbel-max trick on top of the usual
+temperature/top-k/top-p/min-p warpers. An answer therefore does not depend on which other prompts share its batch,
+so engine replicas (:mod:`offline_embft.scale.replicas`) produce the same dataset as one engine.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from typing import Any
 
@@ -90,7 +96,10 @@ class TransformersLLM(BatchLLM):
         # The chat template already holds the special tokens; adding BOS again would shift the model's input.
         inputs = self._tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(self._device)
         kwargs: dict[str, Any] = {"max_new_tokens": sampling.max_tokens, "pad_token_id": self._tokenizer.pad_token_id}
-        if sampling.temperature > 0:
+        if sampling.temperature > 0 and sampling.seed is not None:
+            # Greedy decoding over Gumbel-perturbed, warped logits = sampling, with one generator per prompt.
+            kwargs.update(do_sample=False, logits_processor=per_prompt_sampler(sampling, prompts))
+        elif sampling.temperature > 0:
             kwargs.update(do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p)
             if sampling.top_k > 0:
                 kwargs["top_k"] = sampling.top_k
@@ -98,8 +107,6 @@ class TransformersLLM(BatchLLM):
                 kwargs["min_p"] = sampling.min_p
         else:
             kwargs["do_sample"] = False
-        if sampling.seed is not None:
-            torch.manual_seed(sampling.seed)
         try:
             with torch.inference_mode():
                 output = self._model.generate(**inputs, **kwargs)
@@ -113,3 +120,43 @@ class TransformersLLM(BatchLLM):
 
     def close(self) -> None:
         self._model = None
+
+
+def prompt_seed(seed: int, prompt: str) -> int:
+    """The seed of one prompt's generator: the run's seed and the prompt, nothing about its batch."""
+    digest = hashlib.sha256(f"{seed}\x1f{prompt}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") & 0x7FFF_FFFF_FFFF_FFFF
+
+
+def per_prompt_sampler(sampling: Sampling, prompts: list[str]) -> Any:
+    """Logits processors that make greedy decoding sample each prompt from its own seeded generator.
+
+    transformers' warpers (the same ones ``do_sample=True`` would use, in the same order) shape the distribution;
+    the last processor adds Gumbel noise drawn from the prompt's own generator, and the argmax of ``logits + Gumbel``
+    is a sample from ``softmax(logits)``.
+    """
+    import torch
+    from transformers import LogitsProcessor, LogitsProcessorList
+    from transformers.generation.logits_process import (
+        MinPLogitsWarper,
+        TemperatureLogitsWarper,
+        TopKLogitsWarper,
+        TopPLogitsWarper,
+    )
+
+    generators = [torch.Generator().manual_seed(prompt_seed(sampling.seed or 0, prompt)) for prompt in prompts]
+
+    class GumbelPerPrompt(LogitsProcessor):
+        def __call__(self, input_ids: Any, scores: Any) -> Any:
+            noise = torch.stack([torch.rand(scores.shape[-1], generator=g, dtype=torch.float64) for g in generators])
+            gumbel = -torch.log(-torch.log(noise.clamp(1e-20, 1.0 - 1e-16)))
+            return scores + gumbel.to(device=scores.device, dtype=scores.dtype)
+
+    processors = [TemperatureLogitsWarper(sampling.temperature)]
+    if sampling.top_k > 0:
+        processors.append(TopKLogitsWarper(top_k=sampling.top_k))
+    if sampling.top_p < 1.0:
+        processors.append(TopPLogitsWarper(top_p=sampling.top_p))
+    if sampling.min_p > 0:
+        processors.append(MinPLogitsWarper(min_p=sampling.min_p))
+    return LogitsProcessorList([*processors, GumbelPerPrompt()])
