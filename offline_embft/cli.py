@@ -282,6 +282,13 @@ def train(
             # A dataset named on the command line trains on its own: validation only when asked for (--val or the
             # config), never the pipeline's val_dataset.json that the layout fills in.
             cfg.val_file = asked_val
+        from offline_embft.scale import torchrun
+
+        nproc = 1 if torchrun.is_launched() else torchrun.resolve_nproc(cfg)
+        if nproc > 1:
+            stage.load_inputs(cfg)  # bad input: one line here, not the same error from every process
+            torchrun.launch_train(cfg, nproc)
+            return
         stage.run(cfg)
 
     _guard(body)

@@ -8,7 +8,8 @@ What "right" means here, each a trap users of the legacy ``model.fit`` recipe fa
   (:mod:`offline_embft.vocab`).
 - The last epoch is not necessarily the best → evaluate on the validation set, keep the best checkpoint by ndcg@10.
 - Multi-GPU without gathering gives each device only its own negatives → ``gather_across_devices`` under
-  ``torchrun``/``accelerate launch``.
+  ``torchrun`` (launched by ``offline-embft train`` itself for ``train.nproc`` > 1), with the GLOBAL batch drawn
+  without duplicates and split across devices (:func:`offline_embft.scale.torchrun.distributed_batching`).
 
 Outputs: ``out_dir`` is a complete sentence-transformers directory (written atomically: it is either absent, the old
 model, or the new one) holding also ``train_config.yaml``, ``train_log.json`` (loss per step, eval metrics),
@@ -40,7 +41,9 @@ logger = logging.getLogger(__name__)
 EVAL_NAME = "val"
 FINGERPRINT_FILE = "run_fingerprint.json"
 # Settings that do not change what a run computes, so changing them must not block a resume.
-_NOT_FINGERPRINTED = ("out_dir", "resume", "keep_checkpoints")
+# (nproc: the world size it resolves to is fingerprinted instead.)
+_NOT_FINGERPRINTED = ("out_dir", "resume", "keep_checkpoints", "nproc")
+HARD_NEGATIVES_FILE = "hard_negatives.json"
 
 
 def checkpoints_dir(out_dir: str | Path) -> Path:
@@ -123,33 +126,20 @@ def run(cfg: TrainConfig, callbacks: list[Any] | None = None) -> Path:
         UserError: bad dataset, model directory, or settings; checkpoints from a different run.
     """
     started = time.time()
-    if not cfg.train_file:
-        raise UserError("no training dataset given; pass TRAIN.json (written by `offline-embft generate`)")
-    if not cfg.out_dir:
-        raise UserError("no output directory given; pass --out OUT_DIR")
-    train_data = QADataset.load(cfg.train_file)
-    val_data = None
-    if cfg.val_file:
-        if not Path(cfg.val_file).is_file():
-            raise UserError(
-                f"validation dataset {cfg.val_file} not found; pass an existing --val FILE, or give TRAIN.json "
-                "without --val to train without validation"
-            )
-        val_data = QADataset.load(cfg.val_file)
-    else:
-        logger.info("no validation dataset: no evaluation during training, the last checkpoint is saved")
-    pairs = train_data.pairs()
-    if len(pairs) < 2:
-        raise UserError(f"{cfg.train_file} has {len(pairs)} (query, passage) pair; MNRL needs at least 2")
+    train_data, val_data, pairs = load_inputs(cfg)
 
     import transformers
+
+    from offline_embft.scale.torchrun import main_process_first
 
     precision = resolve_precision(cfg.precision)
     out_dir = Path(cfg.out_dir)
     ckpt_dir = checkpoints_dir(out_dir)
     model = load_sentence_transformer(cfg.model)
     cfg = _with_model_prompts(cfg, model)
-    resume_from = _prepare_checkpoints(ckpt_dir, _fingerprint(cfg), cfg.resume)
+    # Under torchrun, rank 0 decides about (and cleans) the checkpoint folder before the others look at it.
+    with main_process_first():
+        resume_from = _prepare_checkpoints(ckpt_dir, _fingerprint(cfg), cfg.resume)
     transformers.set_seed(cfg.seed)
     if cfg.max_seq_length:
         model.max_seq_length = cfg.max_seq_length
@@ -159,7 +149,8 @@ def run(cfg: TrainConfig, callbacks: list[Any] | None = None) -> Path:
     vocab = extend_vocabulary(model, _corpus_texts(train_data, val_data), cfg.extend_vocab)
     # Mine with the model training starts from: after vocabulary extension it can already tell the corpus's
     # characters apart, which the base model (all [UNK]) could not.
-    rows = _training_rows(train_data, pairs, cfg, model)
+    with main_process_first():  # rank 0 mines the hard negatives once; the other ranks read its file
+        rows = _training_rows(train_data, pairs, cfg, model, ckpt_dir)
     if cfg.query_prompt or cfg.passage_prompt:
         # Saved in config_sentence_transformers.json: encode_query/encode_document (and evaluate) use them.
         model.prompts = {**model.prompts, "query": cfg.query_prompt, "document": cfg.passage_prompt}
@@ -182,6 +173,7 @@ def run(cfg: TrainConfig, callbacks: list[Any] | None = None) -> Path:
     state = trainer.state
     summary = _summary(cfg, state, result.metrics, vocab.to_dict(), precision, resume_from, started, len(rows))
     summary["device"] = str(model.device)
+    summary["world_size"] = trainer.args.world_size
     del summary["vocab"]["added"]
 
     if not trainer.is_world_process_zero():
@@ -218,13 +210,49 @@ def _with_model_prompts(cfg: TrainConfig, model: Any) -> TrainConfig:
     return dataclasses.replace(cfg, query_prompt=query, passage_prompt=passage)
 
 
-def _training_rows(train: QADataset, pairs: list[tuple[str, str]], cfg: TrainConfig, model: Any) -> list[dict]:
-    """(anchor, positive[, negative_1..N]) rows for the trainer."""
+def load_inputs(cfg: TrainConfig) -> tuple[QADataset, QADataset | None, list[tuple[str, str]]]:
+    """The training and validation datasets and the training pairs, checked (cheap: no model is loaded).
+
+    Raises:
+        UserError: a dataset is missing or unreadable, no output directory, fewer than 2 pairs.
+    """
+    if not cfg.train_file:
+        raise UserError("no training dataset given; pass TRAIN.json (written by `offline-embft generate`)")
+    if not cfg.out_dir:
+        raise UserError("no output directory given; pass --out OUT_DIR")
+    train_data = QADataset.load(cfg.train_file)
+    val_data = None
+    if cfg.val_file:
+        if not Path(cfg.val_file).is_file():
+            raise UserError(
+                f"validation dataset {cfg.val_file} not found; pass an existing --val FILE, or give TRAIN.json "
+                "without --val to train without validation"
+            )
+        val_data = QADataset.load(cfg.val_file)
+    else:
+        logger.info("no validation dataset: no evaluation during training, the last checkpoint is saved")
+    pairs = train_data.pairs()
+    if len(pairs) < 2:
+        raise UserError(f"{cfg.train_file} has {len(pairs)} (query, passage) pair; MNRL needs at least 2")
+    return train_data, val_data, pairs
+
+
+def _training_rows(
+    train: QADataset, pairs: list[tuple[str, str]], cfg: TrainConfig, model: Any, ckpt_dir: Path
+) -> list[dict]:
+    """(anchor, positive[, negative_1..N]) rows for the trainer.
+
+    Mined rows are kept in the checkpoint folder (whose fingerprint pins the data and settings): the other ranks of
+    a distributed run, and a resumed run, read them instead of mining again.
+    """
     if not cfg.hard_negatives:
         return [{"anchor": query, "positive": passage} for query, passage in pairs]
+    saved = ckpt_dir / HARD_NEGATIVES_FILE
+    if saved.is_file():
+        return read_json(saved)
     from offline_embft import negatives
 
-    return negatives.mine(
+    rows = negatives.mine(
         train,
         cfg.hard_negatives,
         source=cfg.hard_negative_source,
@@ -233,6 +261,9 @@ def _training_rows(train: QADataset, pairs: list[tuple[str, str]], cfg: TrainCon
         passage_prompt=cfg.passage_prompt,
         seed=cfg.seed,
     )
+    if int(os.environ.get("RANK", "0")) == 0:
+        write_json(saved, rows)
+    return rows
 
 
 def _corpus_texts(train: QADataset, val: QADataset | None) -> list[str]:
@@ -261,6 +292,8 @@ def _build_trainer(
     from sentence_transformers.sentence_transformer.training_args import BatchSamplers
     from transformers.trainer_callback import ProgressCallback
 
+    from offline_embft.scale.torchrun import distributed_batching, world_size
+
     class _QuietProgress(ProgressCallback):
         def on_log(self, args, state, control, logs=None, **kwargs):
             pass
@@ -276,7 +309,7 @@ def _build_trainer(
     args = SentenceTransformerTrainingArguments(
         output_dir=str(ckpt_dir),
         num_train_epochs=cfg.epochs,
-        per_device_train_batch_size=cfg.batch_size,
+        **distributed_batching(cfg.batch_size, world_size()),
         per_device_eval_batch_size=cfg.batch_size,
         learning_rate=cfg.lr,
         # transformers 5: a float below 1 is a share of the total steps (5.0.0 training_args.py:2051,
@@ -302,8 +335,9 @@ def _build_trainer(
         seed=cfg.seed,
         data_seed=cfg.seed,
         report_to="none",
-        dataloader_drop_last=False,
         dataloader_pin_memory=torch.cuda.is_available(),
+        # Without CUDA, accelerate treats several torchrun processes as one each unless told it is a CPU run (gloo).
+        use_cpu=not torch.cuda.is_available(),
     )
     trainer = SentenceTransformerTrainer(
         model=model,
@@ -375,6 +409,8 @@ def _fingerprint(cfg: TrainConfig) -> dict[str, Any]:
         if path and Path(path).is_file():
             files[key] = hashlib.sha256(Path(path).read_bytes()).hexdigest()
     settings["model"] = str(Path(cfg.model).resolve())
+    # Another number of processes changes the global batch and the schedule: not the same run to resume.
+    settings["world_size"] = int(os.environ.get("WORLD_SIZE", "1"))
     return {"settings": settings, "files": files}
 
 

@@ -461,6 +461,25 @@ def test_openai_backend_errors_are_one_line(server):
     assert "\n" not in str(info.value)
 
 
+def test_openai_backend_spreads_a_batch_over_several_servers():
+    first, second = _Server(), _Server()
+    try:
+        llm = create_llm(_cfg(backend="openai", base_url=f"{first.url}, {second.url}", concurrency=2))
+        prompts = [render(load_template(), text, 1) for text in TEXTS] * 2
+        assert llm.complete_batch(prompts, seed=5) == [f"{text[:6]}指什么？" for text in TEXTS] * 2
+        assert len(first.requests) == len(second.requests) == 5  # half the batch each
+        assert all(request["seed"] == 5 for request in first.requests + second.requests)
+        assert llm.settings()["base_url"] == [f"{first.url}/v1", f"{second.url}/v1"]
+        assert llm.identity == "openai:Qwen3-8B" and llm.engine_calls == 1
+        llm.close()
+        second.models = ["Qwen3-4B"]
+        with pytest.raises(UserError, match="serve different models"):
+            create_llm(_cfg(backend="openai", base_url=f"{first.url},{second.url}"))
+    finally:
+        first.close()
+        second.close()
+
+
 def test_normalize_base_url():
     assert normalize_base_url("http://gpu:8000") == "http://gpu:8000/v1"
     assert normalize_base_url("http://gpu:8000/v1/") == "http://gpu:8000/v1"

@@ -11,7 +11,7 @@ clean questions, one per line (``raw=True``: the model's text)::
 =============  =====================================================================================
 vllm           one ``vllm.LLM`` per run, each batch in one ``chat`` call (GPU servers; the default)
 transformers   batched ``generate`` with left padding (CPU or GPU, no vLLM)
-openai         an OpenAI-compatible server in your network (``vllm serve`` elsewhere), bounded concurrency
+openai         OpenAI-compatible servers in your network (``vllm serve`` elsewhere), bounded concurrency each
 ict            inverse-cloze pseudo-queries, no LLM at all (CPU demo; weaker than a real LLM)
 =============  =====================================================================================
 """
@@ -114,21 +114,26 @@ def _build(cfg: GenerateConfig, template: str) -> BatchLLM:
             max_chars=cfg.max_question_chars,
         )
     if cfg.backend == "openai":
-        from offline_embft.llm.openai_backend import OpenAILLM
+        from offline_embft.llm.openai_backend import OpenAILLM, OpenAIServers
 
-        if not cfg.base_url:
+        urls = [url.strip() for url in cfg.base_url.split(",") if url.strip()]
+        if not urls:
             raise UserError("backend openai needs --base-url, e.g. http://gpu-server:8000/v1 where `vllm serve` runs")
-        return OpenAILLM(
-            cfg.base_url,
-            cfg.model,
-            sampling,
-            api_key=cfg.api_key,
-            concurrency=cfg.concurrency,
-            timeout=cfg.timeout,
-            request_retries=cfg.request_retries,
-            tokenizer_dir=_local_tokenizer(cfg),
-            max_model_len=cfg.max_model_len,
-        )
+        servers = [
+            OpenAILLM(
+                url,
+                cfg.model,
+                sampling,
+                api_key=cfg.api_key,
+                concurrency=cfg.concurrency,
+                timeout=cfg.timeout,
+                request_retries=cfg.request_retries,
+                tokenizer_dir=_local_tokenizer(cfg),
+                max_model_len=cfg.max_model_len,
+            )
+            for url in urls
+        ]
+        return servers[0] if len(servers) == 1 else OpenAIServers(servers)
     if cfg.backend == "vllm":
         from offline_embft.llm.vllm_backend import VllmLLM, import_vllm
 

@@ -238,3 +238,50 @@ def _pick_model(requested: str, served: list[str] | None, url: str) -> str:
     raise UserError(
         f"the server at {url} serves {', '.join(served)}, not {requested!r}; pass --model with one of them"
     )
+
+
+class OpenAIServers(BatchLLM):
+    """Several OpenAI-compatible servers of the same model (one ``vllm serve`` per GPU group), sharing each batch.
+
+    Prompt ``i`` of a batch goes to server ``i mod N``; the servers answer their parts at the same time, each with
+    its own bounded pool of requests. The seed travels with every request, so an answer does not depend on which
+    server wrote it.
+
+    Raises:
+        UserError: the servers serve different models.
+    """
+
+    backend = "openai"
+
+    _servers: list[OpenAILLM] = PrivateAttr(default_factory=list)
+    _pool: Any = PrivateAttr(default=None)
+
+    def __init__(self, servers: list[OpenAILLM]) -> None:
+        names = {server.model_name for server in servers}
+        if len(names) > 1:
+            urls = ", ".join(f"{s._url} serves {s.model_name}" for s in servers)
+            raise UserError(f"the --base-url servers serve different models ({urls}); serve the same model on each")
+        first = servers[0]
+        super().__init__(model_name=first.model_name, sampling=first.sampling, fingerprint=first.model_name)
+        self._servers = servers
+        self._budget = first.prompt_budget  # the same model everywhere: one budget fits the prompts for all
+
+    def settings(self) -> dict[str, Any]:
+        return {"backend": self.backend, "model": self.model_name, "base_url": [s._url for s in self._servers]}
+
+    def _generate(self, prompts: list[str], sampling: Sampling) -> list[str | None]:
+        count = len(self._servers)
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=count, thread_name_prefix="openai-server")
+        parts = list(self._pool.map(lambda i: self._servers[i]._generate(prompts[i::count], sampling), range(count)))
+        answers: list[str | None] = [None] * len(prompts)
+        for i, part in enumerate(parts):
+            answers[i::count] = part
+        return answers
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+        for server in self._servers:
+            server.close()
