@@ -26,8 +26,8 @@ from typing import TYPE_CHECKING, Any
 from llama_index.core.bridge.pydantic import PrivateAttr
 
 from offline_embft.errors import UserError
-from offline_embft.llm.base import AnsweredBatch, BatchLLM, Sampling
-from offline_embft.scale.replicas import Factory, build_backend, gpus_per_replica
+from offline_embft.llm.base import AnsweredBatch, Sampling
+from offline_embft.scale.replicas import Factory, FrontLLM, build_backend, gpus_per_replica
 
 if TYPE_CHECKING:
     from offline_embft.config import GenerateConfig
@@ -87,7 +87,7 @@ class _RayReplica:
         import numpy as np
 
         began = time.perf_counter()
-        answers = self.llm.complete_batch([str(p) for p in batch["prompt"]], seed=seed)
+        answers = self.llm.complete_batch([str(p) for p in batch["prompt"]], seed=seed, raw=True)
         seconds = time.perf_counter() - began
         refusals = self.llm.last_refusals
         size = len(answers)
@@ -136,7 +136,7 @@ def _local_view(cfg: GenerateConfig, template: str) -> dict[str, Any]:
     }
 
 
-class RayEngine(BatchLLM):
+class RayEngine(FrontLLM):
     """The backend ``cfg`` names, run as a pool of Ray Data actors; used by the generate stage like one backend.
 
     Args:
@@ -153,9 +153,6 @@ class RayEngine(BatchLLM):
     _cfg: Any = PrivateAttr(default=None)
     _template: str = PrivateAttr(default="")
     _factory: Any = PrivateAttr(default=None)
-    _identity: str = PrivateAttr(default="")
-    _pseudo: bool = PrivateAttr(default=False)
-    _settings: dict[str, Any] = PrivateAttr(default_factory=dict)
     _actors: int = PrivateAttr(default=1)
     _gpus: int = PrivateAttr(default=0)
     _owns_connection: bool = PrivateAttr(default=False)
@@ -189,19 +186,11 @@ class RayEngine(BatchLLM):
         }
         logger.info("Ray: %d actors of backend %s, %d GPU(s) each", actors, cfg.backend, gpus)
 
-    @property
-    def identity(self) -> str:
-        return self._identity
-
-    @property
-    def pseudo_queries(self) -> bool:  # type: ignore[override]
-        return self._pseudo
-
     def settings(self) -> dict[str, Any]:
         return {**self._settings, "replica_nodes": sorted({node for node, _ in self._actor_index})}
 
     def answer_stream(
-        self, items: Sequence[tuple[str, str]], *, seed: int | None, batch_size: int
+        self, items: Sequence[tuple[str, str]], *, seed: int | None, batch_size: int, raw: bool | None = None
     ) -> Iterator[AnsweredBatch]:
         """Run one Ray Data job over the items; yield each actor call's answers as they reach the driver.
 
@@ -225,8 +214,10 @@ class RayEngine(BatchLLM):
             num_cpus=1,
         )
         try:
+            prompts = dict(items)
             for block in answered.iter_batches(batch_size=None, batch_format="numpy"):
-                yield from self._batches(block)
+                for batch in self._batches(block):
+                    yield self._cleaned(batch, prompts, raw)
         except UserError:
             raise
         except Exception as exc:  # RayTaskError, ActorDiedError, ...: the cluster's problem, told in one line
@@ -257,9 +248,8 @@ class RayEngine(BatchLLM):
 
     def _generate(self, prompts: list[str], sampling: Sampling) -> list[str | None]:
         answers: dict[str, str | None] = {}
-        for batch in self.answer_stream(
-            [(str(i), p) for i, p in enumerate(prompts)], seed=sampling.seed, batch_size=len(prompts)
-        ):
+        items = [(str(i), p) for i, p in enumerate(prompts)]
+        for batch in self.answer_stream(items, seed=sampling.seed, batch_size=len(prompts), raw=True):
             answers.update(batch.answers)
         return [answers.get(str(i)) for i in range(len(prompts))]
 
