@@ -188,19 +188,26 @@ def visible_gpu_ids() -> list[str]:
 
 
 def train_env(cfg: PipelineConfig) -> dict[str, str]:
-    """Environment overrides for the train stage's process: ONE GPU, until the pipeline launches torchrun.
+    """Environment overrides for the train stage's process: the GPUs its ``train.nproc`` processes may use.
 
     One process that sees several GPUs makes the Hugging Face Trainer wrap the model in DataParallel: each step then
     splits the batch over the GPUs and the effective batch silently becomes batch × GPUs (transformers' Trainer,
-    ``n_gpu > 1``). Pinning the child to the first visible GPU keeps the configured batch. Distributed training
-    (``torchrun``, one process per GPU, ``train.nproc``) replaces this function when it lands.
+    ``n_gpu > 1``). With ``train.nproc`` auto (one process per visible GPU) the train command launches torchrun
+    itself and each process takes its own GPU (:mod:`offline_embft.scale.torchrun`): nothing to pin. An explicit N
+    below the visible count sees the first N GPUs; N = 1 sees the first GPU only.
     """
+    from offline_embft.scale.torchrun import resolve_nproc
+
     gpus = visible_gpu_ids()
-    if len(gpus) <= 1:
+    nproc = resolve_nproc(cfg.train, visible=len(gpus))
+    if len(gpus) <= nproc:
         return {}
+    if nproc > 1:
+        return {"CUDA_VISIBLE_DEVICES": ",".join(gpus[:nproc])}
     logger.warning(
-        "train runs on one GPU (CUDA_VISIBLE_DEVICES=%s) of the %d visible (%s): a single process on several GPUs "
-        "would use DataParallel and silently train with batch %d × %d; the other GPUs stay idle during train",
+        "train runs on one GPU (CUDA_VISIBLE_DEVICES=%s) of the %d visible (%s) because train.nproc is 1: a single "
+        "process on several GPUs would use DataParallel and silently train with batch %d × %d; set train.nproc=auto "
+        "to train on all of them (torchrun, one process per GPU)",
         gpus[0],
         len(gpus),
         ",".join(gpus),

@@ -498,9 +498,12 @@ def test_train_child_is_pinned_to_one_gpu_and_says_so(monkeypatch, tmp_path, cap
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     fake_nvidia_smi(monkeypatch, tmp_path, *(f"{i}, NVIDIA A100-SXM4-80GB, 580.65.06, 8.0" for i in range(4)))
-    cfg = load_config(
-        REPO / "configs" / "cpu.yaml", [f"dataset_dir={tmp_path / 'D'}", f"models_dir={tmp_path / 'M'}"]
-    ).resolve()
+    overrides = [f"dataset_dir={tmp_path / 'D'}", f"models_dir={tmp_path / 'M'}"]
+    # train.nproc auto: one process per GPU under torchrun (launched by the train command), so nothing is pinned.
+    assert pipeline.train_env(load_config(REPO / "configs" / "cpu.yaml", overrides).resolve()) == {}
+    two = load_config(REPO / "configs" / "cpu.yaml", [*overrides, "train.nproc=2"]).resolve()
+    assert pipeline.train_env(two) == {"CUDA_VISIBLE_DEVICES": "0,1"}
+    cfg = load_config(REPO / "configs" / "cpu.yaml", [*overrides, "train.nproc=1"]).resolve()
     stamps = pipeline.write_stamps(cfg, tmp_path / "s")
     outputs = {stage.name: stage.outputs for stage in pipeline.stages(cfg, stamps, [])}
     seen: dict[str, str | None] = {}

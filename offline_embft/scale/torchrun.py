@@ -70,13 +70,20 @@ def main_process_first() -> Iterator[None]:
         yield
 
 
-def resolve_nproc(cfg: TrainConfig) -> int:
-    """``train.nproc`` as a number: auto = visible GPUs (1 without GPUs)."""
+def resolve_nproc(cfg: TrainConfig, visible: int | None = None) -> int:
+    """``train.nproc`` as a number: auto = visible GPUs (1 without GPUs).
+
+    Args:
+        cfg: The train config.
+        visible: How many GPUs are visible, when the caller knows (default: ask torch).
+    """
     if cfg.nproc != "auto":
         return int(cfg.nproc)
-    from offline_embft.scale.replicas import visible_gpus
+    if visible is None:
+        from offline_embft.scale.replicas import visible_gpus
 
-    return max(1, len(visible_gpus()))
+        visible = len(visible_gpus())
+    return max(1, visible)
 
 
 def distributed_batching(batch_size: int, processes: int) -> dict[str, Any]:
