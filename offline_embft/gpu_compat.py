@@ -131,8 +131,13 @@ class Plan:
     reason: str
 
     def requirements(self) -> list[str]:
-        """Pins for pip (the torch index goes in ``--extra-index-url``)."""
-        reqs = [f"torch=={self.torch}"]
+        """Pins for pip (the torch index goes in ``--extra-index-url``).
+
+        A build from a CUDA index is pinned with its local version (``2.9.1+cu126``): PyPI's ``2.9.1`` is another
+        build (CUDA 12.8) of the same version.
+        """
+        local = f"+{self.torch_index_url.rstrip('/').rsplit('/', 1)[-1]}" if self.torch_index_url else ""
+        reqs = [f"torch=={self.torch}{local}"]
         if self.vllm:
             reqs.append(f"vllm=={self.vllm}")
         return reqs

@@ -101,8 +101,9 @@ def target_plan(args: argparse.Namespace) -> gpu_compat.Plan | None:
 
 def plan_text(plan: gpu_compat.Plan, extras: str) -> str:
     """What the bundle will carry for the target, in a few lines (printed by --resolve-only and before downloads)."""
-    lines = [f"target plan: {plan.describe()}", f"  torch=={plan.torch}"]
-    lines.append(f"  vllm=={plan.vllm}" if plan.vllm else "  vllm: none (this server cannot run a vLLM wheel)")
+    pins = plan.requirements()
+    lines = [f"target plan: {plan.describe()}", f"  {pins[0]}"]
+    lines.append(f"  {pins[1]}" if plan.vllm else "  vllm: none (this server cannot run a vLLM wheel)")
     if plan.torch_index_url:
         lines.append(f"  torch index: {plan.torch_index_url}")
     if "vllm" in extras.split(",") and not plan.vllm:

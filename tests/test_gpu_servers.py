@@ -441,8 +441,8 @@ def _bundle():
         (["--driver", "535"], "2.10.0", "0.19.1", ""),
         (["--cuda", "12.4"], "2.10.0", "0.19.1", ""),
         (["--driver", "580.65.06"], "2.14.0", "0.33.0", ""),
-        (["--driver", "575.51.03", "--capability", "7.0"], "2.9.1", "", "whl/cu126"),
-        (["--driver", "470.82.01"], "2.7.1", "", "whl/cu118"),
+        (["--driver", "575.51.03", "--capability", "7.0"], "2.9.1+cu126", "", "whl/cu126"),
+        (["--driver", "470.82.01"], "2.7.1+cu118", "", "whl/cu118"),
     ],
 )
 def test_bundle_resolve_only_prints_and_pins_the_pair_for_the_target(

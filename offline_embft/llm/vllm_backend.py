@@ -226,7 +226,8 @@ class VllmLLM(BatchLLM):
         }
         logger.info("starting vLLM: %s", self._engine_args)
         self._engine = start_engine(vllm, self._engine_args)
-        self._budget = PromptBudget(self._engine.get_tokenizer(), max_len, sampling.max_tokens)
+        tokenizer = self._engine.get_tokenizer()  # None with skip_tokenizer_init: vLLM's own check stays
+        self._budget = PromptBudget(tokenizer, max_len, sampling.max_tokens) if tokenizer is not None else None
 
     def settings(self) -> dict[str, Any]:
         return {"backend": self.backend, "model": self.model_name, **self._engine_args}
