@@ -31,8 +31,8 @@ from offline_embft.config import (
     IngestConfig,
     TrainConfig,
     TrainRerankerConfig,
-    field_help,
 )
+from offline_embft.config_help import field_help
 from offline_embft.errors import UserError
 
 offline.enable()
@@ -456,7 +456,8 @@ def show_config(
     def body() -> None:
         import yaml
 
-        from offline_embft.config import keys_markdown, to_dict
+        from offline_embft.config import to_dict
+        from offline_embft.config_help import keys_markdown
 
         if keys:
             typer.echo(keys_markdown(), nl=False)

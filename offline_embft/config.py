@@ -389,52 +389,15 @@ class PipelineConfig:
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
 
     def resolve(self) -> PipelineConfig:
-        """Fill every empty path from the layout in :mod:`offline_embft.paths` (returns self)."""
-        from offline_embft.paths import Layout
+        """Fill every empty path from the artifact layout (:func:`offline_embft.paths.fill_paths`); returns self."""
+        from offline_embft.paths import fill_paths
 
-        layout = Layout.from_config(self)
-        self.ingest.input_dir = self.ingest.input_dir or str(layout.pdf_dir)
-        self.ingest.out_dir = self.ingest.out_dir or str(layout.chunks_dir)
-        # A tokenizer named by the user must exist; the embedding model's (maybe not yet converted) is a soft default.
-        default_tokenizer = str(layout.embedding_st)
-        named = self.ingest.tokenizer not in ("", default_tokenizer)  # resolve() may run twice: stay idempotent
-        self.ingest.tokenizer_strict = self.ingest.tokenizer_strict or named
-        self.ingest.tokenizer = self.ingest.tokenizer or default_tokenizer
-        self.generate.model = self.generate.model or self.llm
-        self.generate.models_dir = self.generate.models_dir or self.models_dir
-        self.convert.model = self.convert.model or str(layout.embedding_src)
-        self.convert.out_dir = self.convert.out_dir or str(layout.embedding_st)
-        self.train.train_file = self.train.train_file or str(layout.train_dataset)
-        self.train.val_file = self.train.val_file or str(layout.val_dataset)
-        self.train.model = self.train.model or str(layout.embedding_st)
-        self.train.out_dir = self.train.out_dir or str(layout.finetuned)
-        self.evaluate.dataset = self.evaluate.dataset or str(layout.val_dataset)
-        self.evaluate.models = self.evaluate.models or [str(layout.embedding_st), str(layout.finetuned)]
-        self.evaluate.out_dir = self.evaluate.out_dir or str(layout.results_dir)
-        self.evaluate.query_prompt = self.evaluate.query_prompt or self.train.query_prompt
-        self.evaluate.passage_prompt = self.evaluate.passage_prompt or self.train.passage_prompt
-        if self.reranker_model:
-            rerank = self.train_reranker
-            rerank.train_file = rerank.train_file or self.train.train_file
-            rerank.val_file = rerank.val_file or self.train.val_file
-            rerank.model = rerank.model or str(layout.reranker_src)
-            rerank.out_dir = rerank.out_dir or str(layout.finetuned_reranker)
-            rerank.retriever = rerank.retriever or self.train.out_dir
-            rerank.query_prompt = rerank.query_prompt or self.train.query_prompt
-            rerank.passage_prompt = rerank.passage_prompt or self.train.passage_prompt
-            self.evaluate.reranker = self.evaluate.reranker or rerank.out_dir
-            # A head-less start (the fine-tuned embedding model) has no "before" reranker worth a row.
-            if self.reranker_model != RERANKER_FROM_EMBEDDING:
-                self.evaluate.base_reranker = self.evaluate.base_reranker or str(layout.reranker_src)
+        fill_paths(self)
         return self
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # Loading, overriding, saving
-
-
-def _field_types(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
 
 
 def _coerce(value: Any, annotation: Any, where: str) -> Any:
@@ -472,7 +435,7 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
 def _build(cls: type, data: dict[str, Any], where: str) -> Any:
     if not isinstance(data, dict):
         raise UserError(f"{where or 'config'} must be a mapping, got {type(data).__name__}")
-    hints = _field_types(cls)
+    hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
     if unknown:
@@ -519,7 +482,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
 def apply_overrides(section: Any, **values: Any) -> Any:
     """Set each non-None value on a stage config (command-line flags win over YAML), then re-validate."""
-    hints = _field_types(type(section))
+    hints = typing.get_type_hints(type(section))
     for name, value in values.items():
         if value is None:
             continue
@@ -541,52 +504,3 @@ def save_config(cfg: Any, path: str | Path) -> Path:
 
     text = yaml.safe_dump(to_dict(cfg), allow_unicode=True, sort_keys=False)
     return write_text(path, text)
-
-
-def _default(f: dataclasses.Field) -> Any:
-    return f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-
-
-def describe(cls: type = PipelineConfig, prefix: str = "") -> list[tuple[str, str, str]]:
-    """(key, default, help) for every field, in declaration order: ``offline-embft config --keys`` and the docs."""
-    rows: list[tuple[str, str, str]] = []
-    hints = _field_types(cls)
-    for f in dataclasses.fields(cls):
-        key = f"{prefix}{f.name}"
-        if dataclasses.is_dataclass(hints[f.name]):
-            rows.extend(describe(hints[f.name], key + "."))
-            continue
-        rows.append((key, repr(_default(f)), f.metadata.get("help", "")))
-    return rows
-
-
-def field_help(cls: type, name: str) -> str:
-    """A config field's help text with its key and default, as a command-line flag shows it.
-
-    Raises:
-        KeyError: ``cls`` has no field ``name`` (a CLI flag naming a field that does not exist).
-    """
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    f = fields[name]
-    hints = _field_types(PipelineConfig)
-    section = next((s.name for s in dataclasses.fields(PipelineConfig) if hints[s.name] is cls), "")
-    key = f"{section}.{name}" if section else name
-    default = _default(f)
-    shown = f", default {default}" if default not in ("", [], None) else ""
-    return f"{f.metadata['help']} (config: {key}{shown})"
-
-
-def keys_markdown() -> str:
-    """docs/config.md: every config key with its default and help (``offline-embft config --keys`` prints it)."""
-    lines = [
-        "# Configuration keys",
-        "",
-        "Every key below can be set in the YAML config (`--config`), with `--set key=value`, and — where a stage has",
-        "one — with that stage's flag, whose help is this same text. Generated from the config dataclasses by",
-        "`offline-embft config --keys > docs/config.md`; empty paths are filled from the artifact layout.",
-        "",
-        "| key | default | help |",
-        "|---|---|---|",
-    ]
-    lines += [f"| `{key}` | `{default}` | {text.replace('|', '/')} |" for key, default, text in describe()]
-    return "\n".join(lines) + "\n"

@@ -96,7 +96,7 @@ def test_every_key_is_documented_with_its_help():
     from typer.testing import CliRunner
 
     from offline_embft.cli import app
-    from offline_embft.config import describe, keys_markdown
+    from offline_embft.config_help import describe, keys_markdown
 
     listed = CliRunner().invoke(app, ["config", "--keys"])
     assert listed.exit_code == 0, listed.output
@@ -113,6 +113,7 @@ def test_cli_flags_take_help_and_choices_from_the_config_fields():
 
     from offline_embft import config
     from offline_embft.cli import app
+    from offline_embft.config_help import field_help
 
     commands = typer.main.get_command(app).commands
     sections = {
@@ -131,7 +132,7 @@ def test_cli_flags_take_help_and_choices_from_the_config_fields():
                 continue
             key = help_text.rsplit("(config: ", 1)[1].split(",")[0].rstrip(")")
             assert key.startswith(f"{name.replace('-', '_')}."), (name, param.name, key)
-            assert help_text == config.field_help(section, key.split(".", 1)[1])
+            assert help_text == field_help(section, key.split(".", 1)[1])
             checked += 1
     assert checked >= 25, f"only {checked} flags take their help from the config"
     from offline_embft.cli import Backend, Loss
