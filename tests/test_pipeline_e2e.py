@@ -41,6 +41,7 @@ def test_cpu_pipeline_end_to_end_without_network(tmp_path, laws_dir, minilm_path
         "train.batch_size=16",
         "train_reranker.negatives=1",
         "train_reranker.max_length=128",
+        "evaluate.rerank_top=5",
     ]
     cfg = load_config(config, overrides).resolve()
     calls: list[str] = []
@@ -71,7 +72,7 @@ def test_cpu_pipeline_end_to_end_without_network(tmp_path, laws_dir, minilm_path
     assert ndcg[tuned] > max(1.5 * ndcg[base], ndcg[base] + 0.08), ndcg
     assert float(rows[tuned]["hit_rate@5"]) > float(rows[base]["hit_rate@5"])
     assert (tmp_path / "Models" / "model_outdir" / "minilm-demo" / "modules.json").is_file()
-    # The second stage: the demo's reranker re-orders the fine-tuned model's and the hybrid's top 20.
+    # The second stage: the demo's reranker re-orders the fine-tuned model's and the hybrid's top 5 (demo: 20).
     assert [row["model"] for row in rows if " → " in row["model"]] == [
         "minilm-demo → minilm-demo-reranker",
         "minilm-demo+BM25 → minilm-demo-reranker",
