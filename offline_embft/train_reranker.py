@@ -229,8 +229,16 @@ def run(cfg: TrainRerankerConfig, callbacks: list[Any] | None = None) -> Path:
     resume_from = _prepare_checkpoints(ckpt_dir, _fingerprint(cfg), cfg.resume)
     transformers.set_seed(cfg.seed)
 
+    # Every text the model will read, validation included (characters only, as train does).
+    texts = [*train_data.queries.values(), *train_data.corpus.values()]
+    if val_data is not None:
+        texts += [*val_data.queries.values(), *val_data.corpus.values()]
+    if val_data is not None and cfg.epochs == 1 and not cfg.eval_steps:
+        # One evaluation at the very end has no checkpoint to choose from: save the scoring of rerank_top pairs.
+        logger.info("one epoch and no eval_steps: nothing to choose a best checkpoint from, validation skipped")
+        val_data = None
     mine_started = time.perf_counter()
-    retriever = _load_retriever(cfg)
+    retriever = _load_retriever(cfg, validating=val_data is not None)
     examples = build_examples(train_data, cfg, retriever)
     samples = validation_samples(val_data, retriever, cfg) if val_data else None
     mine_seconds = time.perf_counter() - mine_started
@@ -238,9 +246,6 @@ def run(cfg: TrainRerankerConfig, callbacks: list[Any] | None = None) -> Path:
     gc.collect()
 
     model = rerank.load_cross_encoder(cfg.model, cfg.max_length or None)
-    texts = [*train_data.queries.values(), *train_data.corpus.values()]
-    if val_data is not None:
-        texts += [*val_data.queries.values(), *val_data.corpus.values()]
     vocab = extend_vocabulary(model, texts, cfg.extend_vocab)
     dataset = training_dataset(examples, cfg.loss)
     evaluator = _evaluator(samples, cfg) if samples else None
@@ -287,9 +292,9 @@ def run(cfg: TrainRerankerConfig, callbacks: list[Any] | None = None) -> Path:
     return out_dir
 
 
-def _load_retriever(cfg: TrainRerankerConfig) -> Any:
-    """The embedding model that mines negatives (None when only BM25 is asked for)."""
-    if cfg.negative_source == "bm25" and not cfg.val_file:
+def _load_retriever(cfg: TrainRerankerConfig, validating: bool) -> Any:
+    """The embedding model that mines negatives and validation candidates (None when only BM25 is asked for)."""
+    if cfg.negative_source == "bm25" and not validating:
         return None
     if not cfg.retriever:
         if cfg.negative_source == "bm25":

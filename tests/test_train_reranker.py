@@ -208,9 +208,12 @@ def test_a_crashed_run_resumes_from_its_checkpoint(data, models, tmp_path):
 
 @pytest.mark.parametrize("loss", ["mnrl", "lambda"])
 def test_the_other_losses_train(data, models, loss, tmp_path):
-    out = train_reranker.run(_config(data, models, tmp_path / "r", loss=loss, epochs=1, val_file="", batch_size=4))
+    out = train_reranker.run(_config(data, models, tmp_path / "r", loss=loss, epochs=1, batch_size=4))
     metrics = json.loads((out / "train_metrics.json").read_text(encoding="utf-8"))
     assert metrics["loss"] == loss and np.isfinite(metrics["train_loss"])
+    # One epoch: a single evaluation could not choose a checkpoint, so validation is skipped (it costs a full rerank).
+    log = json.loads((out / "train_log.json").read_text(encoding="utf-8"))
+    assert metrics["best_step"] is None and not any(train_reranker.BEST_METRIC in entry for entry in log)
 
 
 def test_evaluate_adds_retriever_to_reranker_rows(trained, data, models, tmp_path):
@@ -288,3 +291,17 @@ def test_the_pipeline_has_the_stage_only_with_a_reranker(tmp_path):
     stamps = pipeline.write_stamps(off, tmp_path / "off")
     assert "train-reranker" not in [stage.name for stage in pipeline.stages(off, stamps, [])]
     assert off.evaluate.reranker == ""
+
+
+def test_download_and_doctor_treat_the_reranker_like_the_other_models(tmp_path, no_caches):
+    from offline_embft import doctor, download
+
+    gpu = load_config(REPO / "configs" / "default.yaml", [f"models_dir={tmp_path / 'Models'}"]).resolve()
+    assert ("reranker", "maidalun1020/bce-reranker-base_v1") in download.required_models(gpu)
+    line = next(check for check in doctor.check_models(gpu) if check.name == "reranker")
+    assert line.verdict == doctor.FAIL and "offline-embft download" in line.detail
+
+    demo = load_config(REPO / "configs" / "cpu.yaml", [f"models_dir={tmp_path / 'Models'}"]).resolve()
+    assert [role for role, _ in download.required_models(demo)] == ["embedding model"]
+    line = next(check for check in doctor.check_models(demo) if check.name == "reranker")
+    assert line.verdict == doctor.OK and "fine-tuned embedding model" in line.detail
