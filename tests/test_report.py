@@ -9,8 +9,8 @@ import warnings
 
 import pytest
 
-from offline_embft import report
-from offline_embft.report import METRIC_COLUMNS, Report, Row
+from offline_embft import report, report_chart
+from offline_embft.report import MAIN_METRICS, METRIC_COLUMNS, Report, Row
 
 
 def _metrics(base: float) -> dict[str, float]:
@@ -90,12 +90,12 @@ def test_markdown_has_deltas_dataset_paths_and_chart():
 
 def test_chart_draws_cjk_labels_without_missing_glyphs():
     rep = _report()
-    labels, title, fonts = report.chart_labels(rep)
+    labels, title, fonts = report_chart.chart_labels(rep)
     assert labels[1] == "微调模型" and "验证集" in title
     assert fonts is not None and len(fonts) == 2  # DejaVu Sans + a CJK font
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        png = report.chart_png(rep)
+        png = report_chart.chart_png(rep, MAIN_METRICS)
     assert not [w for w in caught if "missing from" in str(w.message)], [str(w.message) for w in caught]
     assert png.startswith(b"\x89PNG") and len(png) > 20_000
 
@@ -103,21 +103,21 @@ def test_chart_draws_cjk_labels_without_missing_glyphs():
 def test_bundled_cjk_font_covers_common_chinese():
     from matplotlib.ft2font import FT2Font
 
-    assert report.BUNDLED_CJK_FONT.is_file()
-    charmap = FT2Font(str(report.BUNDLED_CJK_FONT)).get_charmap()
+    assert report_chart.BUNDLED_CJK_FONT.is_file()
+    charmap = FT2Font(str(report_chart.BUNDLED_CJK_FONT)).get_charmap()
     assert all(ord(c) in charmap for c in "期货和衍生品法的立法目的是什么？微调模型验证集ABCabc0123")
 
 
 def test_chart_falls_back_to_ascii_labels_without_a_cjk_font(monkeypatch):
-    monkeypatch.setattr(report, "_cjk_font_paths", lambda: [])
+    monkeypatch.setattr(report_chart, "_cjk_font_paths", lambda: [])
     rep = _report()
-    labels, title, fonts = report.chart_labels(rep)
+    labels, title, fonts = report_chart.chart_labels(rep)
     assert fonts is None
     assert labels == ["bce-embedding-base_v1-st", "model-2", "BM25", "model-4"]
     assert title.isascii()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        report.chart_png(rep)
+        report_chart.chart_png(rep, MAIN_METRICS)
     assert not [w for w in caught if "missing from" in str(w.message)]
 
 
