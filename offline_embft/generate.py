@@ -30,7 +30,7 @@ from offline_embft.dataset import QADataset
 from offline_embft.errors import UserError
 from offline_embft.io import write_json
 from offline_embft.llamaindex_engine import run_llamaindex
-from offline_embft.llm import PROMPT_TOO_LONG, BatchLLM
+from offline_embft.llm import BatchLLM
 from offline_embft.prompt import MAX_CONTEXT_CHARS, load_template, render
 from offline_embft.questions import FAILED_ANSWER_CHARS, FilterSettings, QuestionFilter, warn_about_run
 from offline_embft.scale import ReplicaUsage, create_engine
@@ -177,24 +177,13 @@ def _fit_prompts(
     budget = llm.prompt_budget
     if budget is None:
         return prompts, shortened, refused
-    ids = list(prompts)
-    counts: list[int] = []
-    for start in range(0, len(ids), 1024):
-        counts += budget.count_many([prompts[i] for i in ids[start : start + 1024]])
     texts = {c.id: c.text[:MAX_CONTEXT_CHARS] for c in todo}
-    for chunk_id, count in zip(ids, counts, strict=True):
-        if count <= budget.limit:
-            continue
-        fitted = budget.fit(lambda text: render(template, text, number), texts[chunk_id], count)
+    for chunk_id, fitted in budget.fit_many(lambda text: render(template, text, number), texts).items():
         if fitted is None:
-            refused[chunk_id] = (
-                f"{PROMPT_TOO_LONG}: even a short piece of the chunk makes the prompt longer than the "
-                f"{budget.limit} tokens max_model_len {budget.max_model_len} leaves beside the answer; shorten the "
-                "prompt template or raise generate.max_model_len"
-            )
-            continue
-        prompts[chunk_id] = fitted.prompt
-        shortened[chunk_id] = fitted.cut_chars
+            refused[chunk_id] = budget.too_long_reason()
+        elif fitted.cut_chars:
+            prompts[chunk_id] = fitted.prompt
+            shortened[chunk_id] = fitted.cut_chars
     if shortened:
         logger.warning(
             "%d prompts were over the LLM's %d-token budget (max_model_len %d minus max_new_tokens): their chunks "

@@ -62,7 +62,14 @@ def run_llamaindex(
     work = out_path.with_name(f".{out_path.stem}.llamaindex.json")
     work.unlink(missing_ok=True)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    nodes = [TextNode(id_=c.id, text=c.text[:MAX_CONTEXT_CHARS]) for c in chunks]
+    texts = {c.id: c.text[:MAX_CONTEXT_CHARS] for c in chunks}
+    budget = llm.prompt_budget
+    if budget is not None:
+        # The same token budget as the native engine: a chunk whose prompt is over the LLM's context is shortened
+        # (LlamaIndex would otherwise retry a prompt the engine refuses every time).
+        fitted = budget.fit_many(lambda text: render(template, text, cfg.questions_per_chunk), texts)
+        texts.update((chunk_id, f.text) for chunk_id, f in fitted.items() if f is not None and f.cut_chars)
+    nodes = [TextNode(id_=c.id, text=texts[c.id]) for c in chunks]
     cleaner = QuestionCleaner(
         llm.default_filter_settings(
             min_chars=cfg.min_question_chars, max_chars=cfg.max_question_chars, near_copy_ratio=cfg.near_copy_ratio

@@ -663,3 +663,13 @@ def test_openai_backend_shortens_with_a_local_tokenizer_else_counts_the_servers_
     else:  # the server refuses it: one failure with the server's reason, not retried, the stage goes on
         assert stats["chunks_with_questions"] == 63 and stats["prompts_refused"] == 1
         assert server.too_long == 1 and "maximum context length is 600" in stats["failed"][0]["refused"]
+
+
+def test_llamaindex_engine_shortens_the_over_long_chunk_too(tiny_qwen, vllm, tmp_path):
+    chunks = _write_chunks(tmp_path / "train.jsonl", _chunk_texts())
+    out = tmp_path / "train_dataset.json"
+    assert _generate_cli(chunks, out, tiny_qwen, "generate.engine=llamaindex") == 0
+    stats = json.loads(stats_path(out).read_text(encoding="utf-8"))
+    assert stats["chunks_with_questions"] == 64 and stats["engine_errors"] == 0
+    engine = vllm.LLM.instances[-1]
+    assert engine.generated == 64  # one call per chunk (LlamaIndex's loop), none refused by the engine

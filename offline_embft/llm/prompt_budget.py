@@ -16,7 +16,7 @@ that run them) therefore shares this one budget:
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +30,7 @@ __all__ = ["PROMPT_TOO_LONG", "Fitted", "PromptBudget", "is_too_long_error"]
 _TOO_LONG_MARKERS = ("longer than the maximum model length", "maximum context length")
 # Fewer characters than this left of a chunk is no longer a chunk worth asking about.
 MIN_CHUNK_CHARS = 20
+COUNT_BATCH = 1024  # prompts tokenized per call when counting many
 
 
 def is_too_long_error(exc: BaseException) -> bool:
@@ -46,10 +47,11 @@ def is_too_long_error(exc: BaseException) -> bool:
 
 @dataclass(frozen=True)
 class Fitted:
-    """A prompt that fits the budget; ``cut_chars`` characters of its chunk were left out (0: nothing cut)."""
+    """A prompt that fits the budget, built around ``text``: the chunk less its last ``cut_chars`` characters."""
 
     prompt: str
     tokens: int
+    text: str
     cut_chars: int = 0
 
 
@@ -105,7 +107,7 @@ class PromptBudget:
         prompt = build(text)
         tokens = self.count(prompt) if tokens is None else tokens
         if tokens <= self.limit:
-            return Fitted(prompt, tokens)
+            return Fitted(prompt, tokens, text)
         # Token counts grow with the prefix length: binary search the longest prefix that fits.
         low, high, best = MIN_CHUNK_CHARS, len(text) - 1, None
         while low <= high:
@@ -113,7 +115,38 @@ class PromptBudget:
             candidate = build(text[:middle])
             count = self.count(candidate)
             if count <= self.limit:
-                best, low = Fitted(candidate, count, len(text) - middle), middle + 1
+                best, low = Fitted(candidate, count, text[:middle], len(text) - middle), middle + 1
             else:
                 high = middle - 1
         return best
+
+    def fit_many(self, build: Callable[[str], str], texts: Mapping[str, str]) -> dict[str, Fitted | None]:
+        """:meth:`fit` for many chunks: every prompt counted in batches, only the over-long ones searched.
+
+        Args:
+            build: Renders the prompt around a chunk text.
+            texts: Chunk id → chunk text.
+
+        Returns:
+            Chunk id → the fitting prompt (``cut_chars`` > 0 where the chunk was shortened), or None where nothing
+            fits (the template alone is too long).
+        """
+        ids = list(texts)
+        prompts = [build(texts[i]) for i in ids]
+        counts: list[int] = []
+        for start in range(0, len(ids), COUNT_BATCH):
+            counts += self.count_many(prompts[start : start + COUNT_BATCH])
+        return {
+            chunk_id: Fitted(prompt, count, texts[chunk_id])
+            if count <= self.limit
+            else self.fit(build, texts[chunk_id], count)
+            for chunk_id, prompt, count in zip(ids, prompts, counts, strict=True)
+        }
+
+    def too_long_reason(self) -> str:
+        """Why a prompt that no shortening fits is refused (a ``prompt_too_long`` reason for the stats)."""
+        return (
+            f"{PROMPT_TOO_LONG}: even a short piece of the chunk makes the prompt longer than the {self.limit} tokens "
+            f"max_model_len {self.max_model_len} leaves beside the answer; shorten the prompt template or raise "
+            "generate.max_model_len"
+        )
