@@ -41,6 +41,20 @@ GUARDS: dict[str, list[str]] = {
         "test_models.py::test_convert_raw_xlmr_uses_cls_and_is_verified",
         "test_models.py::test_verify_catches_the_wrong_pooling",
     ],
+    "PDF, Word (DOCX), HTML (GBK too), Markdown, TXT": [
+        "test_office.py::test_docx_body_in_reading_order_without_running_lines_comments_or_text_boxes",
+        "test_office.py::test_docx_table_cells_come_out_once_in_row_order",
+        "test_office.py::test_docx_headings_and_numbered_titles_become_chunk_metadata",
+        "test_office.py::test_gbk_html_page_main_text_with_headings_and_table",
+        "test_office.py::test_bad_docx_and_legacy_office_files_are_skipped_with_reasons",
+        "test_office.py::test_office_pdf_loses_running_lines_and_keeps_the_text",
+    ],
+    "`--chunking units`: chunks follow": [
+        "test_structure.py::test_statute_is_split_at_articles_with_chapter_paths",
+        "test_structure.py::test_ingest_writes_heading_paths_and_never_exceeds_the_token_size",
+        "test_structure.py::test_markdown_headings_give_the_path",
+        "test_structure.py::test_numbered_headings_in_plain_text",
+    ],
     "train/val split **by file**": [
         "test_ingest.py::test_split_by_file_is_seeded_and_never_leaks",
         "test_ingest.py::test_single_file_is_split_by_chunk_without_leakage",
