@@ -28,6 +28,7 @@ from offline_embft import gpu_compat, offline
 from offline_embft.chunks import read as read_chunks
 from offline_embft.config import PipelineConfig
 from offline_embft.convert import CONVERT_REPORT
+from offline_embft.documents import sample_texts
 from offline_embft.errors import UserError
 from offline_embft.gpu_compat import bf16_native
 from offline_embft.model_files import (
@@ -377,33 +378,6 @@ def _chunk_texts(chunks_dir: Path) -> list[str]:
     return texts[:SAMPLE_TEXTS]
 
 
-def _document_pages(path: Path) -> list[str]:
-    """The first pages of one document, read cheaply; nothing on a file that cannot be read."""
-    try:
-        if path.suffix.lower() == ".pdf":
-            from pypdf import PdfReader
-
-            reader = PdfReader(str(path))
-            return [page.extract_text() or "" for page in reader.pages[:SAMPLE_PAGES]]
-        from offline_embft import loaders
-
-        return loaders.load(path).pages[:SAMPLE_PAGES]
-    except Exception:  # doctor samples; a file ingest will skip (and explain) must not stop it
-        return []
-
-
-def _document_texts(input_dir: Path) -> list[str]:
-    """Paragraph-sized pieces of the first pages of a few documents (the smallest first: they read fastest)."""
-    if not input_dir.is_dir():
-        return []
-    files = [p for p in input_dir.rglob("*") if p.suffix.lower() in (".pdf", ".txt", ".md") and p.is_file()]
-    texts: list[str] = []
-    for path in sorted(files, key=lambda p: p.stat().st_size)[:SAMPLE_FILES]:
-        for page in _document_pages(path):
-            texts.extend(line.strip() for line in page.splitlines() if len(line.strip()) >= 8)
-    return texts[:SAMPLE_TEXTS]
-
-
 def _embedding_for_tokenizer(cfg: PipelineConfig) -> Path | None:
     converted = Path(cfg.convert.out_dir)
     if (converted / "modules.json").is_file():
@@ -422,7 +396,7 @@ def check_tokenizer(cfg: PipelineConfig) -> Check:
     texts = _chunk_texts(Path(cfg.ingest.out_dir))
     source = f"{len(texts)} chunks"
     if not texts:
-        texts = _document_texts(Path(cfg.ingest.input_dir))
+        texts = sample_texts(Path(cfg.ingest.input_dir), SAMPLE_FILES, SAMPLE_PAGES, SAMPLE_TEXTS)
         source = f"{len(texts)} paragraphs from the first pages of the documents"
     if not texts:
         where = f"{cfg.ingest.out_dir} or {cfg.ingest.input_dir}"

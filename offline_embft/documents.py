@@ -16,7 +16,7 @@ from typing import Any
 
 from offline_embft.chunks import Chunk
 from offline_embft.clean import CleanText, clean_pages
-from offline_embft.loaders import LoadError, RawDocument, SkipReason, load
+from offline_embft.loaders import SUFFIXES, LoadError, RawDocument, SkipReason, load
 from offline_embft.structure import Outline, find_outline
 
 logger = logging.getLogger(__name__)
@@ -142,3 +142,29 @@ def reason_counts(skipped: list[dict[str, str]]) -> str:
     """Skip reasons with their counts, for one line: ``encrypted: 1, no_text: 2``."""
     counts = Counter(item["reason"] for item in skipped)
     return ", ".join(f"{reason}: {n}" for reason, n in sorted(counts.items()))
+
+
+def _first_pages(path: Path, pages: int) -> list[str]:
+    """The first pages of one document, read cheaply; nothing on a file that cannot be read."""
+    try:
+        if path.suffix.lower() == ".pdf":
+            from pypdf import PdfReader
+
+            reader = PdfReader(str(path))
+            return [page.extract_text() or "" for page in reader.pages[:pages]]
+        return load(path).pages[:pages]
+    except Exception:  # a sample; a file ingest will skip (and explain) must not stop it
+        return []
+
+
+def sample_texts(input_dir: Path, files: int, pages: int, limit: int) -> list[str]:
+    """Paragraph-sized pieces of the first ``pages`` pages of the ``files`` smallest documents (they read fastest):
+    what doctor measures the tokenizer on before ingest has run."""
+    if not input_dir.is_dir():
+        return []
+    found = [p for p in input_dir.rglob("*") if p.suffix.lower() in SUFFIXES and p.is_file()]
+    texts: list[str] = []
+    for path in sorted(found, key=lambda p: p.stat().st_size)[:files]:
+        for page in _first_pages(path, pages):
+            texts.extend(line.strip() for line in page.splitlines() if len(line.strip()) >= 8)
+    return texts[:limit]
