@@ -1,7 +1,10 @@
 """vLLM: the fast path on GPU servers. One ``vllm.LLM`` per run, every batch of prompts in ONE ``chat`` call.
 
 vLLM is imported only when this backend is built: it is a GPU-server dependency (``pip install 'offline-embft[vllm]'``)
-and pins its own torch/CUDA build, so CPU machines and CI never install it.
+and pins its own torch/CUDA build, so CPU machines and CI never install it; which pair runs on which driver is in
+:mod:`offline_embft.gpu_compat`. Prompts over the context are kept away by the shared token budget
+(:mod:`offline_embft.llm.prompt_budget`), and a batch vLLM refuses all the same is split until the prompt it refuses
+stands alone; start-up failures (quantization, KV cache memory, out of memory) become one line naming the setting.
 """
 
 from __future__ import annotations
@@ -26,7 +29,9 @@ logger = logging.getLogger(__name__)
 
 INSTALL_HINT = (
     "backend vllm needs vLLM, which is not installed in this environment; on the GPU server run "
-    "`pip install 'offline-embft[vllm]'` (or use --backend transformers, or --backend openai against a `vllm serve`)"
+    "`pip install 'offline-embft[vllm]'` pinned to the torch/vLLM pair its NVIDIA driver runs (`python "
+    "scripts/bundle.py --driver <driver> --resolve-only` prints it), or use --backend transformers, or --backend "
+    "openai against a `vllm serve`"
 )
 
 
