@@ -123,12 +123,29 @@ def _letters(n: int) -> str:
     return chr(ord("a") + (n - 1) % 26) * ((n - 1) // 26 + 1)
 
 
+_CHINESE_COUNTING = {
+    "chineseCounting",
+    "chineseCountingThousand",
+    "taiwaneseCounting",
+    "taiwaneseCountingThousand",  # what LibreOffice writes for 一、二、三
+    "japaneseCounting",
+}
+_LEGAL = str.maketrans("一二三四五六七八九十百千", "壹贰叁肆伍陆柒捌玖拾佰仟")
+_ZODIAC = "子丑寅卯辰巳午未申酉戌亥"
+
+
 def format_number(n: int, fmt: str) -> str:
     """A counter value in one of Word's number formats (``w:numFmt``); unknown formats fall back to decimal."""
-    if fmt in ("chineseCounting", "chineseCountingThousand", "chineseLegalSimplified", "taiwaneseCounting"):
+    if fmt in _CHINESE_COUNTING:
         return chinese_number(n)
+    if fmt == "chineseLegalSimplified":
+        return chinese_number(n).translate(_LEGAL)
+    if fmt in ("ideographDigital", "taiwaneseDigital"):
+        return "".join("〇一二三四五六七八九"[int(d)] for d in str(n))
     if fmt == "ideographTraditional" and 1 <= n <= 10:
         return _TIANGAN[n - 1]
+    if fmt == "ideographZodiac" and 1 <= n <= 12:
+        return _ZODIAC[n - 1]
     if fmt == "decimalEnclosedCircle" and 1 <= n <= 20:
         return chr(0x2460 + n - 1)
     if fmt in ("decimalEnclosedParen",):
@@ -148,6 +165,27 @@ def format_number(n: int, fmt: str) -> str:
     if fmt in ("none", "bullet"):
         return ""
     return str(n)
+
+
+# Word 2010+ writes formats older readers lack as a custom format inside mc:AlternateContent (decimal as fallback):
+# the first number of the custom format tells which it is.
+_CUSTOM_FORMATS = {
+    "一": "chineseCounting",
+    "壹": "chineseLegalSimplified",
+    "甲": "ideographTraditional",
+    "①": "decimalEnclosedCircle",
+}
+
+
+def _level_format(lvl: Any) -> str:
+    """A list level's number format, a Word 2010 custom format (``w:numFmt w:val="custom" w:format="一, 二, …"``)
+    mapped to the built-in format it spells out."""
+    for choice in lvl.iter(f"{_MC}Choice"):
+        for numfmt in choice.iter(f"{_W}numFmt"):
+            custom = (numfmt.get(f"{_W}format") or "").strip()
+            if custom[:1] in _CUSTOM_FORMATS:
+                return _CUSTOM_FORMATS[custom[:1]]
+    return _val(lvl, "numFmt") or "decimal"
 
 
 @dataclass
@@ -179,7 +217,7 @@ class Numbering:
             for lvl in abstract.findall(f"{_W}lvl"):
                 ilvl = int(lvl.get(f"{_W}ilvl", "0"))
                 levels[ilvl] = _Level(
-                    fmt=_val(lvl, "numFmt") or "decimal",
+                    fmt=_level_format(lvl),
                     text=_val(lvl, "lvlText") if lvl.find(f"{_W}lvlText") is not None else "",
                     start=int(_val(lvl, "start") or 1),
                     suffix=_val(lvl, "suff") or "tab",

@@ -107,8 +107,25 @@ def test_numbering_renders_chinese_counting():
         "一百一十",
         "二千零二十四",
     ]
+    assert format_number(12, "taiwaneseCountingThousand") == "十二", "LibreOffice's name for 一、二、三"
+    assert (
+        format_number(12, "chineseLegalSimplified") == "拾贰" and format_number(2024, "ideographDigital") == "二〇二四"
+    )
     assert format_number(3, "upperRoman") == "III" and format_number(28, "lowerLetter") == "bb"
     assert format_number(2, "decimalEnclosedCircle") == "②" and format_number(3, "ideographTraditional") == "丙"
+    # Word 2010+ writes 一、二、三 as a custom format with a decimal fallback for older readers.
+    from docx.oxml import parse_xml
+
+    from offline_embft.docx_loader import _level_format
+
+    lvl = parse_xml(
+        '<w:lvl xmlns:w="http://schemas.openxmlformats.org/wordprocessingml/2006/main" '
+        'xmlns:mc="http://schemas.openxmlformats.org/markup-compatibility/2006" '
+        'xmlns:w14="http://schemas.microsoft.com/office/word/2010/wordml" w:ilvl="0">'
+        '<mc:AlternateContent><mc:Choice Requires="w14"><w:numFmt w:val="custom" w:format="一, 二, 三, ..."/>'
+        '</mc:Choice><mc:Fallback><w:numFmt w:val="decimal"/></mc:Fallback></mc:AlternateContent></w:lvl>'
+    )
+    assert _level_format(lvl) == "chineseCounting"
 
 
 def _encrypted_docx(path: Path) -> None:
