@@ -346,6 +346,9 @@ def evaluate(
     reranker: Annotated[Optional[Path], _opt(EvaluateConfig, "reranker")] = None,
     base_reranker: Annotated[Optional[Path], _opt(EvaluateConfig, "base_reranker")] = None,
     rerank_top: Annotated[Optional[int], _opt(EvaluateConfig, "rerank_top")] = None,
+    questions: Annotated[Optional[Path], _opt(EvaluateConfig, "questions")] = None,
+    chunks: Annotated[Optional[list[Path]], _opt(EvaluateConfig, "chunks", "--chunks")] = None,
+    distractors: Annotated[Optional[list[Path]], _opt(EvaluateConfig, "distractors", "--distractors")] = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
 ) -> None:
@@ -372,6 +375,9 @@ def evaluate(
             reranker=reranker and str(reranker),
             base_reranker=base_reranker and str(base_reranker),
             rerank_top=rerank_top,
+            questions=questions and str(questions),
+            chunks=chunks and [str(c) for c in chunks],
+            distractors=distractors and [str(d) for d in distractors],
         )
         stage.run(cfg)
 

@@ -29,6 +29,7 @@ RERANKER_LOSSES = ("bce", "mnrl", "lambda", "listnet")
 NEGATIVE_SOURCES = ("model", "bm25", "both")
 EXTEND_VOCAB = ("auto", "on", "off")
 HARD_NEGATIVE_SOURCES = ("model", "bm25", "both")
+ROUNDTRIP_MODES = ("off", "bm25", "model", "both")
 
 
 def _help(text: str, default: Any = dataclasses.MISSING, factory: Any = dataclasses.MISSING) -> Any:
@@ -103,7 +104,9 @@ class GenerateConfig:
         "",
     )
     api_key: str = _help("API key for the openai backend, if the server wants one.", "EMPTY")
-    questions_per_chunk: int = _help("Questions to keep per chunk.", 1)
+    questions_per_chunk: int = _help(
+        "Questions to keep per chunk (0: sized by the corpus, 3 under 1000 chunks, 2 under 5000, else 1).", 0
+    )
     batch_size: int = _help("Prompts sent to the engine in one call.", 256)
     prompt_file: str = _help(
         "A prompt template file with {context} and {num_questions} (empty: built-in Chinese).", ""
@@ -147,6 +150,15 @@ class GenerateConfig:
         "or ray://host:10001. Needs `pip install 'offline-embft[ray]'`.",
         "",
     )
+    roundtrip: str = _help(
+        "Round-trip filter: keep a question only when its own chunk ranks in the top roundtrip_k of the dataset's "
+        "chunks for bm25, model (the base embedding model), both (their rank fusion), or off.",
+        "off",
+    )
+    roundtrip_k: int = _help("Round-trip filter: the question's chunk must rank within this many.", 3)
+    roundtrip_model: str = _help(
+        "Round-trip filter: embedding model directory (empty: the pipeline's converted base model).", ""
+    )
 
     def __post_init__(self) -> None:
         _check_count(self.data_parallel_size, "generate.data_parallel_size")
@@ -158,7 +170,12 @@ class GenerateConfig:
             self.backend in BACKENDS, f"generate.backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}"
         )
         _check(self.engine in ENGINES, f"generate.engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
-        _check(self.questions_per_chunk >= 1, "generate.questions_per_chunk must be at least 1")
+        _check(self.questions_per_chunk >= 0, "generate.questions_per_chunk must be >= 0 (0: sized by the corpus)")
+        _check(
+            self.roundtrip in ROUNDTRIP_MODES,
+            f"generate.roundtrip must be one of {', '.join(ROUNDTRIP_MODES)}, got {self.roundtrip!r}",
+        )
+        _check(self.roundtrip_k >= 1, "generate.roundtrip_k must be at least 1")
         _check(self.batch_size >= 1, "generate.batch_size must be at least 1")
         _check(self.max_new_tokens >= 8, "generate.max_new_tokens must be at least 8")
         self._check_sampling()
@@ -243,6 +260,13 @@ class TrainConfig:
         "Training processes on this machine (`torchrun --nproc_per_node`, launched by train/all/make): auto (visible "
         "GPUs, 1 without GPUs) or N (N > 1 works on CPU with gloo). train.batch_size stays the per-device batch.",
         "auto",
+    )
+    weight_ensemble: bool = _help(
+        "WiSE-FT: save alpha*fine-tuned + (1-alpha)*base weights, alpha chosen on the validation set.",
+        False,
+    )
+    fusion: bool = _help(
+        "Choose the weight of BM25 fusion on the validation set and save it beside the model as fusion.json.", True
     )
 
     def __post_init__(self) -> None:
@@ -352,6 +376,22 @@ class EvaluateConfig:
     base_reranker: str = _help("The reranker before fine-tuning, reranking the same rows beside it (empty: none).", "")
     rerank_top: int = _help("Passages of each retriever's ranking that the reranker re-orders.", 20)
     rerank_batch_size: int = _help("(question, passage) pairs per reranker forward pass.", 32)
+    full_corpus: bool = _help(
+        "Pipeline: search the validation questions among ALL chunks (training chunks as distractors), the index users "
+        "will have; these are the headline numbers, the validation-chunks-only numbers go beside them.",
+        True,
+    )
+    distractors: list[str] = _help(
+        "Chunks JSONL files whose chunks join the corpus as distractors (the pipeline: the training chunks).",
+        factory=list,
+    )
+    questions: str = _help(
+        "CSV of real questions: `question` and `passage` (a snippet of the expected text) or `source` + `page`.", ""
+    )
+    chunks: list[str] = _help(
+        "Chunks JSONL files the real questions are mapped to and searched in (the pipeline: train and val chunks).",
+        factory=list,
+    )
 
     def __post_init__(self) -> None:
         _check(self.batch_size >= 1, "evaluate.batch_size must be at least 1")

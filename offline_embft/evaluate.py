@@ -26,11 +26,13 @@ from typing import Any
 
 import numpy as np
 
+from offline_embft import fusion, user_questions
 from offline_embft import report as report_mod
 from offline_embft.bm25 import BM25Index
 from offline_embft.config import EvaluateConfig, save_config
 from offline_embft.dataset import QADataset
 from offline_embft.errors import UserError
+from offline_embft.io import write_text
 from offline_embft.model_files import check_st_dir, load_sentence_transformer
 from offline_embft.ranking import reciprocal_rank_fusion, top_k
 
@@ -41,6 +43,9 @@ PREDICTION_DEPTH = 10  # top passages per query kept in predictions.jsonl
 HIT_RATE_K = 5
 SCORE_BLOCK = 1 << 25  # query × passage scores held at once (128 MB of float32)
 BM25_LABEL = "BM25"
+SMALL_CORPUS_DIR = "small_corpus"  # beside the full-corpus headline: the dataset's own passages only
+REAL_DIR = "real_questions"
+UNMATCHED_SHOWN = 20
 # Directory names that identify nothing on their own; the row label then includes the parent directory.
 GENERIC_DIR_NAMES = frozenset({"model", "models", "output", "outputs", "final", "best", "best_model", "last", "st"})
 
@@ -236,6 +241,19 @@ def rank_hybrid(model: Ranking, bm25: Ranking, data: EvalData, rrf_k: int) -> Ra
     return Ranking(f"{model.label}+BM25", "hybrid", source, ids, scores, parent=model.label)
 
 
+def rank_tuned_hybrid(model: Ranking, bm25: Ranking, data: EvalData, model_dir: Path) -> Ranking | None:
+    """The fusion saved beside the model by train (weight chosen on validation); None when it has none."""
+    choice = fusion.load(model_dir)
+    if choice is None:
+        return None
+    ids, scores = fusion.fuse(
+        (model.ids, model.scores), (bm25.ids, bm25.scores), choice, len(data.passages), data.depth, data.id_rank
+    )
+    source = f"`{model.label}` with BM25, tuned on validation ({fusion.FUSION_FILE}): {choice.describe()}"
+    info = {"fusion": choice.method, "model_weight": choice.weight}
+    return Ranking(f"{model.label}+BM25 tuned", "hybrid", source, ids, scores, info, parent=model.label)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Second stage: retriever → reranker
 
@@ -251,7 +269,8 @@ def rank_reranked(
     if not models:
         raise UserError("--reranker needs a retriever to re-order; pass --model MODEL_DIR")
     last = models[-1]
-    parents = [last, *(r for r in rankings if r.kind == "hybrid" and r.parent == last.label)]
+    # The model and one hybrid of it: the tuned one where train saved a fusion.json (listed after the RRF one).
+    parents = [last, *[r for r in rankings if r.kind == "hybrid" and r.parent == last.label][-1:]]
     rerankers = [path for path in (cfg.reranker, cfg.base_reranker) if path]
     labels = model_labels(rerankers)
     rows = []
@@ -371,6 +390,11 @@ def _show_progress() -> bool:
 def run(cfg: EvaluateConfig) -> Path:
     """Evaluate every model of ``cfg`` (plus BM25 and hybrids) and write the results and the report.
 
+    With ``cfg.distractors`` the headline results (``out_dir``) search the dataset's questions among its passages
+    AND every distractor chunk, as a production index would; the dataset's own corpus is evaluated beside it
+    (``out_dir/small_corpus``). With ``cfg.questions`` the user's real questions are evaluated too
+    (``out_dir/real_questions``). report.md gets a section for each.
+
     Returns:
         The path of report.md.
 
@@ -382,6 +406,107 @@ def run(cfg: EvaluateConfig) -> Path:
     dataset = QADataset.load(cfg.dataset)
     if not cfg.models and not cfg.bm25:
         raise UserError("nothing to evaluate; pass --model MODEL_DIR (repeatable) and/or --bm25")
+    for path in cfg.models:
+        check_st_dir(path, allow_raw=True)
+    real = user_questions.load(cfg.questions, cfg.chunks) if cfg.questions else None  # bad CSV: fail before encoding
+    out_dir = Path(cfg.out_dir)
+    full = with_distractors(dataset, cfg.distractors)
+    sections = []
+    if full is not dataset:
+        rows = evaluate_dataset(
+            cfg, full, out_dir, f"{cfg.dataset} + {len(full.corpus) - len(dataset.corpus)} distractors"
+        )
+        # For comparison with the recipes only: no reranker pass (the slow part on a CPU).
+        small_rows = evaluate_dataset(cfg, dataset, out_dir / SMALL_CORPUS_DIR, str(cfg.dataset), rerank=False)
+        sections.append(corpus_section(rows, small_rows, len(full.corpus), len(dataset.corpus)))
+    else:
+        evaluate_dataset(cfg, dataset, out_dir, str(cfg.dataset))
+    if real is not None:
+        real_rows = evaluate_dataset(cfg, real.dataset, out_dir / REAL_DIR, cfg.questions) if real.matched else []
+        write_text(out_dir / REAL_DIR / "unmatched.csv", user_questions.unmatched_csv(real.unmatched))
+        sections.append(real_questions_section(real, real_rows))
+    if sections:
+        report = out_dir / "report.md"
+        write_text(report, report.read_text(encoding="utf-8").rstrip("\n") + "\n\n" + "\n\n".join(sections) + "\n")
+    save_config(cfg, out_dir / "evaluate_config.yaml")
+    return out_dir / "report.md"
+
+
+def with_distractors(dataset: QADataset, chunk_files: Sequence[str]) -> QADataset:
+    """The dataset with every chunk of ``chunk_files`` added to its corpus (the dataset itself when none is added).
+
+    A missing file is skipped with a warning (the pipeline names the training chunks even for a user's own dataset).
+    """
+    from offline_embft.chunks import read as read_chunks
+
+    corpus = dict(dataset.corpus)
+    for chunk_file in chunk_files:
+        if not Path(chunk_file).is_file():
+            logger.warning("distractor chunks %s not found: evaluating without them", chunk_file)
+            continue
+        for chunk in read_chunks(chunk_file)[0]:
+            corpus.setdefault(chunk.id, chunk.text)
+    if len(corpus) == len(dataset.corpus):
+        return dataset
+    return QADataset(queries=dataset.queries, corpus=corpus, relevant_docs=dataset.relevant_docs, mode=dataset.mode)
+
+
+def _cell(rows: Sequence[report_mod.Row], label: str, metric: str) -> str:
+    row = next((r for r in rows if r.label == label), None)
+    return f"{row.metrics[metric]:.4f}" if row else "–"
+
+
+def corpus_section(full_rows, small_rows, n_full: int, n_small: int) -> str:
+    """report.md: the headline (full-corpus) numbers beside the validation-chunks-only ones."""
+    lines = [
+        "## Full corpus vs validation chunks only",
+        "",
+        f"The tables above search every question among all **{n_full}** chunks (the training chunks as distractors), "
+        f"as a production index would. Blog recipes search only the **{n_small}** validation chunks "
+        f"(`{SMALL_CORPUS_DIR}/`): easier, and not what users will see.",
+        "",
+        "| retriever | ndcg@10 full corpus | ndcg@10 validation chunks | hit_rate@5 full | hit_rate@5 validation |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for row in full_rows:
+        lines.append(
+            f"| {row.label} | {row.metrics['ndcg@10']:.4f} | {_cell(small_rows, row.label, 'ndcg@10')} | "
+            f"{row.metrics['hit_rate@5']:.4f} | {_cell(small_rows, row.label, 'hit_rate@5')} |"
+        )
+    return "\n".join(lines)
+
+
+def real_questions_section(real: user_questions.RealQuestions, rows) -> str:
+    """report.md: how the retrievers do on the user's own questions, and which questions matched no chunk."""
+    lines = [
+        "## Real questions",
+        "",
+        f"**{real.total}** real questions; **{real.matched}** matched to chunks and evaluated among all "
+        f"{len(real.dataset.corpus)} chunks (`{REAL_DIR}/`); **{len(real.unmatched)}** matched no chunk"
+        + (f" (`{REAL_DIR}/unmatched.csv`)." if real.unmatched else "."),
+    ]
+    if rows:
+        lines += ["", "| retriever | hit_rate@5 | accuracy@1 | ndcg@10 | mrr@10 |", "|---|---:|---:|---:|---:|"]
+        for row in rows:
+            m = row.metrics
+            lines.append(
+                f"| {row.label} | {m['hit_rate@5']:.4f} | {m['accuracy@1']:.4f} | {m['ndcg@10']:.4f} | "
+                f"{m['mrr@10']:.4f} |"
+            )
+    if real.unmatched:
+        lines += ["", "Not evaluated (their expected passage matched no chunk):", ""]
+        for item in real.unmatched[:UNMATCHED_SHOWN]:
+            lines.append(f"- line {item.row}: {item.question} — {item.reason}")
+        if len(real.unmatched) > UNMATCHED_SHOWN:
+            lines.append(f"- … {len(real.unmatched) - UNMATCHED_SHOWN} more in `{REAL_DIR}/unmatched.csv`")
+    return "\n".join(lines)
+
+
+def evaluate_dataset(
+    cfg: EvaluateConfig, dataset: QADataset, out_dir: Path, name: str, rerank: bool = True
+) -> list[report_mod.Row]:
+    """Evaluate the models of ``cfg`` (plus BM25, hybrids and, with ``rerank``, the rerankers) on one dataset; write
+    its results into ``out_dir``."""
     model_dirs = [check_st_dir(path, allow_raw=True) for path in cfg.models]
     for path in (cfg.reranker, cfg.base_reranker):
         if path:
@@ -395,7 +520,7 @@ def run(cfg: EvaluateConfig) -> Path:
         "evaluating %d model(s)%s on %s: %d queries, %d passages",
         len(model_dirs),
         " + BM25" if cfg.bm25 else "",
-        cfg.dataset,
+        name,
         len(data.queries),
         len(data.passages),
     )
@@ -406,8 +531,11 @@ def run(cfg: EvaluateConfig) -> Path:
     if cfg.bm25 or (cfg.hybrid and rankings):
         bm25 = rank_bm25(data, show_progress)
         hybrids = [rank_hybrid(r, bm25, data, cfg.rrf_k) for r in rankings] if cfg.hybrid else []
+        if cfg.hybrid:  # the fusion weight chosen on validation by train, where a model has one (fusion.json)
+            tuned = (rank_tuned_hybrid(r, bm25, data, path) for r, path in zip(rankings, model_dirs, strict=True))
+            hybrids += [t for t in tuned if t is not None]
         rankings += ([bm25] if cfg.bm25 else []) + hybrids
-    if cfg.reranker or cfg.base_reranker:
+    if rerank and (cfg.reranker or cfg.base_reranker):
         rankings += rank_reranked(rankings, data, cfg, show_progress)
 
     evaluator = ir_evaluator(data)
@@ -427,7 +555,7 @@ def run(cfg: EvaluateConfig) -> Path:
             row.metrics["mrr@10"],
         )
     report = report_mod.Report(
-        dataset=str(cfg.dataset),
+        dataset=name,
         n_queries=len(data.queries),
         n_corpus=len(data.passages),
         rows=rows,
@@ -437,16 +565,14 @@ def run(cfg: EvaluateConfig) -> Path:
             "query_prompt": cfg.query_prompt,
             "passage_prompt": cfg.passage_prompt,
             "rrf_k": cfg.rrf_k,
-            **({"rerank_top": cfg.rerank_top} if cfg.reranker or cfg.base_reranker else {}),
+            **({"rerank_top": cfg.rerank_top} if rerank and (cfg.reranker or cfg.base_reranker) else {}),
         },
     )
     files = report_mod.render(report)
     files["predictions.jsonl"] = predictions_jsonl(rankings, data, ranks)
-    out_dir = Path(cfg.out_dir)
     report_mod.write_files(out_dir, files)
-    save_config(cfg, out_dir / "evaluate_config.yaml")
     logger.info("wrote %s (and metrics.csv, metrics.json, predictions.jsonl, report.png)", out_dir / "report.md")
-    return out_dir / "report.md"
+    return rows
 
 
 # ---------------------------------------------------------------------------------------------------------------

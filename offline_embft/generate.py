@@ -13,6 +13,7 @@ Beside ``DATASET.json`` the stage writes ``DATASET.stats.json`` (counts, reasons
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections import Counter
@@ -22,6 +23,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from offline_embft import roundtrip
 from offline_embft.answer_cache import AnswerCache
 from offline_embft.chunks import Chunk
 from offline_embft.chunks import read as read_chunks
@@ -32,7 +34,13 @@ from offline_embft.io import write_json
 from offline_embft.llamaindex_engine import run_llamaindex
 from offline_embft.llm import BatchLLM
 from offline_embft.prompt import MAX_CONTEXT_CHARS, load_template, render
-from offline_embft.questions import FAILED_ANSWER_CHARS, FilterSettings, QuestionFilter, warn_about_run
+from offline_embft.questions import (
+    FAILED_ANSWER_CHARS,
+    FilterSettings,
+    QuestionFilter,
+    questions_per_chunk,
+    warn_about_run,
+)
 from offline_embft.scale import ReplicaUsage, create_engine
 
 logger = logging.getLogger(__name__)
@@ -75,6 +83,7 @@ def run(cfg: GenerateConfig, chunks_path: Path, out_path: Path, *, llm: BatchLLM
     started = time.perf_counter()
     chunks_path, out_path = Path(chunks_path), Path(out_path)
     chunks, skipped = read_chunks(chunks_path)
+    cfg = dataclasses.replace(cfg, questions_per_chunk=questions_per_chunk(cfg.questions_per_chunk, len(chunks)))
     template = load_template(cfg.prompt_file)
     owned = llm is None
     llm = llm or create_engine(cfg, template=template)
@@ -90,6 +99,7 @@ def run(cfg: GenerateConfig, chunks_path: Path, out_path: Path, *, llm: BatchLLM
     finally:
         if owned:
             llm.close()
+    dataset, roundtrip_stats = roundtrip.apply(cfg, dataset)  # after the LLM has let go of the GPU
     elapsed = time.perf_counter() - started
     stats = {
         "chunks_file": str(chunks_path),
@@ -101,6 +111,8 @@ def run(cfg: GenerateConfig, chunks_path: Path, out_path: Path, *, llm: BatchLLM
         "chunks_skipped_empty": skipped,
         "questions_per_chunk": cfg.questions_per_chunk,
         **stats,
+        "roundtrip": roundtrip_stats,
+        "questions_after_roundtrip": len(dataset.queries),
         "cache_hits": cache_hits,
         "engine_calls": llm.engine_calls - calls_before,
         "wall_seconds": round(elapsed, 3),
@@ -139,8 +151,9 @@ def run_many(cfg: GenerateConfig, jobs: list[tuple[Path, Path]]) -> list[Path]:
         cfg: The generate config.
         jobs: (chunks file, dataset file) pairs, processed in order.
     """
-    for chunks_path, _ in jobs:
-        read_chunks(chunks_path)
+    total = sum(len(read_chunks(chunks_path)[0]) for chunks_path, _ in jobs)
+    # One count for every file (sized by the whole corpus), fixed before the engine starts: ict renders it once.
+    cfg = dataclasses.replace(cfg, questions_per_chunk=questions_per_chunk(cfg.questions_per_chunk, total))
     llm = create_engine(cfg, template=load_template(cfg.prompt_file))
     try:
         return [run(cfg, chunks_path, out_path, llm=llm) for chunks_path, out_path in jobs]

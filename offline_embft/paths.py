@@ -148,6 +148,7 @@ def fill_paths(cfg: PipelineConfig) -> None:
     cfg.ingest.tokenizer = cfg.ingest.tokenizer or default_tokenizer
     cfg.generate.model = cfg.generate.model or cfg.llm
     cfg.generate.models_dir = cfg.generate.models_dir or cfg.models_dir
+    cfg.generate.roundtrip_model = cfg.generate.roundtrip_model or str(layout.embedding_st)
     cfg.convert.model = cfg.convert.model or str(layout.embedding_src)
     cfg.convert.out_dir = cfg.convert.out_dir or str(layout.embedding_st)
     cfg.train.train_file = cfg.train.train_file or str(layout.train_dataset)
@@ -157,6 +158,9 @@ def fill_paths(cfg: PipelineConfig) -> None:
     cfg.evaluate.dataset = cfg.evaluate.dataset or str(layout.val_dataset)
     cfg.evaluate.models = cfg.evaluate.models or [str(layout.embedding_st), str(layout.finetuned)]
     cfg.evaluate.out_dir = cfg.evaluate.out_dir or str(layout.results_dir)
+    if cfg.evaluate.full_corpus and not cfg.evaluate.distractors:
+        cfg.evaluate.distractors = [str(layout.train_chunks)]
+    cfg.evaluate.chunks = cfg.evaluate.chunks or [str(layout.train_chunks), str(layout.val_chunks)]
     cfg.evaluate.query_prompt = cfg.evaluate.query_prompt or cfg.train.query_prompt
     cfg.evaluate.passage_prompt = cfg.evaluate.passage_prompt or cfg.train.passage_prompt
     if cfg.reranker_model:

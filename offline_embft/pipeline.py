@@ -145,6 +145,7 @@ def stages(cfg: PipelineConfig, stamps: dict[str, Path], cli_args: list[str]) ->
                 *base_models,
                 *reranker_outputs,
                 stamps["evaluate"],
+                *([Path(cfg.evaluate.questions)] if cfg.evaluate.questions else []),
             ],
             [results / "metrics.csv", results / "report.md"],
         ),

@@ -31,6 +31,12 @@ logger = logging.getLogger(__name__)
 
 # How much of an unusable answer is kept for the stats file.
 FAILED_ANSWER_CHARS = 300
+
+# Questions per chunk when generate.questions_per_chunk is 0: (corpus smaller than this many chunks, questions).
+# A small corpus gives few pairs, and several questions per chunk are the cheapest way to get more of them; a large
+# one has pairs enough, and an LLM's time is better spent on more chunks.
+QUESTIONS_BY_CORPUS = ((1000, 3), (5000, 2))
+
 REASONS = ("empty", "not_question", "too_short", "too_long", "language", "near_copy", "duplicate")
 
 _THINK_BLOCK = re.compile(r"<think>.*?</think>", re.DOTALL | re.IGNORECASE)
@@ -83,6 +89,17 @@ class FilterSettings:
     # Pseudo-queries (backend ict) are statements copied from the chunk by design.
     require_question: bool = True
     check_copy: bool = True
+
+
+def questions_per_chunk(setting: int, n_chunks: int) -> int:
+    """Questions to ask per chunk: ``setting`` when positive, else sized by the corpus (:data:`QUESTIONS_BY_CORPUS`).
+
+    Several questions of one chunk share its passage as their positive; training keeps them in different batches
+    (``BatchSamplers.NO_DUPLICATES`` compares every column), so they never act as each other's false negatives.
+    """
+    if setting > 0:
+        return setting
+    return next((count for limit, count in QUESTIONS_BY_CORPUS if n_chunks < limit), 1)
 
 
 def strip_thinking(text: str) -> tuple[str, bool]:

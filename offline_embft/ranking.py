@@ -69,6 +69,56 @@ def reciprocal_rank_fusion(
     return np.concatenate(ids), np.concatenate(scores)
 
 
+def normalised(scores: np.ndarray) -> np.ndarray:
+    """Per-row min-max scaling to [0, 1] (a row of equal scores becomes all 1)."""
+    low = scores.min(axis=1, keepdims=True)
+    span = scores.max(axis=1, keepdims=True) - low
+    return np.where(span > 0, (scores - low) / np.where(span > 0, span, 1.0), 1.0)
+
+
+def weighted_fusion(
+    rankings: Sequence[tuple[np.ndarray, np.ndarray]],
+    weights: Sequence[float],
+    n_corpus: int,
+    depth: int,
+    id_rank: np.ndarray | None = None,
+    method: str = "score",
+    rrf_k: int = RRF_K,
+    block_cells: int = 1 << 25,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Weighted fusion of rankings, each ``(ids, scores)`` of shape (queries, depth), best first.
+
+    ``score``: each ranking's scores min-max normalised per query (a passage it does not list gets 0), then summed
+    with the weights. ``rank``: weighted reciprocal rank, ``sum(w / (rrf_k + rank))`` (equal weights order passages
+    exactly as plain reciprocal-rank fusion does).
+
+    Returns:
+        (ids, scores) of the fused top ``depth``, ties by ``id_rank``.
+    """
+    if method not in ("score", "rank"):
+        raise ValueError(f"fusion method must be score or rank, got {method!r}")
+    n_queries = rankings[0][0].shape[0]
+    rows = max(1, block_cells // max(1, n_corpus))
+    out_ids, out_scores = [], []
+    for start in range(0, n_queries, rows):
+        stop = min(n_queries, start + rows)
+        fused = np.zeros((stop - start, n_corpus), dtype=np.float64)
+        index = np.arange(stop - start)[:, None]
+        for (ids, scores), weight in zip(rankings, weights, strict=True):
+            block_ids = ids[start:stop]
+            if method == "score":
+                contribution = normalised(np.asarray(scores[start:stop], dtype=np.float64))
+            else:
+                ranks = np.arange(1, block_ids.shape[1] + 1, dtype=np.float64)
+                contribution = np.broadcast_to(1.0 / (rrf_k + ranks), block_ids.shape)
+            # A passage appears at most once per row of a ranking, so fancy-index += is exact.
+            fused[index, block_ids] += weight * contribution
+        block_ids, block_scores = top_k(fused, depth, id_rank)
+        out_ids.append(block_ids)
+        out_scores.append(block_scores)
+    return np.concatenate(out_ids), np.concatenate(out_scores)
+
+
 def fuse_ranked_lists(rankings: list[dict[str, list[str]]], rrf_k: int = RRF_K) -> dict[str, list[str]]:
     """Reciprocal-rank fusion of several rankings (one ranking passes through unchanged)."""
     if len(rankings) == 1:

