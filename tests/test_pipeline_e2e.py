@@ -66,15 +66,16 @@ def test_cpu_pipeline_end_to_end_without_network(tmp_path, laws_dir, minilm_path
         rows = {row["model"]: row for row in csv.DictReader(handle)}
     base, tuned = model_labels(cfg.evaluate.models)
     assert tuned == "minilm-demo"
-    # Base first (the report's deltas are against it), the fine-tuned model, BM25, then each model fused with BM25.
-    assert list(rows) == [base, tuned, "BM25", f"{base}+BM25", f"{tuned}+BM25"]
+    # Base first (the report's deltas are against it), the fine-tuned model, BM25, each model fused with BM25; the
+    # tuned hybrid and the reranker rows follow (checked below).
+    assert list(rows)[:5] == [base, tuned, "BM25", f"{base}+BM25", f"{tuned}+BM25"]
     ndcg = {label: float(row["ndcg@10"]) for label, row in rows.items()}
     # One epoch on these two statutes took MiniLM from 0.14 to 0.33 ndcg@10: fine-tuning must really help.
     assert ndcg[tuned] > max(1.5 * ndcg[base], ndcg[base] + 0.08), ndcg
     assert float(rows[tuned]["hit_rate@5"]) > float(rows[base]["hit_rate@5"])
     assert (tmp_path / "Models" / "model_outdir" / "minilm-demo" / "modules.json").is_file()
     # The second stage: the demo's reranker re-orders the fine-tuned model's and the hybrid's top 5 (demo: 20).
-    assert [row["model"] for row in rows if " → " in row["model"]] == [
+    assert [label for label in rows if " → " in label] == [
         "minilm-demo → minilm-demo-reranker",
         "minilm-demo+BM25 tuned → minilm-demo-reranker",
     ]
