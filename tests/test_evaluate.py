@@ -111,8 +111,7 @@ def futures_run(tmp_path_factory, laws_dir, minilm_path):
 
 
 @pytest.mark.slow
-def test_ir_metrics_equal_information_retrieval_evaluator(futures_run, minilm_path):
-    from sentence_transformers import SentenceTransformer
+def test_ir_metrics_equal_information_retrieval_evaluator(futures_run, minilm_model):
     from sentence_transformers.sentence_transformer.evaluation import InformationRetrievalEvaluator
 
     cfg, out, _ = futures_run
@@ -124,7 +123,7 @@ def test_ir_metrics_equal_information_retrieval_evaluator(futures_run, minilm_pa
         batch_size=cfg.batch_size,
         write_csv=False,
     )
-    direct = evaluator(SentenceTransformer(str(minilm_path)))
+    direct = evaluator(minilm_model)
     ours = json.loads((out / "metrics.json").read_text(encoding="utf-8"))["results"][0]
     assert ours["kind"] == "model"
     compared = 0

@@ -118,11 +118,11 @@ def trained(data, minilm_path, tmp_path_factory, spy):
     return train.run(_config(data, minilm_path, out), callbacks=[_degrade_after_checkpoint(3), spy])
 
 
-def test_training_lowers_the_loss_and_saves_a_complete_model(trained, data, minilm_path):
+def test_training_lowers_the_loss_and_saves_a_complete_model(trained, data, minilm_model):
     from sentence_transformers import SentenceTransformer
 
     pairs = data["train_set"].pairs()
-    base = SentenceTransformer(str(minilm_path), device="cpu", local_files_only=True)
+    base = minilm_model
     model = SentenceTransformer(str(trained), device="cpu", local_files_only=True)
     assert _mnrl_loss(model, pairs) < 0.8 * _mnrl_loss(base, pairs)
 

@@ -3,7 +3,6 @@ the UNK rate drops to ~0, the model computes the same thing until it is trained,
 
 from __future__ import annotations
 
-import copy
 import json
 
 import numpy as np
@@ -15,16 +14,14 @@ from offline_embft.vocab import AUTO_MIN_UNK_RATE, extend_vocabulary
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-@pytest.fixture(scope="module")
-def base_model(minilm_path):
-    from sentence_transformers import SentenceTransformer
-
-    return SentenceTransformer(str(minilm_path), device="cpu", local_files_only=True)
+@pytest.fixture
+def base_model(minilm_model):
+    return minilm_model
 
 
 @pytest.fixture
-def model(base_model):
-    return copy.deepcopy(base_model)
+def model(minilm):
+    return minilm
 
 
 @pytest.fixture(scope="module")
