@@ -479,7 +479,15 @@ def render(checks: list[Check], width: int = 119) -> str:
 
 
 def run(cfg: PipelineConfig, out: IO[str] | None = None) -> bool:
-    """``offline-embft doctor``: print the checks for ``cfg`` as one screen; True unless a line FAILs."""
+    """``offline-embft doctor``: print the checks for ``cfg`` as one screen.
+
+    Args:
+        cfg: The pipeline config to check this machine against.
+        out: Where the screen goes (default: stdout).
+
+    Returns:
+        True unless a line FAILs.
+    """
     cfg.resolve()
     checks = diagnose(cfg)
     layout = Layout.from_config(cfg)

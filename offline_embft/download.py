@@ -166,6 +166,9 @@ def download(cfg: PipelineConfig) -> list[Path]:
     Run on a connected machine; ``package:NAME`` models and models already in a local cache need no network.
     Idempotent: a complete model is not fetched again.
 
+    Args:
+        cfg: The pipeline config naming the models (``embedding_model``, ``llm``, ``reranker_model``).
+
     Returns:
         The model directories, in the order of :func:`required_models`.
     """

@@ -395,6 +395,9 @@ def run(cfg: EvaluateConfig) -> Path:
     (``out_dir/small_corpus``). With ``cfg.questions`` the user's real questions are evaluated too
     (``out_dir/real_questions``). report.md gets a section for each.
 
+    Args:
+        cfg: The evaluate settings (dataset, models, baselines, rerankers, output directory).
+
     Returns:
         The path of report.md.
 

@@ -150,6 +150,9 @@ def run_many(cfg: GenerateConfig, jobs: list[tuple[Path, Path]]) -> list[Path]:
     Args:
         cfg: The generate config.
         jobs: (chunks file, dataset file) pairs, processed in order.
+
+    Returns:
+        The dataset files written, in the order of ``jobs``.
     """
     total = sum(len(read_chunks(chunks_path)[0]) for chunks_path, _ in jobs)
     # One count for every file (sized by the whole corpus), fixed before the engine starts: ict renders it once.

@@ -19,23 +19,32 @@ def top_k(scores: np.ndarray, k: int, id_rank: np.ndarray | None = None) -> tupl
     Equal scores are ordered by ``id_rank`` (ascending; default: column order), so a ranking never depends on how
     the sort happened to break a tie — the same rule as sentence-transformers' InformationRetrievalEvaluator.
 
+    Args:
+        scores: (rows, columns), e.g. queries × passages.
+        k: How many columns to keep per row (clamped to ``columns``).
+        id_rank: (columns,) tie-break order of each column (smaller first).
+
     Returns:
         (indices, scores), both of shape (rows, min(k, columns)).
+
+    Example:
+        >>> top_k(np.array([[0.5, 0.9, 0.5]]), 2)
+        (array([[1, 0]]), array([[0.9, 0.5]]))
     """
     scores = np.asarray(scores)
     k = min(k, scores.shape[1])
     rank = np.arange(scores.shape[1]) if id_rank is None else np.asarray(id_rank)
     if k == 0:
         return np.empty((scores.shape[0], 0), dtype=np.int64), np.empty((scores.shape[0], 0), dtype=scores.dtype)
-    candidates = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-    threshold = np.take_along_axis(scores, candidates, axis=1).min(axis=1, keepdims=True)
+    candidates = np.argpartition(-scores, k - 1, axis=1)[:, :k]  # (rows, k), unordered
+    threshold = np.take_along_axis(scores, candidates, axis=1).min(axis=1, keepdims=True)  # (rows, 1): k-th score
     # A tie at the k-th score: argpartition picked among the tied columns arbitrarily, so pick again by id.
     for row in np.flatnonzero((scores >= threshold).sum(axis=1) > k):
         above = np.flatnonzero(scores[row] >= threshold[row, 0])
         candidates[row] = above[np.lexsort((rank[above], -scores[row, above]))][:k]
-    candidate_scores = np.take_along_axis(scores, candidates, axis=1)
-    order = np.lexsort((rank[candidates], -candidate_scores), axis=1)
-    indices = np.take_along_axis(candidates, order, axis=1)
+    candidate_scores = np.take_along_axis(scores, candidates, axis=1)  # (rows, k)
+    order = np.lexsort((rank[candidates], -candidate_scores), axis=1)  # (rows, k): by score, then by id
+    indices = np.take_along_axis(candidates, order, axis=1)  # (rows, k)
     return indices, np.take_along_axis(candidate_scores, order, axis=1)
 
 
@@ -49,18 +58,30 @@ def reciprocal_rank_fusion(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Fuse rankings: a passage scores the sum of 1 / (rrf_k + rank) over the rankings that list it.
 
+    Args:
+        rankings: Each (queries, depth_i): passage ids, best first, one row per query.
+        n_corpus: The number of passages (ids are in [0, n_corpus)).
+        depth: How many fused passages to keep per query.
+        id_rank: (n_corpus,) tie-break order of the passages.
+        rrf_k: The fusion constant (60: Cormack et al.).
+        block_cells: Dense (queries × n_corpus) cells fused at once, to bound memory.
+
     Returns:
-        (ids, scores) of the fused top ``depth``, ties by ascending corpus id.
+        (ids, scores) of the fused top ``depth``, both (queries, min(depth, n_corpus)), ties by ``id_rank``.
+
+    References:
+        Cormack, Clarke, Büttcher: Reciprocal Rank Fusion outperforms Condorcet and individual Rank Learning
+        Methods (SIGIR 2009).
     """
     n_queries = rankings[0].shape[0]
     rows = max(1, block_cells // max(1, n_corpus))
     ids, scores = [], []
     for start in range(0, n_queries, rows):
         stop = min(n_queries, start + rows)
-        fused = np.zeros((stop - start, n_corpus), dtype=np.float64)
+        fused = np.zeros((stop - start, n_corpus), dtype=np.float64)  # (block queries, n_corpus)
         for ranking in rankings:
-            block = ranking[start:stop]
-            contribution = 1.0 / (rrf_k + np.arange(1, block.shape[1] + 1, dtype=np.float64))
+            block = ranking[start:stop]  # (block queries, depth_i)
+            contribution = 1.0 / (rrf_k + np.arange(1, block.shape[1] + 1, dtype=np.float64))  # (depth_i,)
             # Each passage appears at most once per ranking row, so plain fancy-index += is exact.
             fused[np.arange(stop - start)[:, None], block] += contribution
         block_ids, block_scores = top_k(fused, depth, id_rank)
@@ -120,7 +141,16 @@ def weighted_fusion(
 
 
 def fuse_ranked_lists(rankings: list[dict[str, list[str]]], rrf_k: int = RRF_K) -> dict[str, list[str]]:
-    """Reciprocal-rank fusion of several rankings (one ranking passes through unchanged)."""
+    """Reciprocal-rank fusion of ragged rankings: the same score as :func:`reciprocal_rank_fusion`, for lists of
+    ids of any length per query (negatives' candidates), where a dense matrix would be mostly empty.
+
+    Args:
+        rankings: Each maps a query id to its passage ids, best first.
+        rrf_k: The fusion constant.
+
+    Returns:
+        Query id → every listed passage id, best fused score first (one ranking passes through unchanged).
+    """
     if len(rankings) == 1:
         return rankings[0]
     fused: dict[str, list[str]] = {}

@@ -150,19 +150,19 @@ def _grow_embeddings(backbone: Any, known: int, total: int, unk_id: int, init: s
     if backbone.get_input_embeddings().weight.shape[0] < total:
         backbone.resize_token_embeddings(total, mean_resizing=False)
     # Some checkpoints ship spare rows past the tokenizer (padded to a multiple of 8 or 64): those get reused.
-    weight = backbone.get_input_embeddings().weight
+    weight = backbone.get_input_embeddings().weight  # (vocab rows >= total, hidden)
     with torch.no_grad():
-        base = weight[:known].float()
+        base = weight[:known].float()  # (known, hidden): the rows trained with the model
         count = total - known
         if init == "unk":
-            new = base[unk_id].expand(count, -1)
+            new = base[unk_id].expand(count, -1)  # (count, hidden)
         elif init == "mean":
-            new = base.mean(dim=0).expand(count, -1)
+            new = base.mean(dim=0).expand(count, -1)  # (count, hidden)
         else:
-            centered = base - base.mean(dim=0)
-            covariance = centered.T @ centered / base.shape[0]
+            centered = base - base.mean(dim=0)  # (known, hidden)
+            covariance = centered.T @ centered / base.shape[0]  # (hidden, hidden)
             # A small ridge keeps the covariance positive definite for MultivariateNormal.
             covariance += 1e-6 * torch.eye(covariance.shape[0])
             dist = torch.distributions.MultivariateNormal(base.mean(dim=0), covariance_matrix=covariance)
-            new = dist.sample((count,))
+            new = dist.sample((count,))  # (count, hidden)
         weight[known:total] = new.to(weight.dtype)

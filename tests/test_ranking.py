@@ -29,3 +29,11 @@ def test_fused_id_lists_agree_with_the_dense_fusion():
     ids, _ = reciprocal_rank_fusion([np.array([[0, 1, 2]]), np.array([[1, 3, 0]])], 4, 4, np.arange(4), rrf_k=60)
     assert fused["q"] == [f"p{i}" for i in ids[0].tolist()]
     assert fuse_ranked_lists(lists[:1]) is lists[0]  # one ranking passes through unchanged
+
+
+def test_docstring_examples_hold():
+    import doctest
+
+    from offline_embft import ranking
+
+    assert doctest.testmod(ranking).failed == 0
