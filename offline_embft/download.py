@@ -3,12 +3,10 @@ of a ``package:NAME`` model out of its Python package, or of a model already in 
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import logging
 import os
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -33,24 +31,9 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
-@contextlib.contextmanager
-def _hub_allowed() -> Iterator[None]:
-    """Lift the offline hub variables for the duration of one download, then put them back as they were."""
-    saved = {key: os.environ.get(key) for key in offline.HUB_VARS}
-    offline.allow_hub_downloads()
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-
-
 def _modelscope_download(model_id: str, local_dir: Path) -> None:
     """One ModelScope snapshot download into ``local_dir`` (it skips files already there, so it resumes)."""
-    with _hub_allowed():
+    with offline.hub_allowed():
         # Imported here, with the hub allowed: hub libraries read their offline switches at import time.
         from modelscope.hub.snapshot_download import snapshot_download
 

@@ -7,7 +7,9 @@ time. Only ``offline-embft download`` (run on a connected machine) lifts the hub
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator, Mapping
 
 # Variables that make every library we use stay off the network (or at least stop phoning home).
 OFFLINE_ENV: dict[str, str] = {
@@ -45,10 +47,32 @@ def enable() -> None:
         os.environ[key] = value
 
 
-def allow_hub_downloads() -> None:
-    """Lift the hub variables for the download command (a connected machine)."""
-    for key in HUB_VARS:
-        os.environ.pop(key, None)
+@contextlib.contextmanager
+def environment(values: Mapping[str, str | None]) -> Iterator[None]:
+    """Set (a string) or unset (None) environment variables for the block, then put each back as it was.
+
+    A child process copies the environment when it starts, and a library reads it when imported: both see the
+    block's values.
+    """
+    saved = {key: os.environ.get(key) for key in values}
+    _apply(values)
+    try:
+        yield
+    finally:
+        _apply(saved)
+
+
+def _apply(values: Mapping[str, str | None]) -> None:
+    for key, value in values.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+def hub_allowed() -> contextlib.AbstractContextManager[None]:
+    """The hub variables lifted for one download (a connected machine), then put back as they were."""
+    return environment(dict.fromkeys(HUB_VARS))
 
 
 def status() -> dict[str, tuple[str | None, bool]]:

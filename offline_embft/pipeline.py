@@ -11,7 +11,6 @@ process's GPU memory, and a crash in one stage leaves the finished ones' outputs
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
 import os
@@ -19,13 +18,13 @@ import shlex
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
-from offline_embft import gpu_compat
+from offline_embft import gpu_compat, offline
 from offline_embft.config import PipelineConfig, to_dict
 from offline_embft.errors import UserError
 from offline_embft.model_files import PACKAGE_PREFIX, RERANKER_FROM_EMBEDDING
@@ -221,24 +220,9 @@ def train_env(cfg: PipelineConfig) -> dict[str, str]:
 STAGE_ENV: dict[str, Callable[[PipelineConfig], dict[str, str]]] = {"train": train_env}
 
 
-@contextlib.contextmanager
-def _environment(overrides: dict[str, str]) -> Iterator[None]:
-    """Set environment variables for one stage (the child copies os.environ; an in-process runner reads it)."""
-    saved = {key: os.environ.get(key) for key in overrides}
-    os.environ.update(overrides)
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-
-
 def _run_stage(args: list[str], runner: Runner, env: dict[str, str] | None = None) -> None:
     logger.info("$ %s", command_line(args))
-    with _environment(env or {}):
+    with offline.environment(env or {}):
         code = runner(args)
     if code != 0:
         raise UserError(

@@ -164,3 +164,12 @@ def test_bundle_models_and_checksums_survive_the_trip(tmp_path, no_network):
     (out / "models/BAAI/bge-small-zh-v1.5/config.json").write_text('{"tampered": true}', encoding="utf-8")
     bad = subprocess.run(["bash", str(script), "--verify-only", str(out)], capture_output=True, text=True, check=False)
     assert bad.returncode == 2 and "checksum mismatch" in bad.stderr
+
+
+def test_environment_block_puts_every_variable_back(monkeypatch):
+    """One helper sets and restores variables for download's hub lift, pipeline stages and engine replicas."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.delenv("OFFLINE_EMBFT_TEST_VAR", raising=False)
+    with offline.hub_allowed(), offline.environment({"OFFLINE_EMBFT_TEST_VAR": "a"}):
+        assert "HF_HUB_OFFLINE" not in os.environ and os.environ["OFFLINE_EMBFT_TEST_VAR"] == "a"
+    assert os.environ["HF_HUB_OFFLINE"] == "1" and "OFFLINE_EMBFT_TEST_VAR" not in os.environ

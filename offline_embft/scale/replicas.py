@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 from llama_index.core.bridge.pydantic import PrivateAttr
 
+from offline_embft import offline
 from offline_embft.errors import UserError
 from offline_embft.llm.base import AnsweredBatch, BatchLLM, Sampling
 from offline_embft.questions import FilterSettings
@@ -237,21 +238,6 @@ def _budget_from(spec: dict[str, Any] | None) -> Any:
     return PromptBudget(tokenizer, spec["max_model_len"], spec["max_new_tokens"])
 
 
-@contextlib.contextmanager
-def _environment(values: dict[str, str]) -> Iterator[None]:
-    """Set environment variables for a child about to be spawned (it copies the environment when it starts)."""
-    saved = {key: os.environ.get(key) for key in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-
-
 def _exit_reason(process: multiprocessing.process.BaseProcess) -> str:
     code = process.exitcode
     if code is None:
@@ -351,7 +337,7 @@ class ReplicaPool(FrontLLM):
                     args=(index, theirs, cfg, template, cores, factory),
                     name=f"offline-embft-replica-{index}",
                 )
-                with _environment(plan.environment(index)):
+                with offline.environment(plan.environment(index)):
                     process.start()
                 theirs.close()  # the replica's end lives in the replica only: its death shows up here as EOF
                 replicas.append(_Replica(index, plan.device(index), process, ours))
