@@ -205,7 +205,11 @@ def generate(
             raise UserError("--out needs a CHUNKS file; without one, generate writes the config's train and val sets")
         layout = Layout.from_config(pipeline)
         # One engine for both splits: a second vLLM engine in the same process would not get its GPU memory back.
-        stage.run_many(cfg, [(layout.train_chunks, layout.train_dataset), (layout.val_chunks, layout.val_dataset)])
+        stage.run_many(
+            cfg,
+            [(layout.train_chunks, layout.train_dataset), (layout.val_chunks, layout.val_dataset)],
+            validation=[layout.val_dataset],
+        )
 
     _guard(body)
 

@@ -152,7 +152,7 @@ class GenerateConfig:
     )
     roundtrip: str = _help(
         "Round-trip filter: keep a question only when its own chunk ranks in the top roundtrip_k of the dataset's "
-        "chunks for bm25, model (the base embedding model), both (their rank fusion), or off.",
+        "chunks for bm25, model (the base embedding model), both (their rank fusion), or off. Training sets only.",
         "off",
     )
     roundtrip_k: int = _help("Round-trip filter: the question's chunk must rank within this many.", 3)

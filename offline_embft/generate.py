@@ -17,6 +17,7 @@ import dataclasses
 import logging
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -65,7 +66,14 @@ def cache_path(cfg: GenerateConfig, out_path: str | Path) -> Path:
     return directory / f"{out_path.stem}.answers.jsonl"
 
 
-def run(cfg: GenerateConfig, chunks_path: Path, out_path: Path, *, llm: BatchLLM | None = None) -> Path:
+def run(
+    cfg: GenerateConfig,
+    chunks_path: Path,
+    out_path: Path,
+    *,
+    llm: BatchLLM | None = None,
+    validation: bool = False,
+) -> Path:
     """Generate the question dataset of one chunks file.
 
     Args:
@@ -99,7 +107,9 @@ def run(cfg: GenerateConfig, chunks_path: Path, out_path: Path, *, llm: BatchLLM
     finally:
         if owned:
             llm.close()
-    dataset, roundtrip_stats = roundtrip.apply(cfg, dataset)  # after the LLM has let go of the GPU
+    # After the LLM has let go of the GPU. Never on a validation set: kept only where BM25 (or the base model) finds
+    # their chunk, its questions would make that retriever look perfect when train picks its checkpoint and fusion.
+    dataset, roundtrip_stats = roundtrip.apply(cfg, dataset) if not validation else (dataset, {"mode": "off"})
     elapsed = time.perf_counter() - started
     stats = {
         "chunks_file": str(chunks_path),
@@ -142,7 +152,7 @@ def run(cfg: GenerateConfig, chunks_path: Path, out_path: Path, *, llm: BatchLLM
     return out_path
 
 
-def run_many(cfg: GenerateConfig, jobs: list[tuple[Path, Path]]) -> list[Path]:
+def run_many(cfg: GenerateConfig, jobs: list[tuple[Path, Path]], validation: Sequence[Path] = ()) -> list[Path]:
     """Generate several datasets (e.g. train and val) with ONE engine: a vLLM engine is loaded once per process.
 
     Every chunks file is checked before the model loads, so a missing file fails in a second, not after the load.
@@ -150,6 +160,7 @@ def run_many(cfg: GenerateConfig, jobs: list[tuple[Path, Path]]) -> list[Path]:
     Args:
         cfg: The generate config.
         jobs: (chunks file, dataset file) pairs, processed in order.
+        validation: The dataset files among them that are validation sets (no round-trip filter).
 
     Returns:
         The dataset files written, in the order of ``jobs``.
@@ -159,7 +170,11 @@ def run_many(cfg: GenerateConfig, jobs: list[tuple[Path, Path]]) -> list[Path]:
     cfg = dataclasses.replace(cfg, questions_per_chunk=questions_per_chunk(cfg.questions_per_chunk, total))
     llm = create_engine(cfg, template=load_template(cfg.prompt_file))
     try:
-        return [run(cfg, chunks_path, out_path, llm=llm) for chunks_path, out_path in jobs]
+        held_out = {Path(path) for path in validation}
+        return [
+            run(cfg, chunks_path, out_path, llm=llm, validation=Path(out_path) in held_out)
+            for chunks_path, out_path in jobs
+        ]
     finally:
         llm.close()
 

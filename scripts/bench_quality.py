@@ -134,7 +134,7 @@ def generate(work: Path, row: str, chunks: tuple[Path, Path], server_url: str, a
     for split, chunk_file in zip(("train", "val"), chunks, strict=True):
         out = folder / f"{split}.json"
         if not out.is_file():
-            generate_stage.run(cfg, chunk_file, out)
+            generate_stage.run(cfg, chunk_file, out, validation=split == "val")
         outputs.append(out)
         stats[split] = json.loads(generate_stage.stats_path(out).read_text(encoding="utf-8"))
     return outputs[0], outputs[1], stats
@@ -302,6 +302,12 @@ def main() -> int:
         "--table-only", type=Path, nargs="+", help="print the table of earlier runs' --json files (rows joined), stop"
     )
     parser.add_argument("--reuse-baselines", type=Path, help="take the base/BM25 rows from an earlier --json file")
+    parser.add_argument(
+        "--rescore",
+        nargs=2,
+        metavar=("ROW", "VAL_JSON"),
+        help="re-choose fusion and WiSE-FT α of ROW's trained model (in --work) on another validation set, and score",
+    )
     args = parser.parse_args()
     if args.table_only:
         runs = [json.loads(path.read_text(encoding="utf-8")) for path in args.table_only]
@@ -339,6 +345,21 @@ def main() -> int:
             name: ndcg_at_10(test.bm25[name][0], data.relevant)
             for name, data in (("small", test.small), ("full", test.full))
         }
+    if args.rescore:
+        name, val_file = args.rescore[0], Path(args.rescore[1])
+        model_dir = args.work / "models" / name
+        from offline_embft.dataset import QADataset
+
+        model = SentenceTransformer(str(model_dir), device="cpu", local_files_only=True)
+        choice = fusion_mod.tune_for_model(model, QADataset.load(val_file))
+        row = {
+            "name": f"{name} (fusion and α chosen on {val_file})",
+            "metrics": test.scores(model, choice),
+            "fusion": choice.describe(),
+            "wise_ft": None if args.no_wise_ft else wise_ft(model_dir, args.base, val_file, test),
+        }
+        print(json.dumps(row, ensure_ascii=False, indent=2))
+        return 0
     server = ReplayServer(TRAIN_LAWS)
     results: list[Row] = []
     try:

@@ -115,3 +115,21 @@ def test_questions_of_one_chunk_never_share_a_batch(tmp_path):
     for batch in batches:
         positives = [rows[i]["positive"] for i in batch]
         assert len(positives) == len(set(positives)), batch
+
+
+def test_the_validation_set_is_never_round_trip_filtered(tmp_path):
+    """Filtered by BM25, validation questions would make BM25 look perfect when train picks checkpoint and fusion."""
+    from offline_embft.generate import run_many
+
+    chunks = tmp_path / "chunks.jsonl"
+    chunks.write_text(
+        "".join(json.dumps({"id": cid, "text": text}, ensure_ascii=False) + "\n" for cid, text in CHUNKS.items()),
+        encoding="utf-8",
+    )
+    cfg = GenerateConfig(backend="ict", questions_per_chunk=1, roundtrip="bm25", roundtrip_k=1)
+    train_out, val_out = tmp_path / "train.json", tmp_path / "val.json"
+    run_many(cfg, [(chunks, train_out), (chunks, val_out)], validation=[val_out])
+    train_stats = json.loads(stats_path(train_out).read_text(encoding="utf-8"))
+    val_stats = json.loads(stats_path(val_out).read_text(encoding="utf-8"))
+    assert train_stats["roundtrip"]["mode"] == "bm25" and val_stats["roundtrip"] == {"mode": "off"}
+    assert val_stats["questions_after_roundtrip"] == val_stats["questions"]
