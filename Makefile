@@ -1,4 +1,4 @@
-# offline_embft — `make help` lists the targets. Stages are file targets: a second `make all` redoes only what is stale.
+# offline_embft — `make help` lists the targets. A stage target runs `offline-embft all --until STAGE` (one graph).
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 

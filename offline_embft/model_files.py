@@ -263,7 +263,7 @@ def weights_problem(file: Path) -> str | None:
 
 
 def transformer_dir(path: Path) -> Path:
-    """The Hugging Face model inside a sentence-transformers directory (the root, or ``0_Transformer``)."""
+    """The Hugging Face model inside a sentence-transformers directory: where modules.json puts its Transformer."""
     modules = path / "modules.json"
     if not modules.is_file():
         return path

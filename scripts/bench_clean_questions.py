@@ -30,6 +30,7 @@ sys.path.insert(0, str(REPO / "tests"))  # qwen3_server, the test helper
 import offline_embft  # noqa: E402  (offline environment first)
 from offline_embft.config import GenerateConfig  # noqa: E402
 from offline_embft.dataset import QADataset  # noqa: E402
+from offline_embft.generate import run as generate_run  # noqa: E402
 from offline_embft.llm import create_llm  # noqa: E402
 
 
@@ -39,15 +40,6 @@ def load_articles(count: int) -> list[dict]:
     per_law = [[json.loads(line) for line in f.read_text("utf-8").splitlines() if line.strip()] for f in files]
     rows = [law[i] for i in range(max(map(len, per_law))) for law in per_law if i < len(law)]
     return rows[:count]
-
-
-def stage_run():
-    """The generate stage's ``run`` (qa.py before the architecture refactor, generate.py after)."""
-    try:
-        from offline_embft.generate import run
-    except ImportError:
-        from offline_embft.qa import run
-    return run
 
 
 def main() -> None:
@@ -79,7 +71,7 @@ def main() -> None:
         base = dict(backend="openai", base_url=server.url, model="Qwen3-8B", max_retries=2)
         for engine in ("native", "llamaindex"):
             out = work / f"{engine}.json"
-            stage_run()(GenerateConfig(**base, engine=engine), chunks, out)
+            generate_run(GenerateConfig(**base, engine=engine), chunks, out)
             dataset = QADataset.load(out)
             stats = json.loads(out.with_name(out.stem + ".stats.json").read_text("utf-8"))
             results.append((f"generate --engine {engine}", dataset, len(rows), stats.get("filtered")))
