@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from offline_embft.loaders import LoadError, RawDocument, SkipReason
+from offline_embft.raw_document import LoadError, RawDocument, SkipReason
 
 logger = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ Parsed with BeautifulSoup on lxml. What is kept and what is not:
 
 - **Encoding**: a byte-order mark, else UTF-8 when the bytes are valid UTF-8, else the charset the page declares
   (``<meta charset>``, ``http-equiv``; GB2312 and GBK are read as GB18030, their superset), else detection
-  (:func:`offline_embft.loaders.decode_text`).
+  (:func:`offline_embft.raw_document.decode_text`).
 - **Main text**: ``<main>`` or a single ``<article>`` when the page has one, else ``<body>``. Dropped: scripts,
   styles, forms, ``<nav>``/``<header>``/``<footer>``/``<aside>`` and their ARIA roles, elements named as navigation
   (class or id ``nav``, ``menu``, ``breadcrumb``, ``sidebar``, …), hidden elements, HTML comments (Word and
@@ -23,7 +23,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from offline_embft.loaders import LoadError, RawDocument, SkipReason, decode_text
+from offline_embft.raw_document import LoadError, RawDocument, SkipReason, decode_text
 
 _DECLARED = re.compile(rb"""<meta[^>]+charset\s*=\s*["']?\s*([A-Za-z0-9_\-]+)""", re.IGNORECASE)
 _GB = {"gb2312", "gbk", "gb18030", "x-gbk", "cp936", "euc-cn", "hz-gb-2312"}
