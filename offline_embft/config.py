@@ -312,10 +312,12 @@ class TrainRerankerConfig:
     loss: str = _help(
         "bce (binary cross-entropy over positive and negatives), mnrl (pick the positive among negatives and "
         "in-batch passages), lambda (LambdaLoss, listwise) or listnet.",
-        "bce",
+        "lambda",
     )
     epochs: int = _help("Training epochs.", 2)
-    batch_size: int = _help("Questions per batch (each with its positive and negatives).", 16)
+    batch_size: int = _help(
+        "Questions per batch, each with its positive and negatives ((question, passage) pairs for loss bce).", 8
+    )
     lr: float = _help("Peak learning rate.", 2e-5)
     warmup_ratio: float = _help("Share of steps for linear warmup.", 0.1)
     weight_decay: float = _help("AdamW weight decay.", 0.01)

@@ -71,6 +71,7 @@ def _config(data, models, out: Path, **overrides) -> TrainRerankerConfig:
         "retriever": str(models["retriever"]),
         "out_dir": str(out),
         "negatives": 3,
+        "loss": "bce",
         "epochs": 2,
         "batch_size": 16,
         "lr": 1e-3,
