@@ -313,13 +313,9 @@ def _build_trainer(
     from datasets import Dataset
     from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
     from sentence_transformers.sentence_transformer.training_args import BatchSamplers
-    from transformers.trainer_callback import ProgressCallback
 
     from offline_embft.scale.torchrun import distributed_batching, world_size
-
-    class _QuietProgress(ProgressCallback):
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            pass
+    from offline_embft.training import common_arguments, quiet_progress
 
     columns = list(rows[0])
     dataset = Dataset.from_dict({column: [row[column] for row in rows] for column in columns})
@@ -328,37 +324,11 @@ def _build_trainer(
         for column in columns
         if (cfg.query_prompt if column == "anchor" else cfg.passage_prompt)
     }
-    strategy = "steps" if cfg.eval_steps else "epoch"
     args = SentenceTransformerTrainingArguments(
-        output_dir=str(ckpt_dir),
-        num_train_epochs=cfg.epochs,
+        **common_arguments(cfg, ckpt_dir, precision, _best_metric(evaluator, model)),
         **distributed_batching(cfg.batch_size, world_size()),
-        per_device_eval_batch_size=cfg.batch_size,
-        learning_rate=cfg.lr,
-        # transformers 5: a float below 1 is a share of the total steps (5.0.0 training_args.py:2051,
-        # get_warmup_steps); 4.51 rejects a float (training_args.py:1866), hence the floor in pyproject.toml.
-        warmup_steps=cfg.warmup_ratio,
-        weight_decay=cfg.weight_decay,
-        lr_scheduler_type="linear",
-        bf16=precision == "bf16",
-        fp16=precision == "fp16",
         batch_sampler=BatchSamplers.NO_DUPLICATES,
         prompts=prompts or None,
-        eval_strategy=strategy if evaluator is not None else "no",
-        eval_steps=cfg.eval_steps or None,
-        save_strategy=strategy,
-        save_steps=cfg.eval_steps or None,
-        # The best checkpoint and the last one (to resume from) are all that need to stay on disk.
-        save_total_limit=2,
-        load_best_model_at_end=evaluator is not None,
-        metric_for_best_model=_best_metric(evaluator, model),
-        greater_is_better=True,
-        logging_steps=1,
-        logging_first_step=True,
-        seed=cfg.seed,
-        data_seed=cfg.seed,
-        report_to="none",
-        dataloader_pin_memory=torch.cuda.is_available(),
         # Without CUDA, accelerate treats several torchrun processes as one each unless told it is a CPU run (gloo).
         use_cpu=not torch.cuda.is_available(),
     )
@@ -370,11 +340,7 @@ def _build_trainer(
         evaluator=evaluator,
         callbacks=[_log_callback(), *callbacks],
     )
-    # Keep the progress bar but not its dump of every step's log dict: logging_steps=1 keeps the loss of every step
-    # for train_log.json, which would flood the terminal; evaluations get one readable line from _log_callback.
-    if trainer.pop_callback(ProgressCallback) is not None:
-        trainer.add_callback(_QuietProgress)
-    return trainer
+    return quiet_progress(trainer)
 
 
 def _best_metric(evaluator: Any, model: Any) -> str | None:

@@ -331,46 +331,18 @@ def _build_trainer(
     precision: str,
     callbacks: list[Any],
 ) -> Any:
-    import torch
     from sentence_transformers.cross_encoder import CrossEncoderTrainer, CrossEncoderTrainingArguments
     from sentence_transformers.sentence_transformer.training_args import BatchSamplers
-    from transformers.trainer_callback import ProgressCallback
 
     from offline_embft.train import _log_callback
+    from offline_embft.training import common_arguments, quiet_progress
 
-    class _QuietProgress(ProgressCallback):
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            pass
-
-    strategy = "steps" if cfg.eval_steps else "epoch"
     args = CrossEncoderTrainingArguments(
-        output_dir=str(ckpt_dir),
-        num_train_epochs=cfg.epochs,
+        **common_arguments(cfg, ckpt_dir, precision, BEST_METRIC if evaluator is not None else None),
         per_device_train_batch_size=cfg.batch_size,
-        per_device_eval_batch_size=cfg.batch_size,
-        learning_rate=cfg.lr,
-        warmup_steps=cfg.warmup_ratio,  # transformers 5: a float below 1 is a share of the total steps
-        weight_decay=cfg.weight_decay,
-        lr_scheduler_type="linear",
-        bf16=precision == "bf16",
-        fp16=precision == "fp16",
         # In-batch passages are negatives for MNRL: a duplicate would be a false one.
         batch_sampler=BatchSamplers.NO_DUPLICATES if cfg.loss == "mnrl" else BatchSamplers.BATCH_SAMPLER,
-        eval_strategy=strategy if evaluator is not None else "no",
-        eval_steps=cfg.eval_steps or None,
-        save_strategy=strategy,
-        save_steps=cfg.eval_steps or None,
-        save_total_limit=2,  # the best checkpoint and the last one (to resume from)
-        load_best_model_at_end=evaluator is not None,
-        metric_for_best_model=BEST_METRIC if evaluator is not None else None,
-        greater_is_better=True,
-        logging_steps=1,
-        logging_first_step=True,
-        seed=cfg.seed,
-        data_seed=cfg.seed,
-        report_to="none",
         dataloader_drop_last=False,
-        dataloader_pin_memory=torch.cuda.is_available(),
     )
     trainer = CrossEncoderTrainer(
         model=model,
@@ -380,9 +352,7 @@ def _build_trainer(
         evaluator=evaluator,
         callbacks=[_log_callback(), *callbacks],
     )
-    if trainer.pop_callback(ProgressCallback) is not None:
-        trainer.add_callback(_QuietProgress)
-    return trainer
+    return quiet_progress(trainer)
 
 
 def _summary(
