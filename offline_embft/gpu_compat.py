@@ -57,6 +57,7 @@ class EnginePair:
     torch: str
     cuda: str
     python: str  # the Python versions the vLLM wheel accepts
+    glibc: str  # the oldest glibc its wheels (vLLM's and its dependencies') run on: their manylinux tags
 
     @property
     def line(self) -> CudaLine:
@@ -65,8 +66,10 @@ class EnginePair:
 
 # Newest first. The newest vLLM of each CUDA line; these are what bundle.py carries and what the docs recommend.
 ENGINE_PAIRS = (
-    EnginePair("0.33.0", "2.14.0", "13.0", ">=3.11,<3.15"),
-    EnginePair("0.19.1", "2.10.0", "12.8", ">=3.10,<3.14"),
+    # glibc: vllm-0.19.1-cp38-abi3-manylinux_2_31_x86_64.whl; vllm-0.33.0 itself is manylinux_2_28, but its
+    # llguidance>=1.7,<1.8 is only built for manylinux_2_31 (`bundle.py --resolve-only --glibc 2.30` finds none).
+    EnginePair("0.33.0", "2.14.0", "13.0", ">=3.11,<3.15", "2.31"),
+    EnginePair("0.19.1", "2.10.0", "12.8", ">=3.10,<3.14", "2.31"),
 )
 
 
@@ -129,6 +132,7 @@ class Plan:
     torch_index_url: str  # "" = PyPI
     vllm: str  # "" = no vLLM runs there
     reason: str
+    glibc: str = ""  # the oldest glibc the pair's wheels need ("" = any manylinux2014 target)
 
     def requirements(self) -> list[str]:
         """Pins for pip (the torch index goes in ``--extra-index-url``).
@@ -148,7 +152,14 @@ class Plan:
         return f"torch {self.torch} (CUDA {self.torch_cuda}){where} + {engine}: {self.reason}"
 
 
-def plan_for(*, driver: str = "", cuda: str = "", capability: tuple[int, int] | None = None, python: str = "") -> Plan:
+def plan_for(
+    *,
+    driver: str = "",
+    cuda: str = "",
+    capability: tuple[int, int] | None = None,
+    python: str = "",
+    glibc: str = "",
+) -> Plan:
     """The newest torch/vLLM pair that runs on a server with this driver (or this "CUDA Version") and GPU.
 
     Args:
@@ -156,6 +167,8 @@ def plan_for(*, driver: str = "", cuda: str = "", capability: tuple[int, int] | 
         cuda: The "CUDA Version" ``nvidia-smi`` prints (the newest CUDA the driver runs), used when no driver is given.
         capability: The smallest compute capability among the server's GPUs, e.g. ``(7, 0)`` for a V100.
         python: The server's Python (``3.10``); a vLLM wheel that does not accept it is skipped.
+        glibc: The server's glibc (``ldd --version``); a vLLM wheel built for a newer one is skipped. Empty: any
+            (the plan's ``glibc`` then says what the pair needs).
 
     Raises:
         ValueError: neither driver nor cuda given, or a CUDA version we know nothing about.
@@ -172,6 +185,7 @@ def plan_for(*, driver: str = "", cuda: str = "", capability: tuple[int, int] | 
     else:
         raise ValueError("give the target's NVIDIA driver (e.g. 535.104.05) or the CUDA version nvidia-smi prints")
     py = parse_version(python) if python else None
+    skipped_glibc = []
     for pair in ENGINE_PAIRS:
         line = pair.line
         if line.major > major:
@@ -179,6 +193,9 @@ def plan_for(*, driver: str = "", cuda: str = "", capability: tuple[int, int] | 
         if capability is not None and capability < line.min_capability:
             continue
         if py is not None and not _python_ok(py, pair.python):
+            continue
+        if glibc and parse_version(glibc) < parse_version(pair.glibc):
+            skipped_glibc.append(pair)
             continue
         return Plan(
             torch=pair.torch,
@@ -188,8 +205,9 @@ def plan_for(*, driver: str = "", cuda: str = "", capability: tuple[int, int] | 
             reason=(
                 f"{source} runs CUDA {major}.x; vLLM {pair.vllm} pins torch {pair.torch}, whose wheel is built for "
                 f"CUDA {pair.cuda} (driver >= {line.min_driver}, compute capability >= "
-                f"{capability_text(line.min_capability)})"
+                f"{capability_text(line.min_capability)}, glibc >= {pair.glibc})"
             ),
+            glibc=pair.glibc,
         )
     for build in TORCH_ONLY:
         if parse_version(build.cuda)[0] > major:
@@ -202,6 +220,9 @@ def plan_for(*, driver: str = "", cuda: str = "", capability: tuple[int, int] | 
             why.append(f"{source} is older than vLLM {oldest.vllm} needs (driver >= {oldest.line.min_driver})")
         if capability is not None and capability < min(p.line.min_capability for p in ENGINE_PAIRS):
             why.append(f"compute capability {capability_text(capability)} is below the 7.5 every vLLM pair needs")
+        if skipped_glibc:
+            pair = skipped_glibc[0]
+            why.append(f"vLLM {pair.vllm}'s wheel needs glibc >= {pair.glibc}, the target has {glibc}")
         if py is not None and not why:
             why.append(f"no vLLM pair accepts Python {python}")
         return Plan(
@@ -235,6 +256,7 @@ def table_rows() -> list[dict[str, str]]:
                 "gpus": f">= {capability_text(pair.line.min_capability)}",
                 "torch": f"{pair.torch} (PyPI, CUDA {pair.cuda})",
                 "vllm": pair.vllm,
+                "glibc": f">= {pair.glibc}",
             }
         )
     for build in TORCH_ONLY:
@@ -245,6 +267,7 @@ def table_rows() -> list[dict[str, str]]:
                 "gpus": f">= {capability_text(build.min_capability)}",
                 "torch": f"{build.torch} ({build.index_url})",
                 "vllm": "none: --backend transformers (or openai)",
+                "glibc": "",
             }
         )
     return rows

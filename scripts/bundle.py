@@ -44,6 +44,7 @@ from offline_embft import gpu_compat  # noqa: E402  (after the path fix above; i
 INSTALL_SCRIPT = ROOT / "scripts" / "install_offline.sh"
 # Pure-Python dependencies published only as source distributions: built into py3-none-any wheels here.
 SDIST_ONLY = ("jieba",)
+DEFAULT_GLIBC = "2.28"
 # Model folders that are outputs, not inputs: left out of the bundle.
 SKIP_MODELS = ("model_outdir",)
 
@@ -93,7 +94,11 @@ def target_plan(args: argparse.Namespace) -> gpu_compat.Plan | None:
         capability = (int(major), int(minor or 0))
     try:
         return gpu_compat.plan_for(
-            driver=args.driver, cuda=args.cuda, capability=capability, python=args.python_version
+            driver=args.driver,
+            cuda=args.cuda,
+            capability=capability,
+            python=args.python_version,
+            glibc=args.glibc or "",
         )
     except ValueError as exc:
         raise SystemExit(str(exc)) from None
@@ -106,6 +111,8 @@ def plan_text(plan: gpu_compat.Plan, extras: str) -> str:
     lines.append(f"  {pins[1]}" if plan.vllm else "  vllm: none (this server cannot run a vLLM wheel)")
     if plan.torch_index_url:
         lines.append(f"  torch index: {plan.torch_index_url}")
+    if plan.glibc:
+        lines.append(f"  target glibc >= {plan.glibc} (manylinux tags of vLLM and its wheels; `ldd --version` there)")
     if "vllm" in extras.split(",") and not plan.vllm:
         lines.append("  --extras vllm dropped: generate with --backend transformers there, or --backend openai")
     return "\n".join(lines) + "\n"
@@ -243,7 +250,11 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("bundle"), help="Bundle directory (default: bundle).")
     parser.add_argument("--python-version", default="{}.{}".format(*sys.version_info[:2]), help="Target Python.")
-    parser.add_argument("--glibc", default="2.28", help="Target glibc (`ldd --version` there; default 2.28).")
+    parser.add_argument(
+        "--glibc",
+        default=None,
+        help=f"Target glibc (`ldd --version` there; default {DEFAULT_GLIBC}, or what vLLM needs).",
+    )
     parser.add_argument("--arch", default="x86_64", help="Target CPU architecture (x86_64, aarch64).")
     parser.add_argument("--platform", action="append", help="Explicit pip platform tag(s), instead of --glibc.")
     parser.add_argument("--extras", default="", help="Project extras to include, e.g. vllm.")
@@ -263,6 +274,13 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     args.plan = target_plan(args)
+    if args.glibc is None:
+        # No --glibc: the default, raised to what the pair's vLLM wheel is built for (0.19.1: manylinux_2_31).
+        needed = args.plan.glibc if args.plan is not None and args.plan.glibc else DEFAULT_GLIBC
+        args.glibc = max(DEFAULT_GLIBC, needed, key=gpu_compat.parse_version)
+        if args.glibc != DEFAULT_GLIBC:
+            vllm = args.plan.vllm
+            log(f"target glibc {args.glibc}: vLLM {vllm}'s wheels need it (pass --glibc if `ldd --version` says less)")
     if args.plan is not None:
         sys.stdout.write(plan_text(args.plan, args.extras))
         sys.stdout.flush()

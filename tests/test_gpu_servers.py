@@ -443,6 +443,7 @@ def _bundle():
         (["--driver", "580.65.06"], "2.14.0", "0.33.0", ""),
         (["--driver", "575.51.03", "--capability", "7.0"], "2.9.1+cu126", "", "whl/cu126"),
         (["--driver", "470.82.01"], "2.7.1+cu118", "", "whl/cu118"),
+        (["--driver", "535", "--glibc", "2.28"], "2.9.1+cu126", "", "whl/cu126"),  # vLLM 0.19.1 is manylinux_2_31
     ],
 )
 def test_bundle_resolve_only_prints_and_pins_the_pair_for_the_target(
@@ -452,19 +453,21 @@ def test_bundle_resolve_only_prints_and_pins_the_pair_for_the_target(
     commands: list[list[str]] = []
     monkeypatch.setattr(bundle, "run", commands.append)  # pip is the network part: record what it would run
     monkeypatch.setattr(bundle, "build_local_wheels", lambda wheels, python, packages: tmp_path / "p.whl")
-    monkeypatch.setattr(bundle, "resolve_only", lambda args, wheels, reqs: commands.append(reqs))
+    monkeypatch.setattr(bundle, "resolve_only", lambda args, wheels, reqs: commands.append((args, reqs)))
     args = ["--out", str(tmp_path / "b"), "--resolve-only", "--extras", "vllm", "--python-version", "3.12", *target]
     assert bundle.main(args) == 0
     printed = capsys.readouterr().out
     assert f"torch=={torch}" in printed
     assert (f"vllm=={vllm}" in printed) if vllm else ("vllm: none" in printed and "--backend transformers" in printed)
-    (reqs,) = commands
+    ((parsed, reqs),) = commands
     assert f"torch=={torch}" in reqs and (f"vllm=={vllm}" in reqs if vllm else not any("vllm" in r for r in reqs))
+    pip_args = bundle.pip_target_args(parsed)  # what main() hands to pip for the target
     if index:
-        assert index in printed
-        parsed = bundle.parse(args)
-        parsed.plan = bundle.target_plan(parsed)
-        assert any(index in part for part in bundle.pip_target_args(parsed))
+        assert index in printed and any(index in part for part in pip_args)
+    if vllm == "0.19.1":  # its wheel is manylinux_2_31: the target tags must reach it
+        assert "manylinux_2_31_x86_64" in pip_args and "glibc >= 2.31" in printed
+    if "--glibc" in target:
+        assert "needs glibc >= 2.31, the target has 2.28" in printed
 
 
 def test_python_decides_too():
@@ -476,7 +479,8 @@ def test_python_decides_too():
 def test_docs_table_is_the_compat_table():
     text = (REPO / "docs" / "models.md").read_text(encoding="utf-8")
     for row in gpu_compat.table_rows():
-        assert f"| {row['driver']} | {row['cuda']} | {row['gpus']} | {row['torch']} | {row['vllm']} |" in text
+        line = f"| {row['driver']} | {row['cuda']} | {row['gpus']} | {row['torch']} | {row['vllm']} | {row['glibc']} |"
+        assert line in text
 
 
 def test_readme_recommends_vllm_only_for_gpus_it_runs_on():
