@@ -62,7 +62,8 @@ def _generate_cli(chunks: Path, out: Path, model: Path, *sets: str) -> int:
 
     args = ["generate", str(chunks), "--out", str(out), "--backend", "vllm", "--model", str(model)]
     args += ["--batch-size", "64"]
-    for item in ("generate.max_model_len=600", "generate.max_new_tokens=64", "generate.max_retries=1", *sets):
+    defaults = ("generate.max_model_len=600", "generate.max_new_tokens=64", "generate.max_retries=1")
+    for item in (*defaults, "generate.questions_per_chunk=1", *sets):
         args += ["--set", item]
     return CliRunner().invoke(app, args).exit_code
 
