@@ -317,9 +317,11 @@ def train_reranker(
 
     def body() -> None:
         from offline_embft import train_reranker as stage
-        from offline_embft.config import apply_overrides
+        from offline_embft.config import apply_overrides, load_config
 
-        pipeline = _load(config, set_)
+        loaded = load_config(config, set_)
+        asked_val = loaded.train_reranker.val_file  # before the pipeline layout fills it in
+        pipeline = loaded.resolve()
         if model is None and not pipeline.reranker_model:
             raise UserError("no reranker configured (reranker_model is empty); pass --model RERANKER_DIR")
         cfg = apply_overrides(
@@ -335,6 +337,8 @@ def train_reranker(
             batch_size=batch_size,
             lr=lr,
         )
+        if train_file is not None and val is None:
+            cfg.val_file = asked_val  # standalone, as `train`: validation only when asked for
         stage.run(cfg)
 
     _guard(body)

@@ -35,6 +35,7 @@ from offline_embft.config import TrainRerankerConfig, save_config
 from offline_embft.dataset import QADataset
 from offline_embft.errors import UserError
 from offline_embft.io import atomic_dir, write_json
+from offline_embft.train import _corpus_texts as corpus_texts
 from offline_embft.train import _prepare_checkpoints, checkpoints_dir, resolve_precision
 
 logger = logging.getLogger(__name__)
@@ -204,20 +205,7 @@ def run(cfg: TrainRerankerConfig, callbacks: list[Any] | None = None) -> Path:
     from offline_embft import rerank
 
     rerank.check_reranker_dir(cfg.model)
-    train_data = QADataset.load(cfg.train_file)
-    val_data = None
-    if cfg.val_file:
-        if not Path(cfg.val_file).is_file():
-            raise UserError(
-                f"validation dataset {cfg.val_file} not found; pass --val FILE, "
-                "or --set train_reranker.val_file= to train without validation"
-            )
-        val_data = QADataset.load(cfg.val_file)
-    if len(train_data.corpus) <= cfg.negatives:
-        raise UserError(
-            f"{cfg.train_file} has {len(train_data.corpus)} passages, too few for {cfg.negatives} negatives per "
-            "question; lower --set train_reranker.negatives"
-        )
+    train_data, val_data = _load_datasets(cfg)
 
     import transformers
 
@@ -229,10 +217,7 @@ def run(cfg: TrainRerankerConfig, callbacks: list[Any] | None = None) -> Path:
     resume_from = _prepare_checkpoints(ckpt_dir, _fingerprint(cfg), cfg.resume)
     transformers.set_seed(cfg.seed)
 
-    # Every text the model will read, validation included (characters only, as train does).
-    texts = [*train_data.queries.values(), *train_data.corpus.values()]
-    if val_data is not None:
-        texts += [*val_data.queries.values(), *val_data.corpus.values()]
+    texts = corpus_texts(train_data, val_data)  # every text the model will read (characters only, as train does)
     if val_data is not None and cfg.epochs == 1 and not cfg.eval_steps:
         # One evaluation at the very end has no checkpoint to choose from: save the scoring of rerank_top pairs.
         logger.info("one epoch and no eval_steps: nothing to choose a best checkpoint from, validation skipped")
@@ -290,6 +275,31 @@ def run(cfg: TrainRerankerConfig, callbacks: list[Any] | None = None) -> Path:
         summary["wall_seconds"],
     )
     return out_dir
+
+
+def _load_datasets(cfg: TrainRerankerConfig) -> tuple[QADataset, QADataset | None]:
+    """The training set and the validation set (None without one), checked before any model loads.
+
+    Raises:
+        UserError: a dataset is missing or malformed, or has too few passages for the negatives asked for.
+    """
+    train_data = QADataset.load(cfg.train_file)
+    val_data = None
+    if cfg.val_file:
+        if not Path(cfg.val_file).is_file():
+            raise UserError(
+                f"validation dataset {cfg.val_file} not found; pass an existing --val FILE, or give TRAIN.json "
+                "without --val to train without validation"
+            )
+        val_data = QADataset.load(cfg.val_file)
+    else:
+        logger.info("no validation dataset: no evaluation during training, the last checkpoint is saved")
+    if len(train_data.corpus) <= cfg.negatives:
+        raise UserError(
+            f"{cfg.train_file} has {len(train_data.corpus)} passages, too few for {cfg.negatives} negatives per "
+            "question; lower --set train_reranker.negatives"
+        )
+    return train_data, val_data
 
 
 def _load_retriever(cfg: TrainRerankerConfig, validating: bool) -> Any:

@@ -273,6 +273,24 @@ def test_cli_train_reranker_and_its_errors(data, models, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_cli_train_reranker_without_val_asks_for_no_validation(data, tmp_path, monkeypatch):
+    """As `train`: a standalone TRAIN.json without --val must not pick up the pipeline's val_dataset.json."""
+    from typer.testing import CliRunner
+
+    from offline_embft import train_reranker
+    from offline_embft.cli import app
+
+    seen = []
+    monkeypatch.setattr(train_reranker, "run", lambda cfg, callbacks=None: seen.append(cfg) or Path(cfg.out_dir))
+    monkeypatch.chdir(tmp_path)
+    args = ["train-reranker", str(data["train"]), "--model", str(tmp_path / "r"), "--out", str(tmp_path / "out")]
+    result = CliRunner().invoke(app, [*args, "--config", str(REPO / "configs" / "default.yaml")])
+    assert result.exit_code == 0, result.output
+    assert seen[0].val_file == ""
+    result = CliRunner().invoke(app, [*args, "--config", str(REPO / "configs" / "default.yaml"), "--val", "v.json"])
+    assert seen[1].val_file == "v.json"
+
+
 def test_the_pipeline_has_the_stage_only_with_a_reranker(tmp_path):
     from offline_embft import pipeline
 
