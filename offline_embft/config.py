@@ -468,6 +468,9 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
         if annotation in (int, float):
             return annotation(value)
         if annotation is str:
+            if isinstance(value, bool):
+                # YAML 1.1 reads a bare on/off/yes/no as a boolean; string choices (extend_vocab, ...) mean on/off.
+                return "on" if value else "off"
             return "" if value is None else str(value)
     except (TypeError, ValueError):
         raise UserError(f"{where} must be {annotation.__name__}, got {value!r}") from None

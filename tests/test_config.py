@@ -140,3 +140,11 @@ def test_cli_flags_take_help_and_choices_from_the_config_fields():
     assert tuple(m.value for m in Loss) == config.LOSSES and tuple(m.value for m in Backend) == config.BACKENDS
     result = CliRunner().invoke(app, ["train", "x.json", "--loss", "triplet"])
     assert result.exit_code == 2 and "cached-mnrl" in result.output, "typer checks the config's choices"
+
+
+def test_on_off_choices_survive_yaml_booleans(tmp_path):
+    """YAML reads a bare `off` as False: `--set train.extend_vocab=off` and `extend_vocab: on` still mean off/on."""
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  extend_vocab: on\n", encoding="utf-8")
+    assert load_config(path).train.extend_vocab == "on"
+    assert load_config(None, ["train.extend_vocab=off"]).train.extend_vocab == "off"
