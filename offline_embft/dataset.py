@@ -8,11 +8,15 @@ Loading validates the file so that a bad dataset fails with one line instead of 
 from __future__ import annotations
 
 import json
+import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from offline_embft.errors import UserError
 from offline_embft.io import write_json
+
+logger = logging.getLogger(__name__)
 
 REQUIRED_KEYS = ("queries", "corpus", "relevant_docs")
 
@@ -84,6 +88,25 @@ class QADataset:
     def pairs(self) -> list[tuple[str, str]]:
         """(query, positive passage) pairs: one per (query, relevant doc)."""
         return [(self.queries[qid], self.corpus[doc]) for qid in self.queries for doc in self.relevant_docs[qid]]
+
+    def with_distractors(self, chunk_files: Sequence[str]) -> QADataset:
+        """The dataset with every chunk of ``chunk_files`` added to its corpus (itself when none is added).
+
+        A missing file is skipped with a warning (the pipeline names the training chunks even for a user's own
+        dataset).
+        """
+        from offline_embft.chunks import read as read_chunks
+
+        corpus = dict(self.corpus)
+        for chunk_file in chunk_files:
+            if not Path(chunk_file).is_file():
+                logger.warning("distractor chunks %s not found: evaluating without them", chunk_file)
+                continue
+            for chunk in read_chunks(chunk_file)[0]:
+                corpus.setdefault(chunk.id, chunk.text)
+        if len(corpus) == len(self.corpus):
+            return self
+        return QADataset(queries=self.queries, corpus=corpus, relevant_docs=self.relevant_docs, mode=self.mode)
 
     def __len__(self) -> int:
         return len(self.queries)

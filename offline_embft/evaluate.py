@@ -45,7 +45,6 @@ SCORE_BLOCK = 1 << 25  # query × passage scores held at once (128 MB of float32
 BM25_LABEL = "BM25"
 SMALL_CORPUS_DIR = "small_corpus"  # beside the full-corpus headline: the dataset's own passages only
 REAL_DIR = "real_questions"
-UNMATCHED_SHOWN = 20
 # Directory names that identify nothing on their own; the row label then includes the parent directory.
 GENERIC_DIR_NAMES = frozenset({"model", "models", "output", "outputs", "final", "best", "best_model", "last", "st"})
 
@@ -413,7 +412,7 @@ def run(cfg: EvaluateConfig) -> Path:
         check_st_dir(path, allow_raw=True)
     real = user_questions.load(cfg.questions, cfg.chunks) if cfg.questions else None  # bad CSV: fail before encoding
     out_dir = Path(cfg.out_dir)
-    full = with_distractors(dataset, cfg.distractors)
+    full = dataset.with_distractors(cfg.distractors)
     sections = []
     if full is not dataset:
         rows = evaluate_dataset(
@@ -421,88 +420,20 @@ def run(cfg: EvaluateConfig) -> Path:
         )
         # For comparison with the recipes only: no reranker pass (the slow part on a CPU).
         small_rows = evaluate_dataset(cfg, dataset, out_dir / SMALL_CORPUS_DIR, str(cfg.dataset), rerank=False)
-        sections.append(corpus_section(rows, small_rows, len(full.corpus), len(dataset.corpus)))
+        sections.append(
+            report_mod.corpus_section(rows, small_rows, len(full.corpus), len(dataset.corpus), SMALL_CORPUS_DIR)
+        )
     else:
         evaluate_dataset(cfg, dataset, out_dir, str(cfg.dataset))
     if real is not None:
         real_rows = evaluate_dataset(cfg, real.dataset, out_dir / REAL_DIR, cfg.questions) if real.matched else []
         write_text(out_dir / REAL_DIR / "unmatched.csv", user_questions.unmatched_csv(real.unmatched))
-        sections.append(real_questions_section(real, real_rows))
+        sections.append(report_mod.real_questions_section(real, real_rows, REAL_DIR))
     if sections:
         report = out_dir / "report.md"
         write_text(report, report.read_text(encoding="utf-8").rstrip("\n") + "\n\n" + "\n\n".join(sections) + "\n")
     save_config(cfg, out_dir / "evaluate_config.yaml")
     return out_dir / "report.md"
-
-
-def with_distractors(dataset: QADataset, chunk_files: Sequence[str]) -> QADataset:
-    """The dataset with every chunk of ``chunk_files`` added to its corpus (the dataset itself when none is added).
-
-    A missing file is skipped with a warning (the pipeline names the training chunks even for a user's own dataset).
-    """
-    from offline_embft.chunks import read as read_chunks
-
-    corpus = dict(dataset.corpus)
-    for chunk_file in chunk_files:
-        if not Path(chunk_file).is_file():
-            logger.warning("distractor chunks %s not found: evaluating without them", chunk_file)
-            continue
-        for chunk in read_chunks(chunk_file)[0]:
-            corpus.setdefault(chunk.id, chunk.text)
-    if len(corpus) == len(dataset.corpus):
-        return dataset
-    return QADataset(queries=dataset.queries, corpus=corpus, relevant_docs=dataset.relevant_docs, mode=dataset.mode)
-
-
-def _cell(rows: Sequence[report_mod.Row], label: str, metric: str) -> str:
-    row = next((r for r in rows if r.label == label), None)
-    return f"{row.metrics[metric]:.4f}" if row else "–"
-
-
-def corpus_section(full_rows, small_rows, n_full: int, n_small: int) -> str:
-    """report.md: the headline (full-corpus) numbers beside the validation-chunks-only ones."""
-    lines = [
-        "## Full corpus vs validation chunks only",
-        "",
-        f"The tables above search every question among all **{n_full}** chunks (the training chunks as distractors), "
-        f"as a production index would. Blog recipes search only the **{n_small}** validation chunks "
-        f"(`{SMALL_CORPUS_DIR}/`): easier, and not what users will see.",
-        "",
-        "| retriever | ndcg@10 full corpus | ndcg@10 validation chunks | hit_rate@5 full | hit_rate@5 validation |",
-        "|---|---:|---:|---:|---:|",
-    ]
-    for row in full_rows:
-        lines.append(
-            f"| {row.label} | {row.metrics['ndcg@10']:.4f} | {_cell(small_rows, row.label, 'ndcg@10')} | "
-            f"{row.metrics['hit_rate@5']:.4f} | {_cell(small_rows, row.label, 'hit_rate@5')} |"
-        )
-    return "\n".join(lines)
-
-
-def real_questions_section(real: user_questions.RealQuestions, rows) -> str:
-    """report.md: how the retrievers do on the user's own questions, and which questions matched no chunk."""
-    lines = [
-        "## Real questions",
-        "",
-        f"**{real.total}** real questions; **{real.matched}** matched to chunks and evaluated among all "
-        f"{len(real.dataset.corpus)} chunks (`{REAL_DIR}/`); **{len(real.unmatched)}** matched no chunk"
-        + (f" (`{REAL_DIR}/unmatched.csv`)." if real.unmatched else "."),
-    ]
-    if rows:
-        lines += ["", "| retriever | hit_rate@5 | accuracy@1 | ndcg@10 | mrr@10 |", "|---|---:|---:|---:|---:|"]
-        for row in rows:
-            m = row.metrics
-            lines.append(
-                f"| {row.label} | {m['hit_rate@5']:.4f} | {m['accuracy@1']:.4f} | {m['ndcg@10']:.4f} | "
-                f"{m['mrr@10']:.4f} |"
-            )
-    if real.unmatched:
-        lines += ["", "Not evaluated (their expected passage matched no chunk):", ""]
-        for item in real.unmatched[:UNMATCHED_SHOWN]:
-            lines.append(f"- line {item.row}: {item.question} — {item.reason}")
-        if len(real.unmatched) > UNMATCHED_SHOWN:
-            lines.append(f"- … {len(real.unmatched) - UNMATCHED_SHOWN} more in `{REAL_DIR}/unmatched.csv`")
-    return "\n".join(lines)
 
 
 def evaluate_dataset(

@@ -16,9 +16,12 @@ import math
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from offline_embft.report_chart import chart_png
+
+if TYPE_CHECKING:
+    from offline_embft.user_questions import RealQuestions
 
 logger = logging.getLogger(__name__)
 
@@ -346,6 +349,63 @@ def markdown(report: Report, chart_name: str = "report.png") -> str:
         "",
     ]
     return "\n".join(out)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Extra sections (a full corpus beside the validation chunks; the user's real questions)
+
+UNMATCHED_SHOWN = 20
+
+
+def _cell(rows: list[Row], label: str, metric: str) -> str:
+    row = next((r for r in rows if r.label == label), None)
+    return f"{row.metrics[metric]:.4f}" if row else "–"
+
+
+def corpus_section(full_rows: list[Row], small_rows: list[Row], n_full: int, n_small: int, small_dir: str) -> str:
+    """report.md: the headline (full-corpus) numbers beside the validation-chunks-only ones."""
+    lines = [
+        "## Full corpus vs validation chunks only",
+        "",
+        f"The tables above search every question among all **{n_full}** chunks (the training chunks as distractors), "
+        f"as a production index would. Blog recipes search only the **{n_small}** validation chunks "
+        f"(`{small_dir}/`): easier, and not what users will see.",
+        "",
+        "| retriever | ndcg@10 full corpus | ndcg@10 validation chunks | hit_rate@5 full | hit_rate@5 validation |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for row in full_rows:
+        lines.append(
+            f"| {row.label} | {row.metrics['ndcg@10']:.4f} | {_cell(small_rows, row.label, 'ndcg@10')} | "
+            f"{row.metrics['hit_rate@5']:.4f} | {_cell(small_rows, row.label, 'hit_rate@5')} |"
+        )
+    return "\n".join(lines)
+
+
+def real_questions_section(real: RealQuestions, rows: list[Row], real_dir: str) -> str:
+    """report.md: how the retrievers do on the user's own questions, and which questions matched no chunk."""
+    lines = [
+        "## Real questions",
+        "",
+        f"**{real.total}** real questions; **{real.matched}** matched to chunks and evaluated among all "
+        f"{len(real.dataset.corpus)} chunks (`{real_dir}/`); **{len(real.unmatched)}** matched no chunk"
+        + (f" (`{real_dir}/unmatched.csv`)." if real.unmatched else "."),
+    ]
+    if rows:
+        lines += ["", "| retriever | hit_rate@5 | accuracy@1 | ndcg@10 | mrr@10 |", "|---|---:|---:|---:|---:|"]
+        for row in rows:
+            m = row.metrics
+            lines.append(
+                f"| {row.label} | {m['hit_rate@5']:.4f} | {m['accuracy@1']:.4f} | {m['ndcg@10']:.4f} | "
+                f"{m['mrr@10']:.4f} |"
+            )
+    if real.unmatched:
+        lines += ["", "Not evaluated (their expected passage matched no chunk):", ""]
+        for item in real.unmatched[:UNMATCHED_SHOWN]:
+            lines.append(f"- line {item.row}: {item.question} — {item.reason}")
+        if len(real.unmatched) > UNMATCHED_SHOWN:
+            lines.append(f"- … {len(real.unmatched) - UNMATCHED_SHOWN} more in `{real_dir}/unmatched.csv`")
+    return "\n".join(lines)
 
 
 # ---------------------------------------------------------------------------------------------------------------
