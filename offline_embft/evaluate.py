@@ -16,8 +16,6 @@ from __future__ import annotations
 import gc
 import json
 import logging
-import os
-import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -42,11 +40,9 @@ RANK_DEPTH = 100  # map@100 needs the top 100 of every ranking
 PREDICTION_DEPTH = 10  # top passages per query kept in predictions.jsonl
 HIT_RATE_K = 5
 SCORE_BLOCK = 1 << 25  # query × passage scores held at once (128 MB of float32)
-BM25_LABEL = "BM25"
 SMALL_CORPUS_DIR = "small_corpus"  # beside the full-corpus headline: the dataset's own passages only
 REAL_DIR = "real_questions"
 # Directory names that identify nothing on their own; the row label then includes the parent directory.
-GENERIC_DIR_NAMES = frozenset({"model", "models", "output", "outputs", "final", "best", "best_model", "last", "st"})
 
 
 @dataclass
@@ -96,36 +92,6 @@ class EvalData:
 
 # ---------------------------------------------------------------------------------------------------------------
 # Models
-
-
-def model_labels(paths: Sequence[str]) -> list[str]:
-    """Short readable row names: each directory's name, with parent directories added where two collide or where
-    the name alone says nothing (``model``, ``checkpoint-500``)."""
-    # abspath, not resolve: a symlinked run directory keeps the name the user gave it.
-    parts = [Path(os.path.abspath(os.path.expanduser(p))).parts or (str(p),) for p in paths]
-    depth = [2 if len(p) > 1 and _generic(p[-1]) else 1 for p in parts]
-    while True:
-        labels = ["/".join(p[-d:]) for p, d in zip(parts, depth, strict=True)]
-        grow = [
-            i
-            for i, label in enumerate(labels)
-            if depth[i] < len(parts[i]) and any(o == label and parts[j] != parts[i] for j, o in enumerate(labels))
-        ]
-        if not grow:
-            break
-        for i in grow:
-            depth[i] += 1
-    seen: dict[str, int] = {}
-    unique = []
-    for label in labels:  # the same directory given twice
-        seen[label] = seen.get(label, 0) + 1
-        unique.append(label if seen[label] == 1 else f"{label}#{seen[label]}")
-    # A model directory named like the BM25 row must not be mistaken for it.
-    return [f"{label} (model)" if label == BM25_LABEL else label for label in unique]
-
-
-def _generic(name: str) -> bool:
-    return name.lower() in GENERIC_DIR_NAMES or bool(re.fullmatch(r"(checkpoint|step|epoch)[-_]?\d+", name.lower()))
 
 
 def load_model(path: str | Path):
@@ -222,13 +188,8 @@ def rank_bm25(data: EvalData, show_progress: bool) -> Ranking:
         ids.append(block_ids)
         scores.append(block_scores)
     info = {"seconds": round(time.perf_counter() - started, 2)}
-    return Ranking(
-        BM25_LABEL, "bm25", "BM25 (jieba search-mode words, bm25s k1=1.5 b=0.75)", *_stack(ids, scores), info
-    )
-
-
-def _stack(ids: list[np.ndarray], scores: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    return np.concatenate(ids), np.concatenate(scores)
+    source = "BM25 (jieba search-mode words, bm25s k1=1.5 b=0.75)"
+    return Ranking(report_mod.BM25_LABEL, "bm25", source, np.concatenate(ids), np.concatenate(scores), info)
 
 
 def rank_hybrid(model: Ranking, bm25: Ranking, data: EvalData, rrf_k: int) -> Ranking:
@@ -271,7 +232,7 @@ def rank_reranked(
     # The model and one hybrid of it: the tuned one where train saved a fusion.json (listed after the RRF one).
     parents = [last, *[r for r in rankings if r.kind == "hybrid" and r.parent == last.label][-1:]]
     rerankers = [path for path in (cfg.reranker, cfg.base_reranker) if path]
-    labels = model_labels(rerankers)
+    labels = report_mod.model_labels(rerankers)
     rows = []
     for path, label in zip(rerankers, labels, strict=True):
         role = "fine-tuned" if path == cfg.reranker else "base"
@@ -447,7 +408,7 @@ def evaluate_dataset(
             from offline_embft.rerank import check_reranker_dir
 
             check_reranker_dir(path)
-    labels = model_labels(cfg.models)
+    labels = report_mod.model_labels(cfg.models)
     data = EvalData.from_dataset(dataset)
     show_progress = _show_progress()
     logger.info(

@@ -13,6 +13,9 @@ import io
 import json
 import logging
 import math
+import os
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -349,6 +352,44 @@ def markdown(report: Report, chart_name: str = "report.png") -> str:
         "",
     ]
     return "\n".join(out)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Row labels
+
+BM25_LABEL = "BM25"
+# Directory names that say nothing about the model: its parent is added to the label.
+GENERIC_DIR_NAMES = frozenset({"model", "models", "output", "outputs", "final", "best", "best_model", "last", "st"})
+
+
+def model_labels(paths: Sequence[str]) -> list[str]:
+    """Short readable row names: each directory's name, with parent directories added where two collide or where
+    the name alone says nothing (``model``, ``checkpoint-500``)."""
+    # abspath, not resolve: a symlinked run directory keeps the name the user gave it.
+    parts = [Path(os.path.abspath(os.path.expanduser(p))).parts or (str(p),) for p in paths]
+    depth = [2 if len(p) > 1 and _generic(p[-1]) else 1 for p in parts]
+    while True:
+        labels = ["/".join(p[-d:]) for p, d in zip(parts, depth, strict=True)]
+        grow = [
+            i
+            for i, label in enumerate(labels)
+            if depth[i] < len(parts[i]) and any(o == label and parts[j] != parts[i] for j, o in enumerate(labels))
+        ]
+        if not grow:
+            break
+        for i in grow:
+            depth[i] += 1
+    seen: dict[str, int] = {}
+    unique = []
+    for label in labels:  # the same directory given twice
+        seen[label] = seen.get(label, 0) + 1
+        unique.append(label if seen[label] == 1 else f"{label}#{seen[label]}")
+    # A model directory named like the BM25 row must not be mistaken for it.
+    return [f"{label} (model)" if label == BM25_LABEL else label for label in unique]
+
+
+def _generic(name: str) -> bool:
+    return name.lower() in GENERIC_DIR_NAMES or bool(re.fullmatch(r"(checkpoint|step|epoch)[-_]?\d+", name.lower()))
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from offline_embft import evaluate
+from offline_embft import evaluate, report
 from offline_embft.bm25 import BM25Index, tokenize
 from offline_embft.config import EvaluateConfig
 from offline_embft.dataset import QADataset
@@ -63,13 +63,13 @@ def test_bm25_finds_the_matching_passage():
 
 def test_model_labels_are_short_and_unique(tmp_path):
     paths = [tmp_path / "runs" / "a" / "minilm", tmp_path / "runs" / "b" / "minilm", tmp_path / "bce-st"]
-    assert evaluate.model_labels([str(p) for p in paths]) == ["a/minilm", "b/minilm", "bce-st"]
-    assert evaluate.model_labels([str(tmp_path / "gt" / "model"), str(tmp_path / "run" / "checkpoint-500")]) == [
+    assert report.model_labels([str(p) for p in paths]) == ["a/minilm", "b/minilm", "bce-st"]
+    assert report.model_labels([str(tmp_path / "gt" / "model"), str(tmp_path / "run" / "checkpoint-500")]) == [
         "gt/model",
         "run/checkpoint-500",
     ]
-    assert evaluate.model_labels([str(tmp_path / "x"), str(tmp_path / "x")]) == ["x", "x#2"]
-    assert evaluate.model_labels([str(tmp_path / "BM25")]) == ["BM25 (model)"]
+    assert report.model_labels([str(tmp_path / "x"), str(tmp_path / "x")]) == ["x", "x#2"]
+    assert report.model_labels([str(tmp_path / "BM25")]) == ["BM25 (model)"]
 
 
 def test_metrics_of_a_hand_made_ranking(tmp_path):
