@@ -9,7 +9,6 @@ any model is loaded. Empty path fields are filled by :meth:`PipelineConfig.resol
 from __future__ import annotations
 
 import dataclasses
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from offline_embft.config_values import build, coerce
 from offline_embft.errors import UserError
 from offline_embft.model_files import RERANKER_FROM_EMBEDDING
 
@@ -442,62 +442,6 @@ class PipelineConfig:
 # Loading, overriding, saving
 
 
-def _coerce(value: Any, annotation: Any, where: str) -> Any:
-    """Turn a YAML or command-line value into the field's declared type, or fail with one line."""
-    origin = typing.get_origin(annotation)
-    if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(annotation) if a is not type(None)]
-        return None if value is None else _coerce(value, args[0], where)
-    if origin is list:
-        (item_type,) = typing.get_args(annotation) or (str,)
-        if isinstance(value, str):
-            value = [v for v in (p.strip() for p in value.split(",")) if v]
-        if not isinstance(value, list):
-            raise UserError(f"{where} must be a list, got {value!r}")
-        return [_coerce(v, item_type, where) for v in value]
-    try:
-        if annotation is bool:
-            if isinstance(value, str):
-                lowered = value.strip().lower()
-                if lowered not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
-                    raise ValueError(value)
-                return lowered in ("1", "true", "yes", "on")
-            return bool(value)
-        if annotation is int and isinstance(value, float) and not value.is_integer():
-            raise ValueError(value)
-        if annotation in (int, float):
-            return annotation(value)
-        if annotation is str:
-            if isinstance(value, bool):
-                # YAML 1.1 reads a bare on/off/yes/no as a boolean; string choices (extend_vocab, ...) mean on/off.
-                return "on" if value else "off"
-            return "" if value is None else str(value)
-    except (TypeError, ValueError):
-        raise UserError(f"{where} must be {annotation.__name__}, got {value!r}") from None
-    return value
-
-
-def _build(cls: type, data: dict[str, Any], where: str) -> Any:
-    if not isinstance(data, dict):
-        raise UserError(f"{where or 'config'} must be a mapping, got {type(data).__name__}")
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise UserError(
-            f"unknown config key {where + '.' if where else ''}{unknown[0]}; valid keys: {', '.join(sorted(names))}"
-        )
-    kwargs = {}
-    for name, value in data.items():
-        hint = hints[name]
-        key = f"{where}.{name}" if where else name
-        if dataclasses.is_dataclass(hint):
-            kwargs[name] = _build(hint, value or {}, key)
-        else:
-            kwargs[name] = _coerce(value, hint, key)
-    return cls(**kwargs)
-
-
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> PipelineConfig:
     """Load a pipeline config from YAML (or defaults when ``path`` is None) and apply ``section.key=value`` overrides.
 
@@ -522,7 +466,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         for part in parents:
             node = node.setdefault(part, {})
         node[leaf] = yaml.safe_load(value) if value.strip() else ""
-    return _build(PipelineConfig, data, "")
+    return build(PipelineConfig, data, "")
 
 
 def apply_overrides(section: Any, **values: Any) -> Any:
@@ -533,7 +477,7 @@ def apply_overrides(section: Any, **values: Any) -> Any:
             continue
         if name not in hints:
             raise KeyError(f"{type(section).__name__} has no field {name}")
-        setattr(section, name, _coerce(value, hints[name], name))
+        setattr(section, name, coerce(value, hints[name], name))
     section.__post_init__()
     return section
 
