@@ -20,11 +20,9 @@ model, or the new one) holding also ``train_config.yaml``, ``train_log.json`` (l
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import os
-import resource
 import shutil
 import time
 from pathlib import Path
@@ -360,43 +358,26 @@ def _summary(
     rows: int,
 ) -> dict[str, Any]:
     """Final metrics and timings for ``train_metrics.json``."""
-    best_step = None
+    from offline_embft.training import run_summary
+
+    summary = run_summary(cfg, state, train_metrics, precision, resume_from, started)
     val_metrics: dict[str, float] = {}
-    if state.best_model_checkpoint:
-        best_step = int(state.best_model_checkpoint.rsplit("-", 1)[-1])
-        prefix = f"eval_{EVAL_NAME}_"
-        for entry in state.log_history:
-            if entry.get("step") == best_step and any(key.startswith(prefix) for key in entry):
-                for key, value in entry.items():
-                    if key.startswith(prefix):
-                        # eval_val_cosine_ndcg@10 → ndcg@10 (the score function is the model's own)
-                        val_metrics[key[len(prefix) :].split("_", 1)[-1]] = value
-    return {
-        "train_pairs": rows,
-        "epochs": cfg.epochs,
-        "global_step": state.global_step,
-        "best_step": best_step,
-        "val_metrics": val_metrics,
-        "train_runtime_seconds": round(train_metrics.get("train_runtime", 0.0), 2),
-        "train_samples_per_second": round(train_metrics.get("train_samples_per_second", 0.0), 3),
-        "train_loss": train_metrics.get("train_loss"),
-        "wall_seconds": round(time.time() - started, 2),
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-        "precision": precision,
-        "resumed_from": resume_from,
-        "resumed_from_step": int(resume_from.rsplit("-", 1)[-1]) if resume_from else None,
-        "vocab": vocab,
-    }
+    prefix = f"eval_{EVAL_NAME}_"
+    for entry in state.log_history:
+        if entry.get("step") == summary["best_step"] and any(key.startswith(prefix) for key in entry):
+            for key, value in entry.items():
+                if key.startswith(prefix):
+                    # eval_val_cosine_ndcg@10 → ndcg@10 (the score function is the model's own)
+                    val_metrics[key[len(prefix) :].split("_", 1)[-1]] = value
+    return {"train_pairs": rows, **summary, "val_metrics": val_metrics, "vocab": vocab}
 
 
 def _fingerprint(cfg: TrainConfig) -> dict[str, Any]:
     """What a checkpoint must match to be resumed: the settings that shape training and the input files' content."""
     settings = {key: value for key, value in dataclasses.asdict(cfg).items() if key not in _NOT_FINGERPRINTED}
-    files = {}
-    for key in ("train_file", "val_file"):
-        path = getattr(cfg, key)
-        if path and Path(path).is_file():
-            files[key] = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    from offline_embft.training import dataset_hashes
+
+    files = dataset_hashes(cfg)
     settings["model"] = str(Path(cfg.model).resolve())
     # Another number of processes changes the global batch and the schedule: not the same run to resume.
     settings["world_size"] = int(os.environ.get("WORLD_SIZE", "1"))

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import dataclasses
 import gc
-import hashlib
 import logging
 import shutil
 import time
@@ -376,44 +375,25 @@ def _summary(
     rows: int,
 ) -> dict[str, Any]:
     """Final metrics and timings for ``train_metrics.json`` (the same keys as the embedding stage's)."""
-    import resource
 
-    best_step = None
+    from offline_embft.training import run_summary
+
+    summary = run_summary(cfg, state, train_metrics, precision, resume_from, started)
     val_metrics: dict[str, float] = {}
-    if state.best_model_checkpoint:
-        best_step = int(state.best_model_checkpoint.rsplit("-", 1)[-1])
-        prefix = f"eval_{EVAL_NAME}_"
-        for entry in state.log_history:
-            if entry.get("step") == best_step and BEST_METRIC in entry:
-                val_metrics = {k[len(prefix) :]: v for k, v in entry.items() if k.startswith(prefix)}
-    return {
-        "train_questions": questions,
-        "train_rows": rows,
-        "loss": cfg.loss,
-        "negatives": cfg.negatives,
-        "epochs": cfg.epochs,
-        "global_step": state.global_step,
-        "best_step": best_step,
-        "val_metrics": val_metrics,
-        "train_runtime_seconds": round(train_metrics.get("train_runtime", 0.0), 2),
-        "train_samples_per_second": round(train_metrics.get("train_samples_per_second", 0.0), 3),
-        "train_loss": train_metrics.get("train_loss"),
-        "wall_seconds": round(time.time() - started, 2),
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-        "precision": precision,
-        "resumed_from": resume_from,
-        "resumed_from_step": int(resume_from.rsplit("-", 1)[-1]) if resume_from else None,
-    }
+    prefix = f"eval_{EVAL_NAME}_"
+    for entry in state.log_history:
+        if entry.get("step") == summary["best_step"] and BEST_METRIC in entry:
+            val_metrics = {k[len(prefix) :]: v for k, v in entry.items() if k.startswith(prefix)}
+    extra = {"train_questions": questions, "train_rows": rows, "loss": cfg.loss, "negatives": cfg.negatives}
+    return {**extra, **summary, "val_metrics": val_metrics}
 
 
 def _fingerprint(cfg: TrainRerankerConfig) -> dict[str, Any]:
     """What a checkpoint must match to be resumed: settings, input files' content, and the models' weights."""
     settings = {key: value for key, value in dataclasses.asdict(cfg).items() if key not in _NOT_FINGERPRINTED}
-    files = {}
-    for key in ("train_file", "val_file"):
-        path = getattr(cfg, key)
-        if path and Path(path).is_file():
-            files[key] = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    from offline_embft.training import dataset_hashes
+
+    files: dict[str, Any] = dict(dataset_hashes(cfg))
     for key in ("model", "retriever"):
         path = getattr(cfg, key)
         if path:

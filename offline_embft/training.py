@@ -3,6 +3,9 @@
 
 from __future__ import annotations
 
+import hashlib
+import resource
+import time
 from pathlib import Path
 from typing import Any
 
@@ -65,3 +68,38 @@ def quiet_progress(trainer: Any) -> Any:
     if trainer.pop_callback(ProgressCallback) is not None:
         trainer.add_callback(_QuietProgress)
     return trainer
+
+
+def run_summary(
+    cfg: Any, state: Any, train_metrics: dict[str, Any], precision: str, resume_from: str | None, started: float
+) -> dict[str, Any]:
+    """The timings and counts ``train_metrics.json`` reports for every trainer (the stage adds its own keys).
+
+    Returns:
+        epochs, steps, the best step (None without validation), runtime, throughput, loss, memory, precision and
+        where the run resumed from.
+    """
+    best = state.best_model_checkpoint
+    return {
+        "epochs": cfg.epochs,
+        "global_step": state.global_step,
+        "best_step": int(best.rsplit("-", 1)[-1]) if best else None,
+        "train_runtime_seconds": round(train_metrics.get("train_runtime", 0.0), 2),
+        "train_samples_per_second": round(train_metrics.get("train_samples_per_second", 0.0), 3),
+        "train_loss": train_metrics.get("train_loss"),
+        "wall_seconds": round(time.time() - started, 2),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "precision": precision,
+        "resumed_from": resume_from,
+        "resumed_from_step": int(resume_from.rsplit("-", 1)[-1]) if resume_from else None,
+    }
+
+
+def dataset_hashes(cfg: Any) -> dict[str, str]:
+    """SHA-256 of the training and validation files: a checkpoint resumes only with the same data."""
+    files = {}
+    for key in ("train_file", "val_file"):
+        path = getattr(cfg, key)
+        if path and Path(path).is_file():
+            files[key] = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    return files
