@@ -241,17 +241,9 @@ def load_inputs(cfg: TrainConfig) -> tuple[QADataset, QADataset | None, list[tup
         raise UserError("no training dataset given; pass TRAIN.json (written by `offline-embft generate`)")
     if not cfg.out_dir:
         raise UserError("no output directory given; pass --out OUT_DIR")
-    train_data = QADataset.load(cfg.train_file)
-    val_data = None
-    if cfg.val_file:
-        if not Path(cfg.val_file).is_file():
-            raise UserError(
-                f"validation dataset {cfg.val_file} not found; pass an existing --val FILE, or give TRAIN.json "
-                "without --val to train without validation"
-            )
-        val_data = QADataset.load(cfg.val_file)
-    else:
-        logger.info("no validation dataset: no evaluation during training, the last checkpoint is saved")
+    from offline_embft.training import load_datasets
+
+    train_data, val_data = load_datasets(cfg)
     pairs = train_data.pairs()
     if len(pairs) < 2:
         raise UserError(f"{cfg.train_file} has {len(pairs)} (query, passage) pair; MNRL needs at least 2")

@@ -282,17 +282,9 @@ def _load_datasets(cfg: TrainRerankerConfig) -> tuple[QADataset, QADataset | Non
     Raises:
         UserError: a dataset is missing or malformed, or has too few passages for the negatives asked for.
     """
-    train_data = QADataset.load(cfg.train_file)
-    val_data = None
-    if cfg.val_file:
-        if not Path(cfg.val_file).is_file():
-            raise UserError(
-                f"validation dataset {cfg.val_file} not found; pass an existing --val FILE, or give TRAIN.json "
-                "without --val to train without validation"
-            )
-        val_data = QADataset.load(cfg.val_file)
-    else:
-        logger.info("no validation dataset: no evaluation during training, the last checkpoint is saved")
+    from offline_embft.training import load_datasets
+
+    train_data, val_data = load_datasets(cfg)
     if len(train_data.corpus) <= cfg.negatives:
         raise UserError(
             f"{cfg.train_file} has {len(train_data.corpus)} passages, too few for {cfg.negatives} negatives per "

@@ -4,10 +4,13 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import resource
 import time
 from pathlib import Path
 from typing import Any
+
+logger = logging.getLogger(__name__)
 
 
 def common_arguments(cfg: Any, ckpt_dir: Path, precision: str, best_metric: str | None) -> dict[str, Any]:
@@ -103,3 +106,24 @@ def dataset_hashes(cfg: Any) -> dict[str, str]:
         if path and Path(path).is_file():
             files[key] = hashlib.sha256(Path(path).read_bytes()).hexdigest()
     return files
+
+
+def load_datasets(cfg: Any) -> tuple[Any, Any]:
+    """The training set and the validation set (None without one), read before any model loads.
+
+    Raises:
+        UserError: a dataset is missing or malformed.
+    """
+    from offline_embft.dataset import QADataset
+    from offline_embft.errors import UserError
+
+    train_data = QADataset.load(cfg.train_file)
+    if not cfg.val_file:
+        logger.info("no validation dataset: no evaluation during training, the last checkpoint is saved")
+        return train_data, None
+    if not Path(cfg.val_file).is_file():
+        raise UserError(
+            f"validation dataset {cfg.val_file} not found; pass an existing --val FILE, or give TRAIN.json "
+            "without --val to train without validation"
+        )
+    return train_data, QADataset.load(cfg.val_file)
