@@ -83,6 +83,7 @@ def test_engine_llamaindex_gives_clean_questions_and_native_stats(tmp_path, arti
 
     chunks = _chunks_file(tmp_path, articles)
     args = ["generate", str(chunks), "--backend", "openai", "--base-url", server.url, "--model", "Qwen3-8B"]
+    args += ["--questions-per-chunk", "1"]  # one per chunk: the counts below compare chunks with questions
     result = CliRunner().invoke(app, [*args, "--engine", "llamaindex", "--out", str(tmp_path / "li.json")])
     assert result.exit_code == 0, result.output
     dataset = QADataset.load(tmp_path / "li.json")
@@ -208,7 +209,9 @@ def test_engine_llamaindex_reports_a_hopeless_chunk_like_native(tmp_path, articl
     server = Qwen3LikeServer(failure_share=0.3, hopeless=frozenset({hopeless["text"]}))
     try:
         chunks = _chunks_file(tmp_path, articles[:12])
-        cfg = GenerateConfig(backend="openai", base_url=server.url, model="Qwen3-8B", engine="llamaindex")
+        cfg = GenerateConfig(
+            backend="openai", base_url=server.url, model="Qwen3-8B", engine="llamaindex", questions_per_chunk=1
+        )
         with caplog.at_level(logging.WARNING):
             out = run(cfg, chunks, tmp_path / "li.json")
     finally:
