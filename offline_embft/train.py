@@ -20,7 +20,6 @@ model, or the new one) holding also ``train_config.yaml``, ``train_log.json`` (l
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 import shutil
@@ -33,42 +32,22 @@ from offline_embft.dataset import QADataset
 from offline_embft.errors import UserError
 from offline_embft.io import atomic_dir, read_json, write_json
 from offline_embft.model_files import load_sentence_transformer
+from offline_embft.training import (
+    checkpoints_dir,
+    corpus_texts,
+    log_callback,
+    prepare_checkpoints,
+    resolve_precision,
+)
 
 logger = logging.getLogger(__name__)
 
 EVAL_NAME = "val"
-FINGERPRINT_FILE = "run_fingerprint.json"
 # Settings that do not change what a run computes, so changing them must not block a resume.
 # Steps after training (weight ensemble, fusion) do not change the checkpoints either.
 # (nproc: the world size it resolves to is fingerprinted instead.)
 _NOT_FINGERPRINTED = ("out_dir", "resume", "keep_checkpoints", "nproc", "weight_ensemble", "fusion")
 HARD_NEGATIVES_FILE = "hard_negatives.json"
-
-
-def checkpoints_dir(out_dir: str | Path) -> Path:
-    """Where the checkpoints of a run writing ``out_dir`` live: ``<out_dir>.checkpoints`` beside it."""
-    out_dir = Path(out_dir)
-    return out_dir.with_name(out_dir.name + ".checkpoints")
-
-
-def resolve_precision(precision: str) -> str:
-    """auto → bf16 on a GPU that computes it natively (Ampere and newer), fp16 on other GPUs (T4, V100), fp32 on CPU.
-
-    A T4 reports bf16 as supported because it can emulate it, slowly: :func:`gpu_compat.bf16_native` asks for
-    hardware support only.
-    """
-    import torch
-
-    from offline_embft.gpu_compat import bf16_native
-
-    cuda = torch.cuda.is_available()
-    if precision == "auto":
-        if not cuda:
-            return "fp32"
-        return "bf16" if bf16_native() else "fp16"
-    if precision == "fp16" and not cuda:
-        raise UserError("train.precision=fp16 needs a CUDA GPU; use auto or fp32 on this machine")
-    return precision
 
 
 def build_loss(model: Any, cfg: TrainConfig) -> Any:
@@ -138,14 +117,14 @@ def run(cfg: TrainConfig, callbacks: list[Any] | None = None) -> Path:
     cfg = _with_model_prompts(cfg, model)
     # Under torchrun, rank 0 decides about (and cleans) the checkpoint folder before the others look at it.
     with main_process_first():
-        resume_from = _prepare_checkpoints(ckpt_dir, _fingerprint(cfg), cfg.resume)
+        resume_from = prepare_checkpoints(ckpt_dir, _fingerprint(cfg), cfg.resume)
     transformers.set_seed(cfg.seed)
     if cfg.max_seq_length:
         model.max_seq_length = cfg.max_seq_length
 
     from offline_embft.vocab import extend_vocabulary
 
-    vocab = extend_vocabulary(model, _corpus_texts(train_data, val_data), cfg.extend_vocab)
+    vocab = extend_vocabulary(model, corpus_texts(train_data, val_data), cfg.extend_vocab)
     # Mine with the model training starts from: after vocabulary extension it can already tell the corpus's
     # characters apart, which the base model (all [UNK]) could not.
     with main_process_first():  # rank 0 mines the hard negatives once; the other ranks read its file
@@ -279,17 +258,6 @@ def _training_rows(
     return rows
 
 
-def _corpus_texts(train: QADataset, val: QADataset | None) -> list[str]:
-    """Every text the model will read: the vocabulary must cover the user's whole corpus, validation included.
-
-    Only characters are taken from the validation set (no labels), exactly what a user's deployment embeds anyway.
-    """
-    texts = [*train.queries.values(), *train.corpus.values()]
-    if val is not None:
-        texts += [*val.queries.values(), *val.corpus.values()]
-    return texts
-
-
 def _build_trainer(
     model: Any,
     rows: list[dict],
@@ -328,7 +296,7 @@ def _build_trainer(
         train_dataset=dataset,
         loss=build_loss(model, cfg),
         evaluator=evaluator,
-        callbacks=[_log_callback(), *callbacks],
+        callbacks=[log_callback(), *callbacks],
     )
     return quiet_progress(trainer)
 
@@ -350,17 +318,12 @@ def _summary(
     rows: int,
 ) -> dict[str, Any]:
     """Final metrics and timings for ``train_metrics.json``."""
-    from offline_embft.training import run_summary
+    from offline_embft.training import best_step_metrics, run_summary
 
     summary = run_summary(cfg, state, train_metrics, precision, resume_from, started)
-    val_metrics: dict[str, float] = {}
-    prefix = f"eval_{EVAL_NAME}_"
-    for entry in state.log_history:
-        if entry.get("step") == summary["best_step"] and any(key.startswith(prefix) for key in entry):
-            for key, value in entry.items():
-                if key.startswith(prefix):
-                    # eval_val_cosine_ndcg@10 → ndcg@10 (the score function is the model's own)
-                    val_metrics[key[len(prefix) :].split("_", 1)[-1]] = value
+    best = best_step_metrics(state, summary["best_step"], f"eval_{EVAL_NAME}_")
+    # cosine_ndcg@10 → ndcg@10 (the score function is the model's own)
+    val_metrics = {key.split("_", 1)[-1]: value for key, value in best.items()}
     return {"train_pairs": rows, **summary, "val_metrics": val_metrics, "vocab": vocab}
 
 
@@ -374,40 +337,3 @@ def _fingerprint(cfg: TrainConfig) -> dict[str, Any]:
     # Another number of processes changes the global batch and the schedule: not the same run to resume.
     settings["world_size"] = int(os.environ.get("WORLD_SIZE", "1"))
     return {"settings": settings, "files": files}
-
-
-def _prepare_checkpoints(ckpt_dir: Path, fingerprint: dict[str, Any], resume: bool) -> str | None:
-    """The checkpoint to resume from (None: start fresh), after checking it belongs to this very run."""
-    from transformers.trainer_utils import get_last_checkpoint
-
-    last = get_last_checkpoint(str(ckpt_dir)) if ckpt_dir.is_dir() else None
-    marker = ckpt_dir / FINGERPRINT_FILE
-    if last and resume:
-        saved = read_json(marker) if marker.is_file() else None
-        if saved != json.loads(json.dumps(fingerprint)):
-            raise UserError(
-                f"checkpoints in {ckpt_dir} come from a run with other settings or data; "
-                "delete that folder, or pass --set train.resume=false to start over"
-            )
-        return last
-    if int(os.environ.get("RANK", "0")) != 0:
-        return None  # in a distributed run the first process owns the folder
-    if ckpt_dir.exists():
-        logger.info("starting over: removing old checkpoints in %s", ckpt_dir)
-        shutil.rmtree(ckpt_dir)
-    ckpt_dir.mkdir(parents=True)
-    write_json(marker, fingerprint)
-    return None
-
-
-def _log_callback() -> Any:
-    """Our log line for each evaluation (the trainer's own progress bar shows the steps)."""
-    from transformers import TrainerCallback
-
-    class LogCallback(TrainerCallback):
-        def on_evaluate(self, args, state, control, metrics=None, **kwargs):
-            key = args.metric_for_best_model
-            if metrics and key in metrics:
-                logger.info("step %d (epoch %.2f): val ndcg@10 %.4f", state.global_step, state.epoch, metrics[key])
-
-    return LogCallback()

@@ -34,8 +34,7 @@ from offline_embft.config import TrainRerankerConfig, save_config
 from offline_embft.dataset import QADataset
 from offline_embft.errors import UserError
 from offline_embft.io import atomic_dir, write_json
-from offline_embft.train import _corpus_texts as corpus_texts
-from offline_embft.train import _prepare_checkpoints, checkpoints_dir, resolve_precision
+from offline_embft.training import checkpoints_dir, corpus_texts, log_callback, prepare_checkpoints, resolve_precision
 
 logger = logging.getLogger(__name__)
 
@@ -213,7 +212,7 @@ def run(cfg: TrainRerankerConfig, callbacks: list[Any] | None = None) -> Path:
     precision = resolve_precision(cfg.precision)
     out_dir = Path(cfg.out_dir)
     ckpt_dir = checkpoints_dir(out_dir)
-    resume_from = _prepare_checkpoints(ckpt_dir, _fingerprint(cfg), cfg.resume)
+    resume_from = prepare_checkpoints(ckpt_dir, _fingerprint(cfg), cfg.resume)
     transformers.set_seed(cfg.seed)
 
     texts = corpus_texts(train_data, val_data)  # every text the model will read (characters only, as train does)
@@ -335,7 +334,6 @@ def _build_trainer(
     from sentence_transformers.cross_encoder import CrossEncoderTrainer, CrossEncoderTrainingArguments
     from sentence_transformers.sentence_transformer.training_args import BatchSamplers
 
-    from offline_embft.train import _log_callback
     from offline_embft.training import common_arguments, quiet_progress
 
     args = CrossEncoderTrainingArguments(
@@ -351,7 +349,7 @@ def _build_trainer(
         train_dataset=dataset,
         loss=build_loss(model, cfg),
         evaluator=evaluator,
-        callbacks=[_log_callback(), *callbacks],
+        callbacks=[log_callback(), *callbacks],
     )
     return quiet_progress(trainer)
 
@@ -367,15 +365,10 @@ def _summary(
     rows: int,
 ) -> dict[str, Any]:
     """Final metrics and timings for ``train_metrics.json`` (the same keys as the embedding stage's)."""
-
-    from offline_embft.training import run_summary
+    from offline_embft.training import best_step_metrics, run_summary
 
     summary = run_summary(cfg, state, train_metrics, precision, resume_from, started)
-    val_metrics: dict[str, float] = {}
-    prefix = f"eval_{EVAL_NAME}_"
-    for entry in state.log_history:
-        if entry.get("step") == summary["best_step"] and BEST_METRIC in entry:
-            val_metrics = {k[len(prefix) :]: v for k, v in entry.items() if k.startswith(prefix)}
+    val_metrics = best_step_metrics(state, summary["best_step"], f"eval_{EVAL_NAME}_")
     extra = {"train_questions": questions, "train_rows": rows, "loss": cfg.loss, "negatives": cfg.negatives}
     return {**extra, **summary, "val_metrics": val_metrics}
 

@@ -4,13 +4,24 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
+import os
 import resource
+import shutil
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from offline_embft.errors import UserError
+from offline_embft.io import read_json, write_json
+
+if TYPE_CHECKING:
+    from offline_embft.dataset import QADataset
 
 logger = logging.getLogger(__name__)
+
+FINGERPRINT_FILE = "run_fingerprint.json"
 
 
 def common_arguments(cfg: Any, ckpt_dir: Path, precision: str, best_metric: str | None) -> dict[str, Any]:
@@ -98,6 +109,14 @@ def run_summary(
     }
 
 
+def best_step_metrics(state: Any, best_step: int | None, prefix: str) -> dict[str, float]:
+    """The validation metrics logged at the best step, without ``prefix`` (``eval_val_``); empty without validation."""
+    for entry in state.log_history:
+        if entry.get("step") == best_step and any(key.startswith(prefix) for key in entry):
+            return {key[len(prefix) :]: value for key, value in entry.items() if key.startswith(prefix)}
+    return {}
+
+
 def dataset_hashes(cfg: Any) -> dict[str, str]:
     """SHA-256 of the training and validation files: a checkpoint resumes only with the same data."""
     files = {}
@@ -115,7 +134,6 @@ def load_datasets(cfg: Any) -> tuple[Any, Any]:
         UserError: a dataset is missing or malformed.
     """
     from offline_embft.dataset import QADataset
-    from offline_embft.errors import UserError
 
     train_data = QADataset.load(cfg.train_file)
     if not cfg.val_file:
@@ -127,3 +145,77 @@ def load_datasets(cfg: Any) -> tuple[Any, Any]:
             "without --val to train without validation"
         )
     return train_data, QADataset.load(cfg.val_file)
+
+
+def checkpoints_dir(out_dir: str | Path) -> Path:
+    """Where the checkpoints of a run writing ``out_dir`` live: ``<out_dir>.checkpoints`` beside it."""
+    out_dir = Path(out_dir)
+    return out_dir.with_name(out_dir.name + ".checkpoints")
+
+
+def resolve_precision(precision: str) -> str:
+    """auto → bf16 on a GPU that computes it natively (Ampere and newer), fp16 on other GPUs (T4, V100), fp32 on CPU.
+
+    A T4 reports bf16 as supported because it can emulate it, slowly: :func:`gpu_compat.bf16_native` asks for
+    hardware support only.
+    """
+    import torch
+
+    from offline_embft.gpu_compat import bf16_native
+
+    cuda = torch.cuda.is_available()
+    if precision == "auto":
+        if not cuda:
+            return "fp32"
+        return "bf16" if bf16_native() else "fp16"
+    if precision == "fp16" and not cuda:
+        raise UserError("train.precision=fp16 needs a CUDA GPU; use auto or fp32 on this machine")
+    return precision
+
+
+def corpus_texts(train: QADataset, val: QADataset | None) -> list[str]:
+    """Every text the model will read: the vocabulary must cover the user's whole corpus, validation included.
+
+    Only characters are taken from the validation set (no labels), exactly what a user's deployment embeds anyway.
+    """
+    texts = [*train.queries.values(), *train.corpus.values()]
+    if val is not None:
+        texts += [*val.queries.values(), *val.corpus.values()]
+    return texts
+
+
+def prepare_checkpoints(ckpt_dir: Path, fingerprint: dict[str, Any], resume: bool) -> str | None:
+    """The checkpoint to resume from (None: start fresh), after checking it belongs to this very run."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    last = get_last_checkpoint(str(ckpt_dir)) if ckpt_dir.is_dir() else None
+    marker = ckpt_dir / FINGERPRINT_FILE
+    if last and resume:
+        saved = read_json(marker) if marker.is_file() else None
+        if saved != json.loads(json.dumps(fingerprint)):
+            raise UserError(
+                f"checkpoints in {ckpt_dir} come from a run with other settings or data; "
+                "delete that folder, or pass --set train.resume=false to start over"
+            )
+        return last
+    if int(os.environ.get("RANK", "0")) != 0:
+        return None  # in a distributed run the first process owns the folder
+    if ckpt_dir.exists():
+        logger.info("starting over: removing old checkpoints in %s", ckpt_dir)
+        shutil.rmtree(ckpt_dir)
+    ckpt_dir.mkdir(parents=True)
+    write_json(marker, fingerprint)
+    return None
+
+
+def log_callback() -> Any:
+    """Our log line for each evaluation (the trainer's own progress bar shows the steps)."""
+    from transformers import TrainerCallback
+
+    class LogCallback(TrainerCallback):
+        def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+            key = args.metric_for_best_model
+            if metrics and key in metrics:
+                logger.info("step %d (epoch %.2f): val ndcg@10 %.4f", state.global_step, state.epoch, metrics[key])
+
+    return LogCallback()
