@@ -9,7 +9,6 @@ code must print exactly those.
 from __future__ import annotations
 
 import ast
-import json
 import logging
 import re
 import subprocess
@@ -156,26 +155,15 @@ def _troubleshooting_row(symptom_phrase: str) -> str:
 
 
 def test_troubleshooting_truncation_row_quotes_doctor(tmp_path, minilm_path, no_caches):
+    from test_doctor import healthy_config  # doctor's own CPU-demo setup: MiniLM, ict, chunks written
+
     from offline_embft import doctor
-    from offline_embft.config import PipelineConfig
 
     row = _troubleshooting_row("max_seq_length")
     assert "`truncated 12.0% at 256 tokens`" in row and "ingest.chunk_size" in row
-    cfg = PipelineConfig(
-        llm="",
-        embedding_model=str(minilm_path),
-        models_dir=str(tmp_path / "Models"),
-        dataset_dir=str(tmp_path / "Dataset"),
-        results_dir=str(tmp_path / "results"),
-    )
-    cfg.generate.backend = "ict"
-    cfg.convert.out_dir = str(minilm_path)
-    chunks = tmp_path / "Dataset" / "chunks"
-    chunks.mkdir(parents=True)
     long_chunk = "The shareholders' meeting consists of all shareholders. " * 40
-    rows = [{"id": str(i), "text": long_chunk if i < 3 else "Short."} for i in range(25)]
-    (chunks / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    check = {c.name: c for c in doctor.diagnose(cfg.resolve())}["tokenizer coverage"]
+    cfg = healthy_config(tmp_path, minilm_path, [long_chunk if i < 3 else "Short." for i in range(25)])
+    check = {c.name: c for c in doctor.diagnose(cfg)}["tokenizer coverage"]
     assert check.verdict == doctor.WARN
     assert "truncated 12.0% at 256 tokens" in check.detail and "lower ingest.chunk_size" in check.detail
 
