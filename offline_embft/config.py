@@ -323,6 +323,11 @@ class TrainRerankerConfig:
     weight_decay: float = _help("AdamW weight decay.", 0.01)
     max_length: int = _help("Truncate (question, passage) pairs to this many tokens (0: keep the model's).", 512)
     rerank_top: int = _help("Validation: rerank this many passages retrieved per question (as evaluate does).", 20)
+    blend: bool = _help(
+        "Choose on validation how much of the retriever's order to keep beside the reranker's (rerank_fusion.json; "
+        "never worse than either alone on validation).",
+        True,
+    )
     extend_vocab: str = _help("Add corpus characters the tokenizer maps to UNK: auto, on, off.", "auto")
     query_prompt: str = _help("Query instruction the retriever expects (pipeline: train.query_prompt).", "")
     passage_prompt: str = _help("Passage prefix the retriever expects (pipeline: train.passage_prompt).", "")

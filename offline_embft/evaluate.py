@@ -223,7 +223,7 @@ def rank_reranked(
 ) -> list[Ranking]:
     """Re-order the top ``cfg.rerank_top`` of the best retriever rows (the last model and its hybrid) with the
     fine-tuned reranker and, beside it, the base reranker."""
-    from offline_embft.rerank import PairScores, load_cross_encoder, rerank
+    from offline_embft.rerank import PairScores, describe_blend, load_blend, load_cross_encoder, rerank
 
     models = [r for r in rankings if r.kind == "model"]
     if not models:
@@ -237,12 +237,14 @@ def rank_reranked(
     for path, label in zip(rerankers, labels, strict=True):
         role = "fine-tuned" if path == cfg.reranker else "base"
         scorer = PairScores(load_cross_encoder(path), data.queries, data.passages, cfg.rerank_batch_size)
+        blend = load_blend(path)
         for parent in parents:
-            result = rerank(parent.ids, cfg.rerank_top, scorer, show_progress)
+            result = rerank(parent.ids, cfg.rerank_top, scorer, show_progress, parent.scores, blend)
             top = min(cfg.rerank_top, parent.ids.shape[1])
             info = {
                 "reranker": str(path),
                 "reranker_role": role,
+                "blend": describe_blend(blend),
                 "rerank_top": top,
                 "pairs_scored": result.pairs_scored,
                 "seconds": round(result.seconds, 2),

@@ -65,13 +65,13 @@ class Fusion:
         how = "min-max normalised scores" if self.method == "score" else f"weighted reciprocal rank (k={self.rrf_k})"
         return f"{how}, model weight {self.weight:g}, BM25 weight {1 - self.weight:g}"
 
-    def save(self, model_dir: str | Path) -> Path:
-        return write_json(Path(model_dir) / FUSION_FILE, asdict(self))
+    def save(self, model_dir: str | Path, name: str = FUSION_FILE) -> Path:
+        return write_json(Path(model_dir) / name, asdict(self))
 
 
-def load(model_dir: str | Path) -> Fusion | None:
+def load(model_dir: str | Path, name: str = FUSION_FILE) -> Fusion | None:
     """The fusion saved beside a model, or None when there is none (or it is unreadable: then RRF stays)."""
-    path = Path(model_dir) / FUSION_FILE
+    path = Path(model_dir) / name
     if not path.is_file():
         return None
     try:

@@ -5,10 +5,17 @@ embedding model becomes a cross-encoder with a fresh one-score head, which is ho
 :func:`rerank` scores every (question, passage) pair of each question's top ``k`` and re-orders them; passages below
 the top ``k`` keep the retriever's order, so a reranked ranking is as deep as the one it re-orders. Pairs already
 scored (the fine-tuned model's and the hybrid's top 20 overlap heavily) are not scored again.
+
+A reranker trained by ``train-reranker`` carries ``rerank_fusion.json``: how much of the retriever's own order to keep,
+chosen on the validation questions (:func:`offline_embft.fusion.tune` over the reranker's order and the retriever's,
+each alone among the candidates). A small reranker trained on a few hundred questions knows things the retriever
+does not, but not everything it knows: blending the two orders is never worse than either alone on validation, where
+the reranker alone can be far worse than the order it re-sorts.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Sequence
@@ -19,8 +26,12 @@ from typing import Any
 import numpy as np
 
 from offline_embft.errors import UserError
+from offline_embft.fusion import Fusion, fuse
+from offline_embft.fusion import load as load_fusion
 
 logger = logging.getLogger(__name__)
+
+BLEND_FILE = "rerank_fusion.json"
 
 
 def check_reranker_dir(path: str | Path) -> Path:
@@ -116,13 +127,37 @@ def _identity() -> Any:
     return torch.nn.Identity()
 
 
-def rerank(ids: np.ndarray, top: int, scorer: PairScores, show_progress: bool = False) -> Reranked:
+def load_blend(model_dir: str | Path) -> Fusion | None:
+    """The reranker/retriever blend saved by ``train-reranker`` (None: the reranker's order alone)."""
+    return load_fusion(model_dir, BLEND_FILE)
+
+
+def describe_blend(blend: Fusion | None) -> str:
+    """The blend in words (the reranker is the first part of the fusion, the retriever's order the second)."""
+    if blend is None or blend.method == "model":
+        return "the reranker's order alone"
+    if blend.method == "bm25":
+        return "the retriever's order kept (the reranker did not help on validation)"
+    how = "min-max normalised scores" if blend.method == "score" else f"weighted reciprocal rank (k={blend.rrf_k})"
+    return f"{how}: reranker weight {blend.weight:g}, retriever weight {1 - blend.weight:g}"
+
+
+def rerank(
+    ids: np.ndarray,
+    top: int,
+    scorer: PairScores,
+    show_progress: bool = False,
+    retriever_scores: np.ndarray | None = None,
+    blend: Fusion | None = None,
+) -> Reranked:
     """Re-order each row's first ``top`` passages by the reranker; the rest of the row keeps its order below them.
 
     Args:
         ids: (queries, depth) passage positions, best first, from the first-stage retriever.
         top: how many passages of each row the reranker sees.
         scorer: the reranker's pair scores over the same queries and passages.
+        retriever_scores: the retriever's scores of ``ids`` (needed by a ``score`` blend).
+        blend: how to combine the reranker's order of the top with the retriever's (None: the reranker's alone).
 
     Returns:
         The new ranking, with scores that decrease along each row (the metric code sorts by score).
@@ -134,10 +169,23 @@ def rerank(ids: np.ndarray, top: int, scorer: PairScores, show_progress: bool = 
     head_scores = flat.reshape(ids.shape[0], top)
     # Stable sort on the negated score: equal scores keep the retriever's order.
     order = np.argsort(-head_scores, axis=1, kind="stable")
+    head_ids = np.take_along_axis(ids[:, :top], order, axis=1)
+    head_scores = np.take_along_axis(head_scores, order, axis=1)
+    if blend is not None and blend.method != "model":
+        if retriever_scores is None:
+            raise ValueError("blending with the retriever's order needs the retriever's scores of ids")
+        # Both parts hold the same `top` passages: the blend re-orders them and never reaches below the top.
+        head_ids, head_scores = fuse(
+            (head_ids, head_scores),
+            (ids[:, :top], retriever_scores[:, :top]),
+            dataclasses.replace(blend, depth=top),
+            len(scorer.passages),
+            top,
+        )
     new_ids = ids.copy()
     new_scores = np.empty(ids.shape, dtype=np.float64)
-    new_ids[:, :top] = np.take_along_axis(ids[:, :top], order, axis=1)
-    new_scores[:, :top] = np.take_along_axis(head_scores, order, axis=1)
+    new_ids[:, :top] = head_ids
+    new_scores[:, :top] = head_scores
     tail = ids.shape[1] - top
     if tail:
         floor = new_scores[:, top - 1 : top]

@@ -127,42 +127,66 @@ def training_dataset(examples: list[RerankExample], loss: str) -> Any:
     )
 
 
-def validation_samples(dataset: QADataset, retriever: Any, cfg: TrainRerankerConfig) -> list[dict[str, Any]]:
-    """``CrossEncoderRerankingEvaluator`` samples: each question with the retriever's top ``rerank_top`` passages.
+@dataclass
+class Candidates:
+    """Each validation question with the retriever's top ``rerank_top`` passages: what the reranker will re-order."""
+
+    queries: list[str]
+    passages: list[str]
+    relevant: list[set[int]]  # per question, positions in ``passages`` that answer it
+    ids: Any  # (questions, top) passage positions, the retriever's order
+    scores: Any  # (questions, top) the retriever's scores
+
+    def samples(self) -> list[dict[str, Any]]:
+        """``CrossEncoderRerankingEvaluator`` samples."""
+        return [
+            {
+                "query": query,
+                "positive": [self.passages[i] for i in sorted(right)],
+                "documents": [self.passages[i] for i in row],
+            }
+            for query, right, row in zip(self.queries, self.relevant, self.ids, strict=True)
+        ]
+
+
+def validation_candidates(dataset: QADataset, retriever: Any, cfg: TrainRerankerConfig) -> Candidates:
+    """The retriever's top ``rerank_top`` passages for each validation question.
 
     Without a retriever, BM25 finds the candidates (the same index as evaluation's baseline).
     """
-    qids = list(dataset.queries)
-    doc_ids = list(dataset.corpus)
-    passages = [dataset.corpus[d] for d in doc_ids]
-    top = min(cfg.rerank_top, len(doc_ids))
+    import numpy as np
+
+    from offline_embft.fusion import LabelledSet, bm25_ranking, dense_ranking
+
+    data = LabelledSet.from_dataset(dataset)
+    top = min(cfg.rerank_top, len(data.passages))
     if retriever is not None:
-        from sentence_transformers.util import semantic_search
-
-        corpus_emb = retriever.encode_document(
-            passages, prompt=cfg.passage_prompt or None, convert_to_tensor=True, show_progress_bar=False
-        )
-        query_emb = retriever.encode_query(
-            [dataset.queries[q] for q in qids],
-            prompt=cfg.query_prompt or None,
-            convert_to_tensor=True,
-            show_progress_bar=False,
-        )
-        hits = semantic_search(query_emb, corpus_emb, top_k=top, score_function=retriever.similarity)
-        ranked = [[hit["corpus_id"] for hit in row] for row in hits]
+        ids, scores = dense_ranking(retriever, data, (cfg.query_prompt, cfg.passage_prompt), top)
     else:
-        from offline_embft.bm25 import BM25Index
+        ids, scores = bm25_ranking(data, top)
+    return Candidates(data.queries, data.passages, data.relevant, np.asarray(ids), np.asarray(scores))
 
-        positions, _ = BM25Index(passages, show_progress=False).search([dataset.queries[q] for q in qids], k=top)
-        ranked = [list(row) for row in positions]
-    return [
-        {
-            "query": dataset.queries[qid],
-            "positive": [dataset.corpus[d] for d in dataset.relevant_docs[qid]],
-            "documents": [passages[i] for i in row],
-        }
-        for qid, row in zip(qids, ranked, strict=True)
-    ]
+
+def choose_blend(model: Any, candidates: Candidates, cfg: TrainRerankerConfig) -> Any:
+    """How much of the retriever's order to keep, chosen on validation (see :mod:`offline_embft.rerank`).
+
+    The reranker's order of each question's candidates and the retriever's are fused with every weight
+    :func:`offline_embft.fusion.tune` tries, each order alone included, so the choice is never worse than either
+    on the validation questions.
+    """
+    from offline_embft import rerank
+    from offline_embft.fusion import tune
+
+    scorer = rerank.PairScores(model, candidates.queries, candidates.passages, max(cfg.batch_size, 32))
+    top = candidates.ids.shape[1]
+    reranked = rerank.rerank(candidates.ids, top, scorer)
+    return tune(
+        (reranked.ids, reranked.scores),
+        (candidates.ids, candidates.scores),
+        candidates.relevant,
+        len(candidates.passages),
+        depth=top,
+    )
 
 
 def build_loss(model: Any, cfg: TrainRerankerConfig) -> Any:
@@ -216,14 +240,12 @@ def run(cfg: TrainRerankerConfig, callbacks: list[Any] | None = None) -> Path:
     transformers.set_seed(cfg.seed)
 
     texts = corpus_texts(train_data, val_data)  # every text the model will read (characters only, as train does)
-    if val_data is not None and cfg.epochs == 1 and not cfg.eval_steps:
-        # One evaluation at the very end has no checkpoint to choose from: save the scoring of rerank_top pairs.
-        logger.info("one epoch and no eval_steps: nothing to choose a best checkpoint from, validation skipped")
-        val_data = None
+    # One epoch has no checkpoint to choose from: validation only chooses the blend, after training.
+    choose_checkpoint = val_data is not None and (cfg.epochs > 1 or cfg.eval_steps > 0)
     mine_started = time.perf_counter()
     retriever = _load_retriever(cfg, validating=val_data is not None)
     examples = build_examples(train_data, cfg, retriever)
-    samples = validation_samples(val_data, retriever, cfg) if val_data else None
+    candidates = validation_candidates(val_data, retriever, cfg) if val_data else None
     mine_seconds = time.perf_counter() - mine_started
     del retriever
     gc.collect()
@@ -231,7 +253,7 @@ def run(cfg: TrainRerankerConfig, callbacks: list[Any] | None = None) -> Path:
     model = rerank.load_cross_encoder(cfg.model, cfg.max_length or None)
     vocab = extend_vocabulary(model, texts, cfg.extend_vocab)
     dataset = training_dataset(examples, cfg.loss)
-    evaluator = _evaluator(samples, cfg) if samples else None
+    evaluator = _evaluator(candidates.samples(), cfg) if choose_checkpoint else None
     trainer = _build_trainer(model, dataset, cfg, evaluator, ckpt_dir, precision, callbacks or [])
     logger.info(
         "training reranker %s on %d questions (%d training rows, %d negatives each, loss %s) for %d epochs "
@@ -257,8 +279,13 @@ def run(cfg: TrainRerankerConfig, callbacks: list[Any] | None = None) -> Path:
 
     if not trainer.is_world_process_zero():
         return out_dir
+    blend = choose_blend(model, candidates, cfg) if candidates is not None and cfg.blend else None
+    if blend is not None:
+        summary["blend"] = {"chosen": rerank.describe_blend(blend), **blend.chosen_on}
     with atomic_dir(out_dir) as tmp:
         model.save(str(tmp))
+        if blend is not None:
+            blend.save(tmp, rerank.BLEND_FILE)
         save_config(cfg, tmp / "train_config.yaml")
         write_json(tmp / "train_log.json", state.log_history)
         write_json(tmp / "train_metrics.json", summary)

@@ -324,3 +324,33 @@ def test_download_and_doctor_treat_the_reranker_like_the_other_models(tmp_path, 
     assert [role for role, _ in download.required_models(demo)] == ["embedding model"]
     line = next(check for check in doctor.check_models(demo) if check.name == "reranker")
     assert line.verdict == doctor.OK and "fine-tuned embedding model" in line.detail
+
+
+def test_the_blend_chosen_on_validation_is_never_worse_than_either_order(trained, data, models):
+    from offline_embft import fusion, rerank
+    from offline_embft.model_files import load_sentence_transformer
+
+    blend = rerank.load_blend(trained)
+    assert blend is not None and (trained / rerank.BLEND_FILE).is_file()
+    chosen = blend.chosen_on
+    # "model" is the reranker's order, "bm25" the retriever's: the choice is at least as good as the better one.
+    assert chosen["fused_ndcg@10"] >= max(chosen["model_ndcg@10"], chosen["bm25_ndcg@10"])
+    metrics = json.loads((trained / "train_metrics.json").read_text(encoding="utf-8"))
+    assert metrics["blend"]["chosen"] == rerank.describe_blend(blend)
+    # Re-applying the saved blend to the same candidates gives the ndcg@10 it was chosen with.
+    cfg = _config(data, models, trained)
+    candidates = train_reranker.validation_candidates(
+        data["val_set"], load_sentence_transformer(str(models["retriever"])), cfg
+    )
+    scorer = rerank.PairScores(rerank.load_cross_encoder(trained), candidates.queries, candidates.passages)
+    blended = rerank.rerank(candidates.ids, cfg.rerank_top, scorer, retriever_scores=candidates.scores, blend=blend)
+    assert fusion.ndcg_at_10(blended.ids, candidates.relevant) == pytest.approx(chosen["fused_ndcg@10"], abs=1e-6)
+
+
+def test_one_epoch_still_chooses_the_blend_and_blend_off_writes_none(data, models, tmp_path):
+    from offline_embft import rerank
+
+    one = train_reranker.run(_config(data, models, tmp_path / "one", epochs=1))
+    assert rerank.load_blend(one) is not None
+    off = train_reranker.run(_config(data, models, tmp_path / "off", epochs=1, blend=False))
+    assert rerank.load_blend(off) is None and "blend" not in json.loads((off / "train_metrics.json").read_text())
