@@ -13,260 +13,39 @@ report.png and evaluate_config.yaml in ``cfg.out_dir``.
 
 from __future__ import annotations
 
-import gc
 import json
 import logging
-import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from offline_embft import fusion, user_questions
 from offline_embft import report as report_mod
-from offline_embft.bm25 import BM25Index
+from offline_embft import user_questions
 from offline_embft.config import EvaluateConfig, save_config
 from offline_embft.dataset import QADataset
 from offline_embft.errors import UserError
+from offline_embft.eval_rankings import (
+    EvalData,
+    Ranking,
+    rank_bm25,
+    rank_cross_fitted,
+    rank_hybrid,
+    rank_model,
+    rank_reranked,
+    rank_tuned_hybrid,
+)
 from offline_embft.io import write_text
-from offline_embft.model_files import check_st_dir, load_sentence_transformer
-from offline_embft.ranking import reciprocal_rank_fusion, top_k
+from offline_embft.model_files import check_st_dir
 
 logger = logging.getLogger(__name__)
 
-RANK_DEPTH = 100  # map@100 needs the top 100 of every ranking
 PREDICTION_DEPTH = 10  # top passages per query kept in predictions.jsonl
 HIT_RATE_K = 5
-SCORE_BLOCK = 1 << 25  # query × passage scores held at once (128 MB of float32)
 SMALL_CORPUS_DIR = "small_corpus"  # beside the full-corpus headline: the dataset's own passages only
 REAL_DIR = "real_questions"
-# Directory names that identify nothing on their own; the row label then includes the parent directory.
-
-
-@dataclass
-class Ranking:
-    """The top passages of every query for one retriever, best first (ties by ascending corpus id)."""
-
-    label: str
-    kind: str  # model, bm25 or hybrid
-    source: str
-    ids: np.ndarray  # (queries, depth): positions in the corpus list
-    scores: np.ndarray  # (queries, depth)
-    info: dict[str, Any] = field(default_factory=dict)
-    parent: str = ""
-
-
-@dataclass
-class EvalData:
-    """A dataset laid out as parallel lists, in the dataset's own order (the order the evaluator encodes in)."""
-
-    query_ids: list[str]
-    queries: list[str]
-    corpus_ids: list[str]
-    passages: list[str]
-    relevant: list[set[str]]
-    id_rank: np.ndarray  # position of each passage in ascending corpus-id order: the tie-break
-
-    @classmethod
-    def from_dataset(cls, dataset: QADataset) -> EvalData:
-        corpus_ids = list(dataset.corpus)
-        order = sorted(range(len(corpus_ids)), key=corpus_ids.__getitem__)
-        id_rank = np.empty(len(corpus_ids), dtype=np.int64)
-        id_rank[order] = np.arange(len(corpus_ids))
-        query_ids = list(dataset.queries)
-        return cls(
-            query_ids=query_ids,
-            queries=[dataset.queries[q] for q in query_ids],
-            corpus_ids=corpus_ids,
-            passages=[dataset.corpus[c] for c in corpus_ids],
-            relevant=[set(dataset.relevant_docs[q]) for q in query_ids],
-            id_rank=id_rank,
-        )
-
-    @property
-    def depth(self) -> int:
-        return min(RANK_DEPTH, len(self.corpus_ids))
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Models
-
-
-def load_model(path: str | Path):
-    """Load a local model to evaluate (a raw HF checkpoint too, with a warning), or raise a one-line UserError."""
-    model = load_sentence_transformer(path, allow_raw=True)
-    logger.info("loaded %s on %s (max_seq_length %s)", path, model.device, model.max_seq_length)
-    return model
-
-
-def count_truncated(model, texts: Sequence[str]) -> int | None:
-    """How many texts are longer than the model's max_seq_length (they are silently cut when encoded)."""
-    tokenizer = getattr(model, "tokenizer", None)
-    limit = getattr(model, "max_seq_length", None)
-    if tokenizer is None or not limit:
-        return None
-    try:
-        encoded = tokenizer(list(texts), add_special_tokens=True, truncation=False, verbose=False)
-    except Exception as exc:  # an exotic tokenizer: the count is a nicety, not worth failing the run
-        logger.debug("could not count truncated passages: %s", exc)
-        return None
-    return sum(len(ids) > limit for ids in encoded["input_ids"])
-
-
-def score_blocks(query_emb, corpus_emb, similarity, n_corpus: int):
-    """Yield (start, scores) blocks of the query × passage similarity as float32 numpy arrays."""
-    rows = max(1, SCORE_BLOCK // max(1, n_corpus))
-    for start in range(0, len(query_emb), rows):
-        block = similarity(query_emb[start : start + rows], corpus_emb)
-        yield start, block.float().cpu().numpy()
-
-
-def rank_model(path: str, label: str, data: EvalData, cfg: EvaluateConfig, show_progress: bool) -> Ranking:
-    """Encode the corpus and the queries once with one model and rank every passage for every query."""
-    import torch
-
-    model = load_model(path)
-    started = time.perf_counter()
-    truncated = count_truncated(model, [cfg.passage_prompt + p for p in data.passages])
-    if truncated:
-        logger.warning(
-            "%s: %d of %d passages are longer than max_seq_length %s and are cut when encoded",
-            label,
-            truncated,
-            len(data.passages),
-            model.max_seq_length,
-        )
-    corpus_emb = model.encode_document(
-        data.passages,
-        prompt=cfg.passage_prompt or None,
-        batch_size=cfg.batch_size,
-        show_progress_bar=show_progress,
-        convert_to_tensor=True,
-    )
-    query_emb = model.encode_query(
-        data.queries,
-        prompt=cfg.query_prompt or None,
-        batch_size=cfg.batch_size,
-        show_progress_bar=show_progress,
-        convert_to_tensor=True,
-    )
-    encode_seconds = time.perf_counter() - started
-    ids, scores = [], []
-    with torch.inference_mode():
-        for _, block in score_blocks(query_emb, corpus_emb, model.similarity, len(data.passages)):
-            block_ids, block_scores = top_k(block, data.depth, data.id_rank)
-            ids.append(block_ids)
-            scores.append(block_scores)
-    info = {
-        "device": str(model.device),
-        "similarity": str(model.similarity_fn_name),
-        "max_seq_length": model.max_seq_length,
-        "truncated_passages": truncated,
-        "encode_seconds": round(encode_seconds, 2),
-        "seconds": round(time.perf_counter() - started, 2),
-    }
-    del model, corpus_emb, query_emb
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-    return Ranking(label, "model", str(path), np.concatenate(ids), np.concatenate(scores), info)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# BM25 and hybrid
-
-
-def rank_bm25(data: EvalData, show_progress: bool) -> Ranking:
-    """Rank every passage for every query with BM25 over jieba-segmented text."""
-    started = time.perf_counter()
-    index = BM25Index(data.passages, show_progress=show_progress)
-    ids, scores = [], []
-    for block in index.score_chunks(data.queries, chunk_size=max(1, SCORE_BLOCK // len(data.passages))):
-        block_ids, block_scores = top_k(block, data.depth, data.id_rank)
-        ids.append(block_ids)
-        scores.append(block_scores)
-    info = {"seconds": round(time.perf_counter() - started, 2)}
-    source = "BM25 (jieba search-mode words, bm25s k1=1.5 b=0.75)"
-    return Ranking(report_mod.BM25_LABEL, "bm25", source, np.concatenate(ids), np.concatenate(scores), info)
-
-
-def rank_hybrid(model: Ranking, bm25: Ranking, data: EvalData, rrf_k: int) -> Ranking:
-    """Reciprocal-rank fusion of a model's ranking with BM25's (no encoding: both rankings are already there)."""
-    ids, scores = reciprocal_rank_fusion(
-        [model.ids, bm25.ids], len(data.passages), data.depth, data.id_rank, rrf_k, SCORE_BLOCK
-    )
-    source = f"reciprocal-rank fusion (k={rrf_k}) of `{model.label}` and BM25"
-    return Ranking(f"{model.label}+BM25", "hybrid", source, ids, scores, parent=model.label)
-
-
-def rank_tuned_hybrid(model: Ranking, bm25: Ranking, data: EvalData, model_dir: Path) -> Ranking | None:
-    """The fusion saved beside the model by train (weight chosen on validation); None when it has none."""
-    choice = fusion.load(model_dir)
-    if choice is None:
-        return None
-    ids, scores = fusion.fuse(
-        (model.ids, model.scores), (bm25.ids, bm25.scores), choice, len(data.passages), data.depth, data.id_rank
-    )
-    source = f"`{model.label}` with BM25, tuned on validation ({fusion.FUSION_FILE}): {choice.describe()}"
-    info = {"fusion": choice.method, "model_weight": choice.weight}
-    return Ranking(f"{model.label}+BM25 tuned", "hybrid", source, ids, scores, info, parent=model.label)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Second stage: retriever → reranker
-
-
-def rank_reranked(
-    rankings: Sequence[Ranking], data: EvalData, cfg: EvaluateConfig, show_progress: bool
-) -> list[Ranking]:
-    """Re-order the top ``cfg.rerank_top`` of the best retriever rows (the last model and its hybrid) with the
-    fine-tuned reranker and, beside it, the base reranker."""
-    from offline_embft.rerank import PairScores, describe_blend, load_blend, load_cross_encoder, rerank
-
-    models = [r for r in rankings if r.kind == "model"]
-    if not models:
-        raise UserError("--reranker needs a retriever to re-order; pass --model MODEL_DIR")
-    last = models[-1]
-    # The model and one hybrid of it: the tuned one where train saved a fusion.json (listed after the RRF one).
-    parents = [last, *[r for r in rankings if r.kind == "hybrid" and r.parent == last.label][-1:]]
-    rerankers = [path for path in (cfg.reranker, cfg.base_reranker) if path]
-    labels = report_mod.model_labels(rerankers)
-    rows = []
-    for path, label in zip(rerankers, labels, strict=True):
-        role = "fine-tuned" if path == cfg.reranker else "base"
-        scorer = PairScores(load_cross_encoder(path), data.queries, data.passages, cfg.rerank_batch_size)
-        blend = load_blend(path)
-        for parent in parents:
-            result = rerank(parent.ids, cfg.rerank_top, scorer, show_progress, parent.scores, blend)
-            top = min(cfg.rerank_top, parent.ids.shape[1])
-            info = {
-                "reranker": str(path),
-                "reranker_role": role,
-                "blend": describe_blend(blend),
-                "rerank_top": top,
-                "pairs_scored": result.pairs_scored,
-                "seconds": round(result.seconds, 2),
-            }
-            rows.append(
-                Ranking(
-                    f"{parent.label} → {label}",
-                    "rerank",
-                    f"`{path}` re-orders the top {top} of `{parent.label}`",
-                    result.ids,
-                    result.scores,
-                    info,
-                    parent=parent.label,
-                )
-            )
-        # Latency from every pair this reranker scored (the hybrid's top overlaps the model's: scored once).
-        for row in rows[-len(parents) :]:
-            row.info["ms_per_query"] = round(scorer.ms_per_query(row.info["rerank_top"]), 1)
-        logger.info("%s: %.1f ms per question to rerank the top %d", label, scorer.ms_per_query(top), top)
-        del scorer
-        gc.collect()
-    return rows
+REAL_FUSION_FILE = "fusion_on_real_questions.json"  # in REAL_DIR: the fusion chosen on all the real questions
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -389,9 +168,12 @@ def run(cfg: EvaluateConfig) -> Path:
     else:
         evaluate_dataset(cfg, dataset, out_dir, str(cfg.dataset))
     if real is not None:
-        real_rows = evaluate_dataset(cfg, real.dataset, out_dir / REAL_DIR, cfg.questions) if real.matched else []
-        write_text(out_dir / REAL_DIR / "unmatched.csv", user_questions.unmatched_csv(real.unmatched))
-        sections.append(report_mod.real_questions_section(real, real_rows, REAL_DIR))
+        real_dir = out_dir / REAL_DIR
+        real_rows = (
+            evaluate_dataset(cfg, real.dataset, real_dir, cfg.questions, tune_fusion=True) if real.matched else []
+        )
+        write_text(real_dir / "unmatched.csv", user_questions.unmatched_csv(real.unmatched))
+        sections.append(report_mod.real_questions_section(real, real_rows, REAL_DIR, REAL_FUSION_FILE))
     if sections:
         report = out_dir / "report.md"
         write_text(report, report.read_text(encoding="utf-8").rstrip("\n") + "\n\n" + "\n\n".join(sections) + "\n")
@@ -400,10 +182,19 @@ def run(cfg: EvaluateConfig) -> Path:
 
 
 def evaluate_dataset(
-    cfg: EvaluateConfig, dataset: QADataset, out_dir: Path, name: str, rerank: bool = True
+    cfg: EvaluateConfig,
+    dataset: QADataset,
+    out_dir: Path,
+    name: str,
+    rerank: bool = True,
+    tune_fusion: bool = False,
 ) -> list[report_mod.Row]:
     """Evaluate the models of ``cfg`` (plus BM25, hybrids and, with ``rerank``, the rerankers) on one dataset; write
-    its results into ``out_dir``."""
+    its results into ``out_dir``.
+
+    With ``tune_fusion`` (the user's real questions) the last model's fusion with BM25 is also tuned on these
+    questions: a row graded by 2-fold cross-fitting, and the choice on all of them in ``REAL_FUSION_FILE``.
+    """
     model_dirs = [check_st_dir(path, allow_raw=True) for path in cfg.models]
     for path in (cfg.reranker, cfg.base_reranker):
         if path:
@@ -434,6 +225,14 @@ def evaluate_dataset(
         rankings += ([bm25] if cfg.bm25 else []) + hybrids
     if rerank and (cfg.reranker or cfg.base_reranker):
         rankings += rank_reranked(rankings, data, cfg, show_progress)
+    files: dict[str, str | bytes] = {}
+    models = [r for r in rankings if r.kind == "model"]
+    if tune_fusion and cfg.hybrid and models:  # after the reranker: it re-orders the validation-tuned hybrid
+        crossed = rank_cross_fitted(models[-1], bm25, data)
+        if crossed is not None:
+            last_hybrid = max(i for i, r in enumerate(rankings) if r.kind == "hybrid")
+            rankings.insert(last_hybrid + 1, crossed[0])
+            files[REAL_FUSION_FILE] = json.dumps(asdict(crossed[1]), ensure_ascii=False, indent=2) + "\n"
 
     evaluator = ir_evaluator(data)
     ranks = {r.label: gold_ranks(r, data) for r in rankings}
@@ -465,7 +264,7 @@ def evaluate_dataset(
             **({"rerank_top": cfg.rerank_top} if rerank and (cfg.reranker or cfg.base_reranker) else {}),
         },
     )
-    files = report_mod.render(report)
+    files.update(report_mod.render(report))
     files["predictions.jsonl"] = predictions_jsonl(rankings, data, ranks)
     report_mod.write_files(out_dir, files)
     logger.info("wrote %s (and metrics.csv, metrics.json, predictions.jsonl, report.png)", out_dir / "report.md")

@@ -59,13 +59,14 @@ class Fusion:
 
     def describe(self) -> str:
         if self.method == "model":
-            return "the model alone (weight 1: BM25 did not help on validation)"
+            return "the model alone (weight 1: BM25 did not help on the questions it was chosen on)"
         if self.method == "bm25":
-            return "BM25 alone (weight 0: the model did not help on validation)"
+            return "BM25 alone (weight 0: the model did not help on the questions it was chosen on)"
         how = "min-max normalised scores" if self.method == "score" else f"weighted reciprocal rank (k={self.rrf_k})"
         return f"{how}, model weight {self.weight:g}, BM25 weight {1 - self.weight:g}"
 
     def save(self, model_dir: str | Path, name: str = FUSION_FILE) -> Path:
+        """Write the choice as ``model_dir/name`` (``fusion.json`` beside a model is what evaluate reads)."""
         return write_json(Path(model_dir) / name, asdict(self))
 
 
@@ -165,7 +166,7 @@ def tune(
         "candidates": candidates,
     }
     logger.info(
-        "fusion chosen on %d validation queries: %s (ndcg@10 %.4f; model %.4f, BM25 %.4f)",
+        "fusion chosen on %d labelled queries: %s (ndcg@10 %.4f; model %.4f, BM25 %.4f)",
         len(relevant),
         best.describe(),
         best_score,
@@ -173,6 +174,79 @@ def tune(
         bm25_score,
     )
     return best
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Cross-fitting: a weight chosen on the questions it is scored on flatters itself
+
+
+@dataclass
+class CrossFit:
+    """Fusion chosen on labelled questions without grading any question with a weight chosen on it.
+
+    Attributes:
+        ids: (queries, depth) fused ranking; each query's row comes from the fusion chosen on the OTHER folds.
+        scores: The fused scores, same shape.
+        folds: Per query, its fold (0 … n_folds - 1).
+        fold_choices: ``fold_choices[f]`` was chosen on every fold but ``f`` and ranks the queries of fold ``f``.
+        overall: The fusion chosen on all the questions: what to save as ``fusion.json``.
+    """
+
+    ids: np.ndarray
+    scores: np.ndarray
+    folds: np.ndarray
+    fold_choices: list[Fusion]
+    overall: Fusion
+
+
+def assign_folds(n_queries: int, n_folds: int = 2, seed: int = 0) -> np.ndarray:
+    """Per query its fold: a seeded shuffle dealt round-robin, so fold sizes differ by at most one."""
+    if n_queries < n_folds:
+        raise ValueError(f"cross-fitting over {n_folds} folds needs at least {n_folds} questions, got {n_queries}")
+    folds = np.empty(n_queries, dtype=np.int64)
+    folds[np.random.default_rng(seed).permutation(n_queries)] = np.arange(n_queries) % n_folds
+    return folds
+
+
+def cross_fit(
+    model: tuple[np.ndarray, np.ndarray],
+    bm25: tuple[np.ndarray, np.ndarray],
+    relevant: Sequence[set[int]],
+    n_corpus: int,
+    id_rank: np.ndarray | None = None,
+    n_folds: int = 2,
+    seed: int = 0,
+    depth: int = DEPTH,
+) -> CrossFit:
+    """:func:`tune` on all folds but one, applied to that one, for every fold; and :func:`tune` on everything.
+
+    The fused ranking is as wide as ``model``'s. Per fold the choice keeps :func:`tune`'s guarantee (never worse
+    than the better part on the questions it was chosen on); on the held-out fold it can be worse, and that is the
+    point: it measures how well a weight chosen on some of the user's questions carries over to the others.
+    """
+    folds = assign_folds(len(relevant), n_folds, seed)
+    width = model[0].shape[1]
+    ids = np.empty((len(relevant), width), dtype=model[0].dtype)
+    scores = np.empty((len(relevant), width), dtype=np.float64)
+    choices = []
+    for fold in range(n_folds):
+        held, chosen_on = folds == fold, folds != fold
+        choice = tune(
+            (model[0][chosen_on], model[1][chosen_on]),
+            (bm25[0][chosen_on], bm25[1][chosen_on]),
+            [r for r, keep in zip(relevant, chosen_on, strict=True) if keep],
+            n_corpus,
+            id_rank,
+            depth=depth,
+        )
+        choice.chosen_on["folds_left_out"] = [fold]
+        fold_ids, fold_scores = fuse(
+            (model[0][held], model[1][held]), (bm25[0][held], bm25[1][held]), choice, n_corpus, width, id_rank
+        )
+        ids[held], scores[held] = fold_ids, fold_scores
+        choices.append(choice)
+    overall = tune(model, bm25, relevant, n_corpus, id_rank, depth=depth)
+    return CrossFit(ids, scores, folds, choices, overall)
 
 
 # ---------------------------------------------------------------------------------------------------------------

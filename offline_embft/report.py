@@ -423,8 +423,9 @@ def corpus_section(full_rows: list[Row], small_rows: list[Row], n_full: int, n_s
     return "\n".join(lines)
 
 
-def real_questions_section(real: RealQuestions, rows: list[Row], real_dir: str) -> str:
-    """report.md: how the retrievers do on the user's own questions, and which questions matched no chunk."""
+def real_questions_section(real: RealQuestions, rows: list[Row], real_dir: str, fusion_file: str = "") -> str:
+    """report.md: how the retrievers do on the user's own questions, the fusion weight chosen on them (from the row
+    whose info has ``fusion_on_all``, saved as ``fusion_file``), and which questions matched no chunk."""
     lines = [
         "## Real questions",
         "",
@@ -440,6 +441,9 @@ def real_questions_section(real: RealQuestions, rows: list[Row], real_dir: str) 
                 f"| {row.label} | {m['hit_rate@5']:.4f} | {m['accuracy@1']:.4f} | {m['ndcg@10']:.4f} | "
                 f"{m['mrr@10']:.4f} |"
             )
+    crossed = next((r for r in rows if "fusion_on_all" in r.info), None)
+    if crossed is not None:
+        lines += ["", _fusion_on_questions(crossed, real.matched, f"{real_dir}/{fusion_file}")]
     if real.unmatched:
         lines += ["", "Not evaluated (their expected passage matched no chunk):", ""]
         for item in real.unmatched[:UNMATCHED_SHOWN]:
@@ -447,6 +451,22 @@ def real_questions_section(real: RealQuestions, rows: list[Row], real_dir: str) 
         if len(real.unmatched) > UNMATCHED_SHOWN:
             lines.append(f"- … {len(real.unmatched) - UNMATCHED_SHOWN} more in `{real_dir}/unmatched.csv`")
     return "\n".join(lines)
+
+
+def _fusion_on_questions(row: Row, n_questions: int, saved: str) -> str:
+    """How to adopt the fusion chosen on the real questions (the cross-fitted row says how well it carries over)."""
+    choice = row.info["fusion_on_all"]
+    method, weight = choice["method"], choice["model_weight"]
+    if method in ("model", "bm25"):
+        what = f"**{'the model' if method == 'model' else 'BM25'} alone** (no fusion beat it)"
+    else:
+        what = f"**{method} fusion, model weight {weight:g}, BM25 weight {1 - weight:g}**"
+    return (
+        f"Fusion with BM25 chosen on all {n_questions} real questions: {what}. `{row.label}` is its honest "
+        f"estimate (each question ranked with the weight chosen on the other half). To use it, copy `{saved}` to "
+        f"`{row.info['model_dir']}/fusion.json` (the file train writes; evaluate's `+BM25 tuned` row and "
+        "docs/quality.md's RAG snippets read it there)."
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -28,7 +28,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import offline_embft  # noqa: F401  (offline environment before heavy imports)
-from offline_embft import evaluate
+from offline_embft import eval_rankings, evaluate
 from offline_embft.config import EvaluateConfig
 from offline_embft.dataset import QADataset
 from offline_embft.io import read_json
@@ -82,8 +82,8 @@ class EncodeCounter:
 
 @contextmanager
 def timed_loads(bucket: list[float]):
-    """Time evaluate.load_model calls (model loading is not encoding)."""
-    real = evaluate.load_model
+    """Time eval_rankings.load_model calls (model loading is not encoding)."""
+    real = eval_rankings.load_model
 
     def load(path):
         started = time.perf_counter()
@@ -92,11 +92,11 @@ def timed_loads(bucket: list[float]):
         finally:
             bucket.append(time.perf_counter() - started)
 
-    evaluate.load_model = load
+    eval_rankings.load_model = load
     try:
         yield bucket
     finally:
-        evaluate.load_model = real
+        eval_rankings.load_model = real
 
 
 def run_evaluate(dataset: Path, models: list[str], out: Path, bm25: bool, hybrid: bool, batch_size: int):

