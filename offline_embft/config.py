@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import typing
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any
 
 import yaml
@@ -488,8 +488,16 @@ def apply_overrides(section: Any, **values: Any) -> Any:
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
-    """A plain dict of a config dataclass (for YAML/JSON output)."""
-    return dataclasses.asdict(cfg)
+    """A plain dict of a config dataclass (for YAML/JSON output); paths given as ``Path`` become strings."""
+    return dataclasses.asdict(cfg, dict_factory=lambda items: {key: _plain(value) for key, value in items})
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, PurePath):
+        return str(value)
+    if isinstance(value, list):
+        return [_plain(item) for item in value]
+    return value
 
 
 def save_config(cfg: Any, path: str | Path) -> Path:

@@ -148,3 +148,19 @@ def test_on_off_choices_survive_yaml_booleans(tmp_path):
     path.write_text("train:\n  extend_vocab: on\n", encoding="utf-8")
     assert load_config(path).train.extend_vocab == "on"
     assert load_config(None, ["train.extend_vocab=off"]).train.extend_vocab == "off"
+
+
+def test_a_config_built_with_paths_saves_as_plain_yaml(tmp_path):
+    """Library users pass pathlib.Path; saving the config beside a trained model must not fail after training."""
+    import yaml
+
+    from offline_embft.config import EvaluateConfig, TrainConfig, save_config
+
+    save_config(TrainConfig(model=tmp_path / "base", train_file=tmp_path / "train.json"), tmp_path / "train.yaml")
+    saved = yaml.safe_load((tmp_path / "train.yaml").read_text(encoding="utf-8"))
+    assert saved["model"] == str(tmp_path / "base") and saved["train_file"] == str(tmp_path / "train.json")
+    save_config(EvaluateConfig(models=[tmp_path / "a", "b"]), tmp_path / "evaluate.yaml")
+    assert yaml.safe_load((tmp_path / "evaluate.yaml").read_text(encoding="utf-8"))["models"] == [
+        str(tmp_path / "a"),
+        "b",
+    ]
