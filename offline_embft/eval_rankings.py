@@ -10,7 +10,7 @@ from __future__ import annotations
 import gc
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -88,8 +88,8 @@ def load_model(path: str | Path):
     return model
 
 
-def count_truncated(model, texts: Sequence[str]) -> int | None:
-    """How many texts are longer than the model's max_seq_length (they are silently cut when encoded)."""
+def too_long(model, texts: Sequence[str]) -> list[bool] | None:
+    """Per text, whether it is longer than the model's max_seq_length (it is silently cut when encoded)."""
     tokenizer = getattr(model, "tokenizer", None)
     limit = getattr(model, "max_seq_length", None)
     if tokenizer is None or not limit:
@@ -99,66 +99,122 @@ def count_truncated(model, texts: Sequence[str]) -> int | None:
     except Exception as exc:  # an exotic tokenizer: the count is a nicety, not worth failing the run
         logger.debug("could not count truncated passages: %s", exc)
         return None
-    return sum(len(ids) > limit for ids in encoded["input_ids"])
+    return [len(ids) > limit for ids in encoded["input_ids"]]
 
 
-def score_blocks(query_emb, corpus_emb, similarity, n_corpus: int):
-    """Yield (start, scores) blocks of the query × passage similarity as float32 numpy arrays."""
-    rows = max(1, SCORE_BLOCK // max(1, n_corpus))
-    for start in range(0, len(query_emb), rows):
-        block = similarity(query_emb[start : start + rows], corpus_emb)
-        yield start, block.float().cpu().numpy()
+@dataclass
+class Encoded:
+    """One model's embeddings of every passage and question a run evaluates: the model loaded once, each passage
+    encoded once (the full corpus, the validation chunks and the real questions' chunks overlap), each list of
+    questions once (the full and the small corpus share theirs)."""
+
+    path: str
+    label: str
+    passage_rows: dict[str, int]  # passage text → row of passage_emb
+    passage_emb: Any  # tensor (passages, dim) on the model's device
+    query_emb: dict[tuple[str, ...], Any]  # a dataset's questions, in order → tensor (questions, dim)
+    too_long: set[str]  # passages longer than max_seq_length
+    similarity: Callable[[Any, Any], Any]
+    info: dict[str, Any]
+
+    def truncated(self, passages: Sequence[str]) -> int | None:
+        return None if self.info["truncated_passages"] is None else sum(p in self.too_long for p in passages)
 
 
-def rank_model(path: str, label: str, data: EvalData, cfg: EvaluateConfig, show_progress: bool) -> Ranking:
-    """Encode the corpus and the queries once with one model and rank every passage for every query."""
+def encode_model(
+    path: str,
+    label: str,
+    passages: Sequence[str],
+    question_lists: Sequence[Sequence[str]],
+    cfg: EvaluateConfig,
+    show_progress: bool,
+) -> Encoded:
+    """Load one model, encode ``passages`` (each distinct text once, in the given order) and each question list, and
+    free the model.
+
+    The first dataset's passages should come first: its encoding is then exactly that of a run on it alone. The
+    other datasets' passages reuse those rows; an embedding can differ from a separate encoding in the last bit
+    (other texts share its padded batch), never enough to move a metric in the tests.
+    """
     import torch
+    from sentence_transformers import SimilarityFunction
 
     model = load_model(path)
     started = time.perf_counter()
-    truncated = count_truncated(model, [cfg.passage_prompt + p for p in data.passages])
-    if truncated:
-        logger.warning(
-            "%s: %d of %d passages are longer than max_seq_length %s and are cut when encoded",
-            label,
-            truncated,
-            len(data.passages),
-            model.max_seq_length,
-        )
-    corpus_emb = model.encode_document(
-        data.passages,
+    texts = list(dict.fromkeys(passages))
+    flags = too_long(model, [cfg.passage_prompt + p for p in texts])
+    passage_emb = model.encode_document(
+        texts,
         prompt=cfg.passage_prompt or None,
         batch_size=cfg.batch_size,
         show_progress_bar=show_progress,
         convert_to_tensor=True,
     )
-    query_emb = model.encode_query(
-        data.queries,
-        prompt=cfg.query_prompt or None,
-        batch_size=cfg.batch_size,
-        show_progress_bar=show_progress,
-        convert_to_tensor=True,
-    )
-    encode_seconds = time.perf_counter() - started
-    ids, scores = [], []
-    with torch.inference_mode():
-        for _, block in score_blocks(query_emb, corpus_emb, model.similarity, len(data.passages)):
-            block_ids, block_scores = top_k(block, data.depth, data.id_rank)
-            ids.append(block_ids)
-            scores.append(block_scores)
+    query_emb = {}
+    for questions in map(tuple, question_lists):
+        if questions not in query_emb:
+            query_emb[questions] = model.encode_query(
+                list(questions),
+                prompt=cfg.query_prompt or None,
+                batch_size=cfg.batch_size,
+                show_progress_bar=show_progress,
+                convert_to_tensor=True,
+            )
     info = {
         "device": str(model.device),
         "similarity": str(model.similarity_fn_name),
         "max_seq_length": model.max_seq_length,
-        "truncated_passages": truncated,
-        "encode_seconds": round(encode_seconds, 2),
-        "seconds": round(time.perf_counter() - started, 2),
+        "truncated_passages": None if flags is None else sum(flags),
+        "encode_seconds": round(time.perf_counter() - started, 2),
     }
-    del model, corpus_emb, query_emb
+    similarity = SimilarityFunction.to_similarity_fn(model.similarity_fn_name)  # what model.similarity calls
+    del model
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-    return Ranking(label, "model", str(path), np.concatenate(ids), np.concatenate(scores), info)
+    return Encoded(
+        path=str(path),
+        label=label,
+        passage_rows={text: i for i, text in enumerate(texts)},
+        passage_emb=passage_emb,
+        query_emb=query_emb,
+        too_long={t for t, flag in zip(texts, flags or [], strict=False) if flag},
+        similarity=similarity,
+        info=info,
+    )
+
+
+def rank_model(encoded: Encoded, data: EvalData) -> Ranking:
+    """Rank every passage for every query with one model's stored embeddings (nothing is encoded here)."""
+    import torch
+
+    started = time.perf_counter()
+    truncated = encoded.truncated(data.passages)
+    if truncated:
+        logger.warning(
+            "%s: %d of %d passages are longer than max_seq_length %s and are cut when encoded",
+            encoded.label,
+            truncated,
+            len(data.passages),
+            encoded.info["max_seq_length"],
+        )
+    rows = [encoded.passage_rows[p] for p in data.passages]
+    corpus_emb = encoded.passage_emb[torch.as_tensor(rows, device=encoded.passage_emb.device)]
+    query_emb = encoded.query_emb[tuple(data.queries)]
+    ids, scores = [], []
+    block_rows = max(1, SCORE_BLOCK // max(1, len(data.passages)))
+    with torch.inference_mode():
+        for start in range(0, len(query_emb), block_rows):
+            block = encoded.similarity(query_emb[start : start + block_rows], corpus_emb).float().cpu().numpy()
+            block_ids, block_scores = top_k(block, data.depth, data.id_rank)
+            ids.append(block_ids)
+            scores.append(block_scores)
+    info = {
+        **encoded.info,
+        "truncated_passages": truncated,
+        "seconds": round(encoded.info["encode_seconds"] + time.perf_counter() - started, 2),
+    }
+    return Ranking(encoded.label, "model", encoded.path, np.concatenate(ids), np.concatenate(scores), info)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -238,10 +294,15 @@ def rank_cross_fitted(model: Ranking, bm25: Ranking, data: EvalData) -> tuple[Ra
 
 
 def rank_reranked(
-    rankings: Sequence[Ranking], data: EvalData, cfg: EvaluateConfig, show_progress: bool
+    rankings: Sequence[Ranking],
+    data: EvalData,
+    cfg: EvaluateConfig,
+    show_progress: bool,
+    loaded: dict[str, Any] | None = None,
 ) -> list[Ranking]:
     """Re-order the top ``cfg.rerank_top`` of the best retriever rows (the last model and its hybrid) with the
-    fine-tuned reranker and, beside it, the base reranker."""
+    fine-tuned reranker and, beside it, the base reranker. ``loaded`` keeps the cross-encoders loaded for the next
+    dataset of the run (path → model)."""
     from offline_embft.rerank import PairScores, describe_blend, load_blend, load_cross_encoder, rerank
 
     models = [r for r in rankings if r.kind == "model"]
@@ -253,9 +314,12 @@ def rank_reranked(
     rerankers = [path for path in (cfg.reranker, cfg.base_reranker) if path]
     labels = report_mod.model_labels(rerankers)
     rows = []
+    loaded = {} if loaded is None else loaded
     for path, label in zip(rerankers, labels, strict=True):
         role = "fine-tuned" if path == cfg.reranker else "base"
-        scorer = PairScores(load_cross_encoder(path), data.queries, data.passages, cfg.rerank_batch_size)
+        if path not in loaded:
+            loaded[path] = load_cross_encoder(path)
+        scorer = PairScores(loaded[path], data.queries, data.passages, cfg.rerank_batch_size)
         blend = load_blend(path)
         for parent in parents:
             result = rerank(parent.ids, cfg.rerank_top, scorer, show_progress, parent.scores, blend)

@@ -1,7 +1,9 @@
 """Evaluate: base vs fine-tuned vs BM25 (and hybrids) on one EmbeddingQAFinetuneDataset, with a report.
 
-For every ``--model`` the corpus and the queries are each encoded once, in batches, and every query is scored against
-every passage with the model's own similarity. The top 100 passages per query form that model's ranking. BM25 and the
+Every ``--model`` is loaded once per run and encodes each distinct passage and each list of questions once, in
+batches, even when the run evaluates several datasets (full corpus, validation chunks, real questions: they share
+their chunks); the rankings are in :mod:`offline_embft.eval_rankings`. Every query is scored against every passage
+with the model's own similarity. The top 100 passages per query form that model's ranking. BM25 and the
 hybrids (reciprocal-rank fusion of BM25 with each model) are rankings too, built from the stored ones without
 encoding anything again. Every ranking goes through the same metric code: sentence-transformers'
 ``InformationRetrievalEvaluator.compute_metrics`` (so the numbers are exactly what that evaluator reports when run on
@@ -16,19 +18,22 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from offline_embft import report as report_mod
-from offline_embft import user_questions
+from offline_embft import report_sections, user_questions
 from offline_embft.config import EvaluateConfig, save_config
 from offline_embft.dataset import QADataset
 from offline_embft.errors import UserError
 from offline_embft.eval_rankings import (
+    Encoded,
     EvalData,
     Ranking,
+    encode_model,
     rank_bm25,
     rank_cross_fitted,
     rank_hybrid,
@@ -150,30 +155,46 @@ def run(cfg: EvaluateConfig) -> Path:
     dataset = QADataset.load(cfg.dataset)
     if not cfg.models and not cfg.bm25:
         raise UserError("nothing to evaluate; pass --model MODEL_DIR (repeatable) and/or --bm25")
-    for path in cfg.models:
-        check_st_dir(path, allow_raw=True)
+    model_dirs = [check_st_dir(path, allow_raw=True) for path in cfg.models]
+    for path in (cfg.reranker, cfg.base_reranker):
+        if path:
+            from offline_embft.rerank import check_reranker_dir
+
+            check_reranker_dir(path)
     real = user_questions.load(cfg.questions, cfg.chunks) if cfg.questions else None  # bad CSV: fail before encoding
     out_dir = Path(cfg.out_dir)
     full = dataset.with_distractors(cfg.distractors)
+    # The headline first: its passages are encoded in its own order, exactly as a run on it alone would.
+    jobs = [Evaluation(EvalData.from_dataset(full), out_dir, str(cfg.dataset))]
+    if full is not dataset:
+        jobs[0].name = f"{cfg.dataset} + {len(full.corpus) - len(dataset.corpus)} distractors"
+        # For comparison with the recipes only: no reranker pass (the slow part on a CPU).
+        jobs.append(Evaluation(EvalData.from_dataset(dataset), out_dir / SMALL_CORPUS_DIR, str(cfg.dataset), False))
+    if real is not None and real.matched:
+        jobs.append(Evaluation(EvalData.from_dataset(real.dataset), out_dir / REAL_DIR, cfg.questions, True, True))
+    show_progress = _show_progress()
+    encoded = [
+        encode_model(
+            str(path),
+            label,
+            [p for job in jobs for p in job.data.passages],
+            [job.data.queries for job in jobs],
+            cfg,
+            show_progress,
+        )
+        for path, label in zip(model_dirs, report_mod.model_labels(cfg.models), strict=True)
+    ]
+    rerankers: dict[str, Any] = {}  # loaded once, shared by the datasets that are reranked
+    rows = [evaluate_dataset(cfg, job, encoded, rerankers, show_progress) for job in jobs]
     sections = []
     if full is not dataset:
-        rows = evaluate_dataset(
-            cfg, full, out_dir, f"{cfg.dataset} + {len(full.corpus) - len(dataset.corpus)} distractors"
-        )
-        # For comparison with the recipes only: no reranker pass (the slow part on a CPU).
-        small_rows = evaluate_dataset(cfg, dataset, out_dir / SMALL_CORPUS_DIR, str(cfg.dataset), rerank=False)
         sections.append(
-            report_mod.corpus_section(rows, small_rows, len(full.corpus), len(dataset.corpus), SMALL_CORPUS_DIR)
+            report_sections.corpus_section(rows[0], rows[1], len(full.corpus), len(dataset.corpus), SMALL_CORPUS_DIR)
         )
-    else:
-        evaluate_dataset(cfg, dataset, out_dir, str(cfg.dataset))
     if real is not None:
-        real_dir = out_dir / REAL_DIR
-        real_rows = (
-            evaluate_dataset(cfg, real.dataset, real_dir, cfg.questions, tune_fusion=True) if real.matched else []
-        )
-        write_text(real_dir / "unmatched.csv", user_questions.unmatched_csv(real.unmatched))
-        sections.append(report_mod.real_questions_section(real, real_rows, REAL_DIR, REAL_FUSION_FILE))
+        real_rows = rows[-1] if real.matched else []
+        write_text(out_dir / REAL_DIR / "unmatched.csv", user_questions.unmatched_csv(real.unmatched))
+        sections.append(report_sections.real_questions_section(real, real_rows, REAL_DIR, REAL_FUSION_FILE))
     if sections:
         report = out_dir / "report.md"
         write_text(report, report.read_text(encoding="utf-8").rstrip("\n") + "\n\n" + "\n\n".join(sections) + "\n")
@@ -181,53 +202,58 @@ def run(cfg: EvaluateConfig) -> Path:
     return out_dir / "report.md"
 
 
+@dataclass
+class Evaluation:
+    """One dataset a run evaluates, and where its results go.
+
+    Attributes:
+        data: The dataset's questions and passages.
+        out_dir: Its results directory.
+        name: The dataset as the report names it.
+        rerank: Add the retriever → reranker rows (when the run has rerankers).
+        tune_fusion: Also tune the last model's fusion with BM25 on these questions (the user's real ones): a row
+            graded by 2-fold cross-fitting, and the choice on all of them in ``REAL_FUSION_FILE``.
+    """
+
+    data: EvalData
+    out_dir: Path
+    name: str
+    rerank: bool = True
+    tune_fusion: bool = False
+
+
 def evaluate_dataset(
     cfg: EvaluateConfig,
-    dataset: QADataset,
-    out_dir: Path,
-    name: str,
-    rerank: bool = True,
-    tune_fusion: bool = False,
+    job: Evaluation,
+    encoded: Sequence[Encoded],
+    rerankers: dict[str, Any],
+    show_progress: bool,
 ) -> list[report_mod.Row]:
-    """Evaluate the models of ``cfg`` (plus BM25, hybrids and, with ``rerank``, the rerankers) on one dataset; write
-    its results into ``out_dir``.
-
-    With ``tune_fusion`` (the user's real questions) the last model's fusion with BM25 is also tuned on these
-    questions: a row graded by 2-fold cross-fitting, and the choice on all of them in ``REAL_FUSION_FILE``.
-    """
-    model_dirs = [check_st_dir(path, allow_raw=True) for path in cfg.models]
-    for path in (cfg.reranker, cfg.base_reranker):
-        if path:
-            from offline_embft.rerank import check_reranker_dir
-
-            check_reranker_dir(path)
-    labels = report_mod.model_labels(cfg.models)
-    data = EvalData.from_dataset(dataset)
-    show_progress = _show_progress()
+    """Rank one dataset with every encoded model, BM25, the hybrids and (with ``job.rerank``) the rerankers; write
+    its results into ``job.out_dir``."""
+    data = job.data
     logger.info(
         "evaluating %d model(s)%s on %s: %d queries, %d passages",
-        len(model_dirs),
+        len(encoded),
         " + BM25" if cfg.bm25 else "",
-        name,
+        job.name,
         len(data.queries),
         len(data.passages),
     )
-
-    rankings = [
-        rank_model(str(path), label, data, cfg, show_progress) for path, label in zip(model_dirs, labels, strict=True)
-    ]
+    rankings = [rank_model(model, data) for model in encoded]
     if cfg.bm25 or (cfg.hybrid and rankings):
         bm25 = rank_bm25(data, show_progress)
         hybrids = [rank_hybrid(r, bm25, data, cfg.rrf_k) for r in rankings] if cfg.hybrid else []
         if cfg.hybrid:  # the fusion weight chosen on validation by train, where a model has one (fusion.json)
-            tuned = (rank_tuned_hybrid(r, bm25, data, path) for r, path in zip(rankings, model_dirs, strict=True))
+            tuned = (rank_tuned_hybrid(r, bm25, data, Path(r.source)) for r in rankings)
             hybrids += [t for t in tuned if t is not None]
         rankings += ([bm25] if cfg.bm25 else []) + hybrids
-    if rerank and (cfg.reranker or cfg.base_reranker):
-        rankings += rank_reranked(rankings, data, cfg, show_progress)
+    reranked = job.rerank and bool(cfg.reranker or cfg.base_reranker)
+    if reranked:
+        rankings += rank_reranked(rankings, data, cfg, show_progress, rerankers)
     files: dict[str, str | bytes] = {}
     models = [r for r in rankings if r.kind == "model"]
-    if tune_fusion and cfg.hybrid and models:  # after the reranker: it re-orders the validation-tuned hybrid
+    if job.tune_fusion and cfg.hybrid and models:  # after the reranker: it re-orders the validation-tuned hybrid
         crossed = rank_cross_fitted(models[-1], bm25, data)
         if crossed is not None:
             last_hybrid = max(i for i, r in enumerate(rankings) if r.kind == "hybrid")
@@ -251,7 +277,7 @@ def evaluate_dataset(
             row.metrics["mrr@10"],
         )
     report = report_mod.Report(
-        dataset=name,
+        dataset=job.name,
         n_queries=len(data.queries),
         n_corpus=len(data.passages),
         rows=rows,
@@ -261,13 +287,13 @@ def evaluate_dataset(
             "query_prompt": cfg.query_prompt,
             "passage_prompt": cfg.passage_prompt,
             "rrf_k": cfg.rrf_k,
-            **({"rerank_top": cfg.rerank_top} if rerank and (cfg.reranker or cfg.base_reranker) else {}),
+            **({"rerank_top": cfg.rerank_top} if reranked else {}),
         },
     )
     files.update(report_mod.render(report))
     files["predictions.jsonl"] = predictions_jsonl(rankings, data, ranks)
-    report_mod.write_files(out_dir, files)
-    logger.info("wrote %s (and metrics.csv, metrics.json, predictions.jsonl, report.png)", out_dir / "report.md")
+    report_mod.write_files(job.out_dir, files)
+    logger.info("wrote %s (and metrics.csv, metrics.json, predictions.jsonl, report.png)", job.out_dir / "report.md")
     return rows
 
 

@@ -35,6 +35,7 @@ logger = logging.getLogger(__name__)
 FUSION_FILE = "fusion.json"
 METHODS = ("score", "rank")
 WEIGHTS = tuple(round(0.05 * i, 2) for i in range(1, 20))  # 0.05 … 0.95; 0 and 1 are the parts alone
+MARGIN = 1e-3  # a fusion must beat the better part by more than this (ndcg@10) to be chosen
 DEPTH = 100
 SCORE_BLOCK = 1 << 25  # query × passage scores held at once
 
@@ -136,11 +137,12 @@ def tune(
     weights: Sequence[float] = WEIGHTS,
     depth: int = DEPTH,
     rrf_k: int = RRF_K,
+    margin: float = MARGIN,
 ) -> Fusion:
     """The fusion with the best ndcg@10 on this data; never worse than the better part alone.
 
     Candidates are each part alone and every (method, weight). A fused candidate must beat the better part by more
-    than 0.001 ndcg@10 to be chosen: a tie goes to the simpler retriever.
+    than ``margin`` ndcg@10 to be chosen: a tie goes to the simpler retriever.
     """
     depth = min(depth, n_corpus)
     model_score = ndcg_at_10(model[0], relevant)
@@ -156,7 +158,7 @@ def tune(
             candidate = Fusion(method, float(weight), rrf_k, depth)
             score = ndcg_at_10(fuse(model, bm25, candidate, n_corpus, min(depth, 10), id_rank)[0], relevant)
             candidates.append({"method": method, "weight": float(weight), "ndcg@10": round(score, 6)})
-            if score > best_score and score > parts_best + 1e-3:
+            if score > best_score and score > parts_best + margin:
                 best, best_score = candidate, score
     best.chosen_on = {
         "queries": len(relevant),
@@ -217,6 +219,7 @@ def cross_fit(
     n_folds: int = 2,
     seed: int = 0,
     depth: int = DEPTH,
+    margin: float = MARGIN,
 ) -> CrossFit:
     """:func:`tune` on all folds but one, applied to that one, for every fold; and :func:`tune` on everything.
 
@@ -238,6 +241,7 @@ def cross_fit(
             n_corpus,
             id_rank,
             depth=depth,
+            margin=margin,
         )
         choice.chosen_on["folds_left_out"] = [fold]
         fold_ids, fold_scores = fuse(
@@ -245,7 +249,7 @@ def cross_fit(
         )
         ids[held], scores[held] = fold_ids, fold_scores
         choices.append(choice)
-    overall = tune(model, bm25, relevant, n_corpus, id_rank, depth=depth)
+    overall = tune(model, bm25, relevant, n_corpus, id_rank, depth=depth, margin=margin)
     return CrossFit(ids, scores, folds, choices, overall)
 
 
