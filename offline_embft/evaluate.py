@@ -164,7 +164,7 @@ def run(cfg: EvaluateConfig) -> Path:
     real = user_questions.load(cfg.questions, cfg.chunks) if cfg.questions else None  # bad CSV: fail before encoding
     out_dir = Path(cfg.out_dir)
     full = dataset.with_distractors(cfg.distractors)
-    # The headline first: its passages are encoded in its own order, exactly as a run on it alone would.
+    # The headline first: its distinct passages are encoded in its own order, as a run on it alone would.
     jobs = [Evaluation(EvalData.from_dataset(full), out_dir, str(cfg.dataset))]
     if full is not dataset:
         jobs[0].name = f"{cfg.dataset} + {len(full.corpus) - len(dataset.corpus)} distractors"

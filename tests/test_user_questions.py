@@ -191,3 +191,31 @@ def test_evaluate_with_real_questions_distractors_and_tuned_fusion(tmp_path, law
     assert "无关？" in report
     unmatched = (results / "real_questions" / "unmatched.csv").read_text(encoding="utf-8")
     assert "无关？" in unmatched
+
+
+def test_the_2fold_row_needs_two_questions_and_ranks_with_the_other_half(caplog):
+    import numpy as np
+
+    from offline_embft.eval_rankings import EvalData, Ranking, rank_cross_fitted
+
+    def rankings(n: int):
+        data = EvalData.from_dataset(
+            QADataset(
+                queries={f"q{i}": f"问{i}" for i in range(n)},
+                corpus={f"d{j}": f"文{j}" for j in range(12)},
+                relevant_docs={f"q{i}": [f"d{i}"] for i in range(n)},
+            )
+        )
+        rng = np.random.default_rng(n)
+        ids = np.stack([rng.permutation(12) for _ in range(n)])
+        scores = -np.sort(rng.random((n, 12)), axis=1)
+        model = Ranking("m", "model", "/models/m", ids, scores)
+        bm25 = Ranking("BM25", "bm25", "", ids[:, ::-1].copy(), scores)
+        return model, bm25, data
+
+    assert rank_cross_fitted(*rankings(1)) is None
+    assert "only 1 question" in caplog.text
+    row, overall = rank_cross_fitted(*rankings(6))
+    assert row.label == "m+BM25 tuned on your questions (2-fold)" and row.parent == "m" and row.kind == "hybrid"
+    assert row.ids.shape == (6, 12) and row.info["model_dir"] == "/models/m"
+    assert len(row.info["fusion_folds"]) == 2 and overall.chosen_on["queries"] == 6
