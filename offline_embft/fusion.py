@@ -167,14 +167,7 @@ def tune(
         "fused_ndcg@10": round(best_score, 6),
         "candidates": candidates,
     }
-    logger.info(
-        "fusion chosen on %d labelled queries: %s (ndcg@10 %.4f; model %.4f, BM25 %.4f)",
-        len(relevant),
-        best.describe(),
-        best_score,
-        model_score,
-        bm25_score,
-    )
+    logger.debug("fusion chosen on %d labelled queries: %s (ndcg@10 %.4f)", len(relevant), best.describe(), best_score)
     return best
 
 
@@ -325,5 +318,14 @@ def tune_for_model(model: Any, dataset: Any, prompts: tuple[str, str] = ("", "")
         len(data.passages),
         data.id_rank,
         depth=depth,
+    )
+    chosen = fusion.chosen_on
+    logger.info(
+        "fusion chosen on %d labelled queries: %s (ndcg@10 %.4f; model %.4f, BM25 %.4f)",
+        chosen["queries"],
+        fusion.describe(),
+        chosen["fused_ndcg@10"],
+        chosen["model_ndcg@10"],
+        chosen["bm25_ndcg@10"],
     )
     return fusion
