@@ -97,6 +97,21 @@ class QADataset:
                 into.update(new)
         return merged
 
+    def subset(self, query_ids: Sequence[str], keep_corpus: bool = False) -> QADataset:
+        """The dataset of ``query_ids`` (in that order) with the passages they need, or the whole corpus.
+
+        Args:
+            query_ids: the questions to keep.
+            keep_corpus: keep every passage (the others stay as distractors) instead of the questions' own.
+        """
+        needed = {doc for qid in query_ids for doc in self.relevant_docs[qid]}
+        return QADataset(
+            queries={qid: self.queries[qid] for qid in query_ids},
+            corpus={doc: text for doc, text in self.corpus.items() if keep_corpus or doc in needed},
+            relevant_docs={qid: self.relevant_docs[qid] for qid in query_ids},
+            mode=self.mode,
+        )
+
     def save(self, path: str | Path) -> Path:
         """Write the dataset atomically (the same JSON LlamaIndex's ``save_json`` writes)."""
         return write_json(

@@ -63,8 +63,11 @@ class Fusion:
             return "the model alone (weight 1: BM25 did not help on the questions it was chosen on)"
         if self.method == "bm25":
             return "BM25 alone (weight 0: the model did not help on the questions it was chosen on)"
-        how = "min-max normalised scores" if self.method == "score" else f"weighted reciprocal rank (k={self.rrf_k})"
-        return f"{how}, model weight {self.weight:g}, BM25 weight {1 - self.weight:g}"
+        return f"{self.how()}, model weight {self.weight:g}, BM25 weight {1 - self.weight:g}"
+
+    def how(self) -> str:
+        """How a fused method combines the two rankings, in words."""
+        return "min-max normalised scores" if self.method == "score" else f"weighted reciprocal rank (k={self.rrf_k})"
 
     def save(self, model_dir: str | Path, name: str = FUSION_FILE) -> Path:
         """Write the choice as ``model_dir/name`` (``fusion.json`` beside a model is what evaluate reads)."""

@@ -138,8 +138,7 @@ def describe_blend(blend: Fusion | None) -> str:
         return "the reranker's order alone"
     if blend.method == "bm25":
         return "the retriever's order kept (the reranker did not help on validation)"
-    how = "min-max normalised scores" if blend.method == "score" else f"weighted reciprocal rank (k={blend.rrf_k})"
-    return f"{how}: reranker weight {blend.weight:g}, retriever weight {1 - blend.weight:g}"
+    return f"{blend.how()}: reranker weight {blend.weight:g}, retriever weight {1 - blend.weight:g}"
 
 
 def rerank(

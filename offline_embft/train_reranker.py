@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import gc
+import json
 import logging
 import shutil
 import time
@@ -97,8 +98,6 @@ def build_examples(
 
 def has_trained_head(model_dir: str | Path) -> bool:
     """Whether the checkpoint is already a sequence classifier (a reranker), not an encoder or embedding model."""
-    import json
-
     config = Path(model_dir) / "config.json"
     try:
         architectures = json.loads(config.read_text(encoding="utf-8")).get("architectures") or []

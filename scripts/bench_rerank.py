@@ -70,12 +70,7 @@ def subset(train_file: Path, questions: int, out: Path, seed: int = 42) -> Path:
 
     full = QADataset.load(train_file)
     keep = sorted(random.Random(seed).sample(list(full.queries), min(questions, len(full.queries))))
-    part = QADataset(
-        queries={q: full.queries[q] for q in keep},
-        corpus=dict(full.corpus),
-        relevant_docs={q: full.relevant_docs[q] for q in keep},
-    )
-    return part.save(out)
+    return full.subset(keep, keep_corpus=True).save(out)
 
 
 def train_reranker(retriever: Path, train_file: Path, out: Path, loss: str, args: argparse.Namespace) -> dict:

@@ -27,3 +27,14 @@ def test_an_id_meaning_two_things_is_refused():
     other = QADataset({"q2": "问题二"}, {"d1": "第二条"}, {"q2": ["d1"]})
     with pytest.raises(UserError, match="corpus id 'd1'"):
         QADataset.merge([one, other])
+
+
+def test_a_subset_keeps_its_questions_with_their_passages_or_the_whole_corpus(laws_dir):
+    full = QADataset.load(laws_dir / "qa" / "company_law.json")
+    picked = list(full.queries)[10:14][::-1]
+    part = full.subset(picked)
+    assert list(part.queries) == picked and all(part.relevant_docs[q] == full.relevant_docs[q] for q in picked)
+    assert set(part.corpus) == {doc for q in picked for doc in full.relevant_docs[q]}
+    assert list(part.corpus) == [doc for doc in full.corpus if doc in part.corpus]  # the corpus keeps its order
+    part.validate("subset")
+    assert full.subset(picked, keep_corpus=True).corpus == full.corpus

@@ -91,13 +91,7 @@ def test_train_with_weight_ensemble_saves_the_chosen_alpha_and_the_fusion(laws_d
 
     def subset(name: str, start: int, count: int) -> QADataset:
         full = QADataset.load(laws_dir / "qa" / f"{name}.json")
-        qids = list(full.queries)[start : start + count]
-        docs = {d for q in qids for d in full.relevant_docs[q]}
-        return QADataset(
-            queries={q: full.queries[q] for q in qids},
-            corpus={d: full.corpus[d] for d in docs},
-            relevant_docs={q: full.relevant_docs[q] for q in qids},
-        )
+        return full.subset(list(full.queries)[start : start + count])
 
     cfg = TrainConfig(
         train_file=str(subset("company_law", 10, 16).save(tmp_path / "train.json")),

@@ -82,13 +82,7 @@ def tiny_st(tmp_path_factory) -> Path:
 
 def _dataset(laws_dir: Path, start: int, count: int) -> QADataset:
     full = QADataset.load(laws_dir / "qa" / "company_law.json")
-    qids = list(full.queries)[start : start + count]
-    docs = {doc for qid in qids for doc in full.relevant_docs[qid]}
-    return QADataset(
-        queries={qid: full.queries[qid] for qid in qids},
-        corpus={doc: full.corpus[doc] for doc in docs},
-        relevant_docs={qid: full.relevant_docs[qid] for qid in qids},
-    )
+    return full.subset(list(full.queries)[start : start + count])
 
 
 @pytest.mark.slow

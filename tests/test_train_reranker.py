@@ -22,13 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def _subset(laws_dir: Path, name: str, start: int, count: int) -> QADataset:
     full = QADataset.load(laws_dir / "qa" / f"{name}.json")
-    qids = list(full.queries)[start : start + count]
-    docs = {doc for qid in qids for doc in full.relevant_docs[qid]}
-    return QADataset(
-        queries={qid: full.queries[qid] for qid in qids},
-        corpus={doc: full.corpus[doc] for doc in sorted(docs)},
-        relevant_docs={qid: full.relevant_docs[qid] for qid in qids},
-    )
+    return full.subset(list(full.queries)[start : start + count])
 
 
 @pytest.fixture(scope="module")
