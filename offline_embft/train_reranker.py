@@ -301,10 +301,11 @@ def run(cfg: TrainRerankerConfig, callbacks: list[Any] | None = None) -> Path:
     texts = corpus_texts(train_data, val_data)  # every text the model will read (characters only, as train does)
     # One epoch has no checkpoint to choose from: validation only chooses the blend, after training.
     choose_checkpoint = val_data is not None and (cfg.epochs > 1 or cfg.eval_steps > 0)
+    validating = choose_checkpoint or (val_data is not None and cfg.blend)
     mine_started = time.perf_counter()
-    retriever = _load_retriever(cfg, validating=val_data is not None)
+    retriever = _load_retriever(cfg, validating=validating)
     examples = build_examples(train_data, cfg, retriever)
-    candidates = validation_candidates(val_data, retriever, cfg) if val_data else None
+    candidates = validation_candidates(val_data, retriever, cfg) if validating else None
     mine_seconds = time.perf_counter() - mine_started
     del retriever
     gc.collect()
