@@ -24,7 +24,7 @@ from offline_embft.config import EvaluateConfig
 from offline_embft.dataset import QADataset
 from offline_embft.errors import UserError
 from offline_embft.model_files import load_sentence_transformer
-from offline_embft.ranking import reciprocal_rank_fusion, top_k
+from offline_embft.ranking import id_ranks, reciprocal_rank_fusion, top_k
 
 logger = logging.getLogger(__name__)
 
@@ -59,9 +59,6 @@ class EvalData:
     @classmethod
     def from_dataset(cls, dataset: QADataset) -> EvalData:
         corpus_ids = list(dataset.corpus)
-        order = sorted(range(len(corpus_ids)), key=corpus_ids.__getitem__)
-        id_rank = np.empty(len(corpus_ids), dtype=np.int64)
-        id_rank[order] = np.arange(len(corpus_ids))
         query_ids = list(dataset.queries)
         return cls(
             query_ids=query_ids,
@@ -69,7 +66,7 @@ class EvalData:
             corpus_ids=corpus_ids,
             passages=[dataset.corpus[c] for c in corpus_ids],
             relevant=[set(dataset.relevant_docs[q]) for q in query_ids],
-            id_rank=id_rank,
+            id_rank=id_ranks(corpus_ids),
         )
 
     @property

@@ -28,7 +28,7 @@ import numpy as np
 
 from offline_embft.bm25 import BM25Index
 from offline_embft.io import write_json
-from offline_embft.ranking import RRF_K, top_k, weighted_fusion
+from offline_embft.ranking import RRF_K, id_ranks, top_k, weighted_fusion
 
 logger = logging.getLogger(__name__)
 
@@ -266,15 +266,12 @@ class LabelledSet:
     def from_dataset(cls, dataset: Any) -> LabelledSet:
         corpus_ids = list(dataset.corpus)
         position = {cid: i for i, cid in enumerate(corpus_ids)}
-        order = sorted(range(len(corpus_ids)), key=corpus_ids.__getitem__)
-        id_rank = np.empty(len(corpus_ids), dtype=np.int64)
-        id_rank[order] = np.arange(len(corpus_ids))
         query_ids = list(dataset.queries)
         return cls(
             queries=[dataset.queries[q] for q in query_ids],
             passages=[dataset.corpus[c] for c in corpus_ids],
             relevant=[{position[c] for c in dataset.relevant_docs[q] if c in position} for q in query_ids],
-            id_rank=id_rank,
+            id_rank=id_ranks(corpus_ids),
         )
 
 

@@ -13,6 +13,14 @@ import numpy as np
 RRF_K = 60  # the reciprocal-rank-fusion constant of Cormack et al. (2009)
 
 
+def id_ranks(corpus_ids: Sequence[str]) -> np.ndarray:
+    """Each passage's position in ascending corpus-id order: the tie-break :func:`top_k` takes as ``id_rank``."""
+    order = sorted(range(len(corpus_ids)), key=corpus_ids.__getitem__)
+    ranks = np.empty(len(corpus_ids), dtype=np.int64)
+    ranks[order] = np.arange(len(corpus_ids))
+    return ranks
+
+
 def top_k(scores: np.ndarray, k: int, id_rank: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The ``k`` best columns of each row of ``scores``, best first.
 

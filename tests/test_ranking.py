@@ -37,3 +37,13 @@ def test_docstring_examples_hold():
     from offline_embft import ranking
 
     assert doctest.testmod(ranking).failed == 0
+
+
+def test_id_ranks_order_passages_by_corpus_id():
+    from offline_embft.ranking import id_ranks
+
+    ranks = id_ranks(["c", "a", "b"])
+    assert ranks.tolist() == [2, 0, 1]
+    # top_k breaks a tie by it: equal scores, the smaller corpus id first
+    ids, _ = top_k(np.array([[1.0, 1.0, 1.0]]), 3, ranks)
+    assert ids.tolist() == [[1, 2, 0]]
