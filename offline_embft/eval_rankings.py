@@ -254,34 +254,39 @@ def rank_tuned_hybrid(model: Ranking, bm25: Ranking, data: EvalData, model_dir: 
     return Ranking(f"{model.label}+BM25 tuned", "hybrid", source, ids, scores, info, parent=model.label)
 
 
-CROSS_FIT_SUFFIX = "+BM25 tuned on your questions (2-fold)"
+def cross_fit_label(model_label: str, n_folds: int) -> str:
+    """The label of the fusion row tuned on the user's questions, with the fold count it was graded with: the one
+    place that names it (tests look the row up by it)."""
+    return f"{model_label}+BM25 tuned on your questions ({n_folds}-fold)"
 
 
 def rank_cross_fitted(model: Ranking, bm25: Ranking, data: EvalData) -> tuple[Ranking, fusion.Fusion] | None:
     """The fusion tuned on the dataset's own (real) questions, graded honestly: each question ranked with the weight
-    chosen on the other half of them (:func:`fusion.cross_fit`, 2 folds). Also returns the choice on all of them.
+    chosen on the other folds of them (:func:`fusion.cross_fit`, ``fusion.CROSS_FIT_FOLDS`` folds, or one per
+    question when there are fewer). Also returns the choice on all of them.
 
-    None with fewer than 2 questions (nothing to choose on for the other half).
+    None with fewer than 2 questions (no other fold to choose on).
     """
     if len(data.queries) < 2:
         logger.warning("only %d question: no fusion tuned on your questions", len(data.queries))
         return None
+    n_folds = min(fusion.CROSS_FIT_FOLDS, len(data.queries))
     position = {cid: i for i, cid in enumerate(data.corpus_ids)}
     relevant = [{position[c] for c in right} for right in data.relevant]
     crossed = fusion.cross_fit(
-        (model.ids, model.scores), (bm25.ids, bm25.scores), relevant, len(data.passages), data.id_rank
+        (model.ids, model.scores), (bm25.ids, bm25.scores), relevant, len(data.passages), data.id_rank, n_folds
     )
-    folds = "; ".join(f"half {f + 1}: {c.describe()}" for f, c in enumerate(crossed.fold_choices))
+    folds = "; ".join(f"fold {f + 1}: {c.describe()}" for f, c in enumerate(crossed.fold_choices))
     source = (
-        f"`{model.label}` with BM25, the fusion chosen on one half of these questions and applied to the other "
-        f"({folds})"
+        f"`{model.label}` with BM25, these questions in {n_folds} folds, each fold ranked with the fusion chosen on "
+        f"the rest ({folds})"
     )
     info = {
         "fusion_folds": [{"method": c.method, "model_weight": c.weight} for c in crossed.fold_choices],
         "fusion_on_all": {"method": crossed.overall.method, "model_weight": crossed.overall.weight},
         "model_dir": model.source,
     }
-    label = f"{model.label}{CROSS_FIT_SUFFIX}"
+    label = cross_fit_label(model.label, n_folds)
     ranking = Ranking(label, "hybrid", source, crossed.ids, crossed.scores, info, parent=model.label)
     return ranking, crossed.overall
 

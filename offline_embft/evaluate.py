@@ -212,7 +212,8 @@ class Evaluation:
         name: The dataset as the report names it.
         rerank: Add the retriever → reranker rows (when the run has rerankers).
         tune_fusion: Also tune the last model's fusion with BM25 on these questions (the user's real ones): a row
-            graded by 2-fold cross-fitting, and the choice on all of them in ``REAL_FUSION_FILE``.
+            graded by k-fold cross-fitting (``fusion.CROSS_FIT_FOLDS`` folds), and the choice on all of them in
+            ``REAL_FUSION_FILE``.
     """
 
     data: EvalData

@@ -78,7 +78,7 @@ def _fusion_on_questions(row: Row, n_questions: int, saved: str) -> str:
         what = f"**{method} fusion, model weight {weight:g}, BM25 weight {1 - weight:g}**"
     return (
         f"Fusion with BM25 chosen on all {n_questions} real questions: {what}. `{row.label}` is its honest "
-        f"estimate (each question ranked with the weight chosen on the other half). To use it, copy `{saved}` to "
-        f"`{row.info['model_dir']}/fusion.json` (the file train writes; evaluate's `+BM25 tuned` row and "
+        f"estimate (each question ranked with the weight chosen on the other folds, without it). To use it, copy "
+        f"`{saved}` to `{row.info['model_dir']}/fusion.json` (the file train writes; evaluate's `+BM25 tuned` row and "
         "docs/quality.md's RAG snippets read it there)."
     )

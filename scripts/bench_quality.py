@@ -20,9 +20,9 @@ Rows (``--rows``; trained models are kept in ``--work`` and reused by a later ru
 - ``llm1rt``   as llm1, then the round-trip filter
 - ``ict1`` / ``ict3``  the ict generator, 1 or 3 pseudo-questions per chunk
 
-Every row also gets the fusion tuned on the 155 test questions themselves, graded by 2-fold cross-fitting (what
-``evaluate --questions`` reports for a user's real questions). ``--rescore-all`` scores the models already trained in
-``--work`` without training or writing there.
+Every row also gets the fusion tuned on the 155 test questions themselves, graded by k-fold cross-fitting
+(``fusion.CROSS_FIT_FOLDS`` folds: what ``evaluate --questions`` reports for a user's real questions).
+``--rescore-all`` scores the models already trained in ``--work`` without training or writing there.
 
 Usage: python scripts/bench_quality.py [--rows llm1,llm3,llm3rt,ict1] [--epochs 3] [--work DIR] [--json FILE]
        python scripts/bench_quality.py --rescore-all --work DIR [--json FILE]
@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 import offline_embft  # noqa: F401  (offline environment before heavy imports)
+from offline_embft.fusion import CROSS_FIT_FOLDS
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "scripts"))
@@ -59,7 +60,8 @@ ROWS = {
     "ict3": ("ict", 0, False),
 }
 
-SPLITS = 10  # seeded 2-fold splits averaged in the "mean of splits" column
+SPLITS = 10  # seeded CROSS_FIT_FOLDS-fold splits averaged in the "mean of splits" column
+CROSS_FIT = f"{CROSS_FIT_FOLDS}-fold"  # the cross-fitted columns' name
 
 logger = logging.getLogger("bench_quality")
 
@@ -214,8 +216,8 @@ class TestSet:
 
     def scores(self, model, fusion_choice=None) -> dict[str, Any]:
         """ndcg@10 of the model, RRF, the given fusion (chosen on validation) and the fusion cross-fitted on the
-        test questions themselves (2 folds: each question ranked with the weight chosen on the other half, as
-        ``evaluate --questions`` does), over the small and the full corpus."""
+        test questions themselves (CROSS_FIT_FOLDS folds: each question ranked with the weight chosen on the other
+        folds, as ``evaluate --questions`` does), over the small and the full corpus."""
         import numpy as np
 
         from offline_embft.fusion import Fusion, cross_fit, fuse, ndcg_at_10
@@ -232,9 +234,9 @@ class TestSet:
                 tuned = fuse(dense, bm25, fusion_choice, len(data.passages), 100, data.id_rank)
                 out[f"{name}_tuned"] = ndcg_at_10(tuned[0], data.relevant)
             crossed = cross_fit(dense, bm25, data.relevant, len(data.passages), data.id_rank)
-            out[f"{name}_2fold"] = ndcg_at_10(crossed.ids, data.relevant)
+            out[f"{name}_crossfit"] = ndcg_at_10(crossed.ids, data.relevant)
             # One split of 155 questions is a noisy estimate: the mean over SPLITS seeded splits beside it.
-            out[f"{name}_2fold_mean"] = float(
+            out[f"{name}_crossfit_mean"] = float(
                 np.mean(
                     [
                         ndcg_at_10(
@@ -245,8 +247,9 @@ class TestSet:
                     ]
                 )
             )
-            out[f"{name}_2fold_choices"] = [_short(c) for c in crossed.fold_choices]
-            out[f"{name}_2fold_overall"] = _short(crossed.overall)
+            out[f"{name}_crossfit_choices"] = [_short(c) for c in crossed.fold_choices]
+            out[f"{name}_crossfit_overall"] = _short(crossed.overall)
+        out["crossfit_folds"] = CROSS_FIT_FOLDS  # earlier --json files have 2-fold columns (keys *_2fold)
         return out
 
 
@@ -301,14 +304,14 @@ def print_table(summary: dict) -> None:
     )
     print(
         "| row | questions/chunk | train pairs (val) | round-trip dropped | generate s | train s | fine-tuned "
-        "| full corpus | RRF hybrid | tuned fusion (choice on val) | tuned on the test questions (2-fold) "
+        f"| full corpus | RRF hybrid | tuned fusion (choice on val) | tuned on the test questions ({CROSS_FIT}) "
         "| WiSE-FT (α on val) | WiSE-FT + tuned fusion |"
     )
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     print(f"| BM25 | – | – | – | – | – | {bm25['small']:.4f} | {bm25['full']:.4f} | – | – | – | – | – |")
     print(
         f"| base MiniLM (no training) | – | – | – | – | – | {base['small_model']:.4f} | "
-        f"{base['full_model']:.4f} | {base['small_rrf']:.4f} | – | {_two_fold(base)} | – | – |"
+        f"{base['full_model']:.4f} | {base['small_rrf']:.4f} | – | {_cross_fitted(base)} | – | – |"
     )
     for r in summary["rows"]:
         m, notes = r["metrics"], r["notes"]
@@ -323,7 +326,7 @@ def print_table(summary: dict) -> None:
         print(
             f"| {r['name']} | {notes['questions_per_chunk']} | {r['pairs']} ({r['val_questions']}) | "
             f"{r['roundtrip_dropped']} | {r['generate_seconds']:.0f} | {r['train_seconds']:.0f} | "
-            f"{m['small_model']:.4f} | {m['full_model']:.4f} | {m['small_rrf']:.4f} | {tuned} | {_two_fold(m)} | "
+            f"{m['small_model']:.4f} | {m['full_model']:.4f} | {m['small_rrf']:.4f} | {tuned} | {_cross_fitted(m)} | "
             f"{wise_text} | {wise_fused} |"
         )
     for r in summary["rows"]:
@@ -331,15 +334,14 @@ def print_table(summary: dict) -> None:
             print(f"\n{r['name']}: WiSE-FT validation ndcg@10 by α {r['notes']['wise_ft']['val_by_alpha']}")
 
 
-def _two_fold(metrics: dict[str, Any]) -> str:
-    """The cross-fitted column: small-corpus ndcg@10 (the choice on all test questions); full corpus."""
-    if "small_2fold" not in metrics:  # a --json file written before the column existed
+def _cross_fitted(metrics: dict[str, Any]) -> str:
+    """The cross-fitted column: small-corpus ndcg@10 (the choice on all test questions; the mean of splits); full
+    corpus. "–" for a --json file written before the column existed or with another fold count (2 before)."""
+    if metrics.get("crossfit_folds") != CROSS_FIT_FOLDS:
         return "–"
-    mean = metrics.get("small_2fold_mean")  # absent from runs before the column had it
-    splits = f"; mean of {SPLITS} splits {mean:.4f}" if mean is not None else ""
     return (
-        f"{metrics['small_2fold']:.4f} ({metrics['small_2fold_overall']}{splits}); "
-        f"full corpus {metrics['full_2fold']:.4f}"
+        f"{metrics['small_crossfit']:.4f} ({metrics['small_crossfit_overall']}; mean of {SPLITS} splits "
+        f"{metrics['small_crossfit_mean']:.4f}); full corpus {metrics['full_crossfit']:.4f}"
     )
 
 
@@ -364,10 +366,10 @@ def rescore_all(work: Path, test: TestSet, bm25: dict[str, float]) -> list[dict[
 
 
 def print_rescore_table(rows: list[dict[str, Any]], bm25: dict[str, float]) -> None:
-    """ndcg@10 per trained model and corpus: the model, BM25, RRF, the validation choice and the 2-fold one."""
+    """ndcg@10 per trained model and corpus: the model, BM25, RRF, the validation choice and the cross-fitted one."""
     print(
         "| model | corpus | fine-tuned | BM25 | RRF hybrid | tuned on validation (fusion.json) "
-        f"| tuned on the test questions (2-fold, seed 0) | mean of {SPLITS} splits | the folds' choices (seed 0) "
+        f"| tuned on the test questions ({CROSS_FIT}, seed 0) | mean of {SPLITS} splits | the folds' choices (seed 0) "
         "| choice on all test questions |"
     )
     print("|---|---|---:|---:|---:|---:|---:|---:|---|---|")
@@ -376,9 +378,9 @@ def print_rescore_table(rows: list[dict[str, Any]], bm25: dict[str, float]) -> N
             tuned = f"{row[corpus + '_tuned']:.4f} ({row['fusion']})" if corpus + "_tuned" in row else "–"
             print(
                 f"| {row['name']} | {corpus} | {row[corpus + '_model']:.4f} | {bm25[corpus]:.4f} | "
-                f"{row[corpus + '_rrf']:.4f} | {tuned} | {row[corpus + '_2fold']:.4f} | "
-                f"{row[corpus + '_2fold_mean']:.4f} | "
-                f"{', '.join(row[corpus + '_2fold_choices'])} | {row[corpus + '_2fold_overall']} |"
+                f"{row[corpus + '_rrf']:.4f} | {tuned} | {row[corpus + '_crossfit']:.4f} | "
+                f"{row[corpus + '_crossfit_mean']:.4f} | "
+                f"{', '.join(row[corpus + '_crossfit_choices'])} | {row[corpus + '_crossfit_overall']} |"
             )
 
 

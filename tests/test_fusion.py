@@ -119,9 +119,9 @@ def test_fusion_json_round_trip_and_bad_files(tmp_path, caplog):
 # Cross-fitting: no question is ranked by a weight chosen on it
 
 
-def _folds_that_disagree(n: int = 24, seed: int = 0):
-    """Rankings where the model is right exactly on fold 0's questions and BM25 exactly on fold 1's."""
-    folds = fusion.assign_folds(n, 2, seed)
+def _folds_that_disagree(n: int = 24, n_folds: int = 2, seed: int = 0):
+    """Rankings where the model is right exactly on fold 0's questions and BM25 exactly on the other folds'."""
+    folds = fusion.assign_folds(n, n_folds, seed)
     relevant = [{i} for i in range(n)]
     model_scores = np.full((n, n), 0.1)
     bm25_scores = np.full((n, n), 0.1)
@@ -135,7 +135,7 @@ def _folds_that_disagree(n: int = 24, seed: int = 0):
 
 def test_cross_fit_ranks_each_question_with_the_choice_of_the_other_fold():
     model, bm25, relevant, folds = _folds_that_disagree()
-    result = fusion.cross_fit(model, bm25, relevant, len(relevant), depth=24)
+    result = fusion.cross_fit(model, bm25, relevant, len(relevant), n_folds=2, depth=24)
     np.testing.assert_array_equal(result.folds, folds)
     # Chosen on fold 1 (fold 0 left out), BM25 alone is perfect; chosen on fold 0, the model alone is.
     assert [c.method for c in result.fold_choices] == ["bm25", "model"]
@@ -147,6 +147,55 @@ def test_cross_fit_ranks_each_question_with_the_choice_of_the_other_fold():
     assert ndcg_at_10(result.ids, relevant) == 0.0
 
 
+def test_a_fold_is_ranked_with_the_choice_of_the_other_four_only():
+    # 25 questions in 5 folds: the model is right on fold 0's 5 questions only. Chosen on all 25, a score fusion wins;
+    # chosen on the other four folds (fold 0 left out) BM25 alone is perfect, and that is what ranks fold 0.
+    model, bm25, relevant, folds = _folds_that_disagree(n=25, n_folds=fusion.CROSS_FIT_FOLDS)
+    result = fusion.cross_fit(model, bm25, relevant, len(relevant), depth=25)
+    np.testing.assert_array_equal(result.folds, folds)
+    assert result.overall.method == "score"
+    first = result.fold_choices[0]
+    assert first.method == "bm25" and first.chosen_on["queries"] == 20
+    np.testing.assert_array_equal(result.ids[folds == 0], bm25[0][folds == 0])
+    assert ndcg_at_10(result.ids[folds == 0], [r for r, f in zip(relevant, folds, strict=True) if f == 0]) == 0.0
+
+
+def test_five_folds_over_six_questions_hold_each_question_out_once_and_choose_without_it():
+    model, bm25, relevant, n_corpus = _synthetic(2, n_queries=6, n_corpus=30, model_noise=1.0, bm25_noise=1.0)
+    result = fusion.cross_fit(model, bm25, relevant, n_corpus, depth=20)  # the default fold count
+    assert fusion.CROSS_FIT_FOLDS == 5 and len(result.fold_choices) == 5
+    sizes = np.bincount(result.folds, minlength=5)
+    assert sorted(sizes.tolist()) == [1, 1, 1, 1, 2]  # every question in exactly one fold; sizes differ by ≤ 1
+    for fold, choice in enumerate(result.fold_choices):
+        held, rest = result.folds == fold, result.folds != fold
+        assert choice.chosen_on["folds_left_out"] == [fold]
+        assert choice.chosen_on["queries"] == 6 - sizes[fold]  # chosen without the fold's own questions …
+        expected = tune(  # … and exactly as tune chooses on the other folds alone
+            (model[0][rest], model[1][rest]),
+            (bm25[0][rest], bm25[1][rest]),
+            [r for r, keep in zip(relevant, rest, strict=True) if keep],
+            n_corpus,
+            depth=20,
+        )
+        expected.chosen_on["folds_left_out"] = [fold]
+        assert choice == expected
+        held_ids, held_scores = fuse(
+            (model[0][held], model[1][held]), (bm25[0][held], bm25[1][held]), choice, n_corpus, 20
+        )
+        np.testing.assert_array_equal(result.ids[held], held_ids)
+        np.testing.assert_array_equal(result.scores[held], held_scores)
+
+
+@pytest.mark.parametrize("n_folds", [2, 3, 5, 10])
+@pytest.mark.parametrize("n_queries", [10, 11, 37, 155])
+def test_assign_folds_deals_every_question_once_in_folds_of_near_equal_size(n_queries, n_folds):
+    folds = fusion.assign_folds(n_queries, n_folds, seed=3)
+    sizes = np.bincount(folds, minlength=n_folds)
+    assert folds.shape == (n_queries,) and set(folds.tolist()) == set(range(n_folds))
+    assert sizes.sum() == n_queries and sizes.max() - sizes.min() <= 1
+    np.testing.assert_array_equal(folds, fusion.assign_folds(n_queries, n_folds, seed=3))
+
+
 def test_cross_fit_overall_choice_is_tune_on_every_question_and_it_is_deterministic():
     model, bm25, relevant, n_corpus = _synthetic(4, model_noise=1.0, bm25_noise=1.0)
     result = fusion.cross_fit(model, bm25, relevant, n_corpus, depth=20)
@@ -156,7 +205,7 @@ def test_cross_fit_overall_choice_is_tune_on_every_question_and_it_is_determinis
     np.testing.assert_array_equal(again.scores, result.scores)
     assert again.fold_choices == result.fold_choices
     sizes = np.bincount(result.folds)
-    assert sizes.tolist() == [20, 20] and result.ids.shape == model[0].shape
-    assert not np.array_equal(fusion.assign_folds(40, 2, seed=1), result.folds)  # the seed picks the split
-    with pytest.raises(ValueError, match="at least 2 questions"):
-        fusion.assign_folds(1)
+    assert sizes.tolist() == [8] * fusion.CROSS_FIT_FOLDS and result.ids.shape == model[0].shape
+    assert not np.array_equal(fusion.assign_folds(40, seed=1), result.folds)  # the seed picks the split
+    with pytest.raises(ValueError, match="over 5 folds needs at least 5 questions, got 4"):
+        fusion.assign_folds(4)

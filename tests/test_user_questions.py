@@ -13,6 +13,7 @@ from offline_embft import evaluate, fusion, user_questions
 from offline_embft.config import EvaluateConfig
 from offline_embft.dataset import QADataset
 from offline_embft.errors import UserError
+from offline_embft.eval_rankings import cross_fit_label
 from offline_embft.fusion import Fusion
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -146,7 +147,7 @@ def test_evaluate_with_real_questions_distractors_and_tuned_fusion(tmp_path, law
 
     cfg = EvaluateConfig(
         dataset=str(dataset),
-        models=[str(minilm_path), str(model)],  # the base model first: the 2-fold row is for the last model only
+        models=[str(minilm_path), str(model)],  # the base model first: the cross-fitted row is for the last model only
         hybrid=True,
         out_dir=str(tmp_path / "results"),
         distractors=[str(train_chunks)],
@@ -171,10 +172,11 @@ def test_evaluate_with_real_questions_distractors_and_tuned_fusion(tmp_path, law
         "finetuned+BM25 tuned",
     ]
     assert [r["model"] for r in small["results"]] == labels  # tuned on real questions: only where they are
-    two_fold = "finetuned+BM25 tuned on your questions (2-fold)"
-    assert [r["model"] for r in real["results"]] == [*labels, two_fold]
+    n_folds = min(fusion.CROSS_FIT_FOLDS, 5)  # as many folds as the 5 matched questions allow
+    assert [r["model"] for r in real["results"]] == [*labels, cross_fit_label("finetuned", n_folds)]
     crossed = real["results"][-1]
-    assert crossed["kind"] == "hybrid" and len(crossed["info"]["fusion_folds"]) == 2
+    assert crossed["kind"] == "hybrid" and len(crossed["info"]["fusion_folds"]) == n_folds
+    assert f"these questions in {n_folds} folds" in crossed["source"]
     chosen = json.loads((results / "real_questions" / evaluate.REAL_FUSION_FILE).read_text(encoding="utf-8"))
     assert chosen["chosen_on"]["queries"] == 5  # chosen on all the matched real questions
     assert Fusion(**chosen) == fusion.load(
@@ -193,7 +195,7 @@ def test_evaluate_with_real_questions_distractors_and_tuned_fusion(tmp_path, law
     assert "无关？" in unmatched
 
 
-def test_the_2fold_row_needs_two_questions_and_ranks_with_the_other_half(caplog):
+def test_the_cross_fitted_row_needs_two_questions_and_uses_at_most_cross_fit_folds(caplog):
     import numpy as np
 
     from offline_embft.eval_rankings import EvalData, Ranking, rank_cross_fitted
@@ -215,7 +217,14 @@ def test_the_2fold_row_needs_two_questions_and_ranks_with_the_other_half(caplog)
 
     assert rank_cross_fitted(*rankings(1)) is None
     assert "only 1 question" in caplog.text
+    # Two questions: two folds (one question each), and the label says 2, not the usual count.
+    row, overall = rank_cross_fitted(*rankings(2))
+    assert row.label == cross_fit_label("m", 2) != cross_fit_label("m", fusion.CROSS_FIT_FOLDS)
+    assert len(row.info["fusion_folds"]) == 2 and overall.chosen_on["queries"] == 2
+    assert "these questions in 2 folds" in row.source and "fold 2:" in row.source and "fold 3:" not in row.source
+    # Six questions: CROSS_FIT_FOLDS folds, each choice on the others; the choice on all six is returned beside.
     row, overall = rank_cross_fitted(*rankings(6))
-    assert row.label == "m+BM25 tuned on your questions (2-fold)" and row.parent == "m" and row.kind == "hybrid"
+    assert row.label == cross_fit_label("m", fusion.CROSS_FIT_FOLDS) and row.parent == "m" and row.kind == "hybrid"
     assert row.ids.shape == (6, 12) and row.info["model_dir"] == "/models/m"
-    assert len(row.info["fusion_folds"]) == 2 and overall.chosen_on["queries"] == 6
+    assert len(row.info["fusion_folds"]) == fusion.CROSS_FIT_FOLDS == 5 and overall.chosen_on["queries"] == 6
+    assert row.info["fusion_on_all"] == {"method": overall.method, "model_weight": overall.weight}
