@@ -45,8 +45,11 @@ MODELS ?= Models
 download: ## (Connected machine) Fetch the config's models from ModelScope into Models/ (verified, resumable)
 	$(CLI) download $(ARGS)
 
-doctor: ## Can this machine run the config? GPU, vLLM, models, disk, offline env, tokenizer coverage
-	$(CLI) doctor $(ARGS)
+# `make doctor FOR="convert ingest"` checks only what those stages need; a stage target (`make ingest`) does that by
+# itself for the stages it will run, so a CPU workstation can ingest with the GPU server's config.
+FOR ?=
+doctor: ## Can this machine run the config? GPU, vLLM, models, disk, offline env, tokenizer (FOR=STAGE: its needs)
+	$(CLI) doctor $(ARGS) $(foreach stage,$(FOR),--stage $(stage))
 
 bundle: ## (Connected machine) Wheelhouse for the target server + Models/ + SHA256SUMS into bundle/
 	$(BIN)/python scripts/bundle.py --out $(BUNDLE) --models-dir $(MODELS) $(BUNDLE_ARGS)

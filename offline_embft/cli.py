@@ -25,6 +25,7 @@ from offline_embft.config import (
     LOSSES,
     POOLINGS,
     RERANKER_LOSSES,
+    STAGES,
     ConvertConfig,
     EvaluateConfig,
     GenerateConfig,
@@ -66,6 +67,7 @@ Pooling = _choices("Pooling", POOLINGS)
 Loss = _choices("Loss", LOSSES)
 ExtendVocab = _choices("ExtendVocab", EXTEND_VOCAB)
 RerankerLoss = _choices("RerankerLoss", RERANKER_LOSSES)
+StageName = _choices("StageName", STAGES)
 
 
 def _opt(section: type, name: str, *decls: str) -> Any:
@@ -405,13 +407,23 @@ def download(config: ConfigOpt = None, set_: SetOpt = None) -> None:
 
 
 @app.command()
-def doctor(config: ConfigOpt = None, set_: SetOpt = None) -> None:
+def doctor(
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    stage: Annotated[
+        Optional[list[StageName]],
+        typer.Option(
+            help="Check only what this stage needs (repeatable; `all --until` passes the stages it will run). "
+            "Default: every check, for the whole pipeline."
+        ),
+    ] = None,
+) -> None:
     """Check this machine against a config: GPU, vLLM, models, disk, offline env, tokenizer coverage."""
 
     def body() -> None:
-        from offline_embft import doctor as stage
+        from offline_embft import doctor as checks
 
-        ok = stage.run(_load(config, set_))
+        ok = checks.run(_load(config, set_), stages=[_value(name) for name in stage or []])
         if not ok:
             raise typer.Exit(1)
 
@@ -423,9 +435,7 @@ def run_all(
     config: ConfigOpt = None,
     set_: SetOpt = None,
     force: Annotated[bool, typer.Option(help="Redo every stage even if its output is fresh.")] = False,
-    until: Annotated[
-        Optional[str], typer.Option(help="Stop after this stage (convert, ingest, generate, train, evaluate).")
-    ] = None,
+    until: Annotated[Optional[str], typer.Option(help=f"Stop after this stage ({', '.join(STAGES)}).")] = None,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", "-n", help="Print the commands that would run; run nothing (make -n).")
     ] = False,

@@ -20,6 +20,8 @@ from offline_embft.config_values import build, coerce
 from offline_embft.errors import UserError
 from offline_embft.model_files import RERANKER_FROM_EMBEDDING
 
+# The pipeline's stages, in order (pipeline.stages builds them; `doctor --stage` and `all --until` name them).
+STAGES = ("convert", "ingest", "generate", "train", "train-reranker", "evaluate")
 BACKENDS = ("vllm", "transformers", "openai", "ict")
 CHUNKINGS = ("sentences", "units")
 ENGINES = ("native", "llamaindex")

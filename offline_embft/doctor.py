@@ -7,10 +7,15 @@ the converted embedding model, free disk for outputs, the offline variables, and
 truncation rates on a sample of the user's corpus. A FAIL means the run would break (exit code 1); a WARN means it
 would run but probably not as the user hopes. Every GPU verdict names what to install instead
 (:mod:`offline_embft.gpu_compat` knows which torch/vLLM pair runs on which driver and GPU).
+
+``--stage`` narrows the screen to what the named stages need (:data:`CHECKS` maps each check to them);
+``offline-embft all --until STAGE`` passes the stages it will run, so ingesting on a CPU workstation with the GPU
+server's config is not stopped by a vLLM it will not start.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata as metadata
 import importlib.util
 import json
@@ -20,13 +25,14 @@ import shutil
 import subprocess
 import sys
 import sysconfig
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
 from offline_embft import gpu_compat, offline
 from offline_embft.chunks import read as read_chunks
-from offline_embft.config import PipelineConfig
+from offline_embft.config import STAGES, PipelineConfig
 from offline_embft.convert import CONVERT_REPORT
 from offline_embft.documents import sample_texts
 from offline_embft.errors import UserError
@@ -88,15 +94,20 @@ def check_packages() -> Check:
     return Check("packages", OK, shown)
 
 
-def check_gpu(cfg: PipelineConfig) -> Check:
-    """CUDA GPUs as torch sees them; required for vLLM, strongly advised for training a real model."""
+def _runs_vllm(cfg: PipelineConfig, stages: Iterable[str] | None) -> bool:
+    """Whether vLLM will run: the vllm backend, and generate among ``stages`` (every stage when none is named)."""
+    return cfg.generate.backend == "vllm" and "generate" in _chosen(stages)
+
+
+def check_gpu(cfg: PipelineConfig, stages: Iterable[str] | None = None) -> Check:
+    """CUDA GPUs as torch sees them; required for vLLM (when ``stages`` generate), strongly advised for training."""
     try:
         import torch
     except ImportError:
         return Check("gpu / cuda", FAIL, "torch is not installed")
     if not torch.cuda.is_available():
         build = f"torch {torch.__version__}, CUDA build {torch.version.cuda or 'none (CPU build)'}"
-        if cfg.generate.backend == "vllm":
+        if _runs_vllm(cfg, stages):
             return Check("gpu / cuda", FAIL, f"no CUDA GPU visible ({build}); the vllm backend needs one")
         return Check("gpu / cuda", WARN, f"no CUDA GPU visible ({build}): everything runs on CPU, slowly")
     gpus = []
@@ -113,8 +124,10 @@ def _bundle_hint(**target: str) -> str:
     return f"`python scripts/bundle.py {args} --resolve-only` on the connected machine"
 
 
-def check_driver(cfg: PipelineConfig, gpus: list[gpu_compat.Gpu], smi_error: str) -> Check:
-    """The NVIDIA driver against the CUDA the installed torch (and so vLLM) is built for."""
+def check_driver(
+    cfg: PipelineConfig, gpus: list[gpu_compat.Gpu], smi_error: str, stages: Iterable[str] | None = None
+) -> Check:
+    """The NVIDIA driver against the CUDA the installed torch (and so vLLM, when ``stages`` generate) is built for."""
     try:
         import torch
     except ImportError:
@@ -122,7 +135,7 @@ def check_driver(cfg: PipelineConfig, gpus: list[gpu_compat.Gpu], smi_error: str
     build = torch.version.cuda
     if not gpus:
         detail = f"{smi_error}: no NVIDIA GPU here" + ("" if build else " (CPU torch)")
-        if cfg.generate.backend == "vllm":
+        if _runs_vllm(cfg, stages):
             return Check(
                 "nvidia driver",
                 FAIL,
@@ -165,8 +178,10 @@ def _torch_archs(torch: Any) -> list[str]:
         return []
 
 
-def check_compute_capability(cfg: PipelineConfig, gpus: list[gpu_compat.Gpu]) -> Check:
-    """Each GPU's compute capability against the kernels in torch and the GPUs vLLM supports."""
+def check_compute_capability(
+    cfg: PipelineConfig, gpus: list[gpu_compat.Gpu], stages: Iterable[str] | None = None
+) -> Check:
+    """Each GPU's compute capability against the kernels in torch and (when ``stages`` generate) vLLM's floor."""
     try:
         import torch
     except ImportError:
@@ -194,7 +209,7 @@ def check_compute_capability(cfg: PipelineConfig, gpus: list[gpu_compat.Gpu]) ->
             f"install {plan.describe()} ({_bundle_hint(driver=driver, capability=low)})",
         )
     vllm_floor = gpu_compat.vllm_min_capability()
-    if cfg.generate.backend == "vllm" and lowest.capability < vllm_floor:
+    if _runs_vllm(cfg, stages) and lowest.capability < vllm_floor:
         return Check(
             "compute capability",
             FAIL,
@@ -274,28 +289,31 @@ def _model_line(name: str, ref: str, models_dir: str) -> Check:
     return Check(name, OK, f"{located.path}{where}")
 
 
-def check_models(cfg: PipelineConfig) -> list[Check]:
-    """Each model the config needs: present and complete; the LLM only for backends that load one."""
-    checks = [_model_line("embedding model", cfg.embedding_model, cfg.models_dir)]
+def check_embedding_model(cfg: PipelineConfig) -> Check:
+    """The embedding model the config fine-tunes: present and complete."""
+    return _model_line("embedding model", cfg.embedding_model, cfg.models_dir)
+
+
+def check_reranker(cfg: PipelineConfig) -> Check | None:
+    """The base reranker: present and complete (None: the config has no reranker stage)."""
     if cfg.reranker_model == RERANKER_FROM_EMBEDDING:
-        checks.append(Check("reranker", OK, "initialised from the fine-tuned embedding model (nothing to download)"))
-    elif cfg.reranker_model:
-        checks.append(_model_line("reranker", cfg.reranker_model, cfg.models_dir))
+        return Check("reranker", OK, "initialised from the fine-tuned embedding model (nothing to download)")
+    return _model_line("reranker", cfg.reranker_model, cfg.models_dir) if cfg.reranker_model else None
+
+
+def check_llm(cfg: PipelineConfig) -> Check:
+    """The LLM that writes the questions, only for the backends that load one (openai needs its URL, ict nothing)."""
     backend = cfg.generate.backend
     llm = cfg.generate.model or cfg.llm
     if backend in ("vllm", "transformers"):
         if not llm:
-            checks.append(Check("llm", FAIL, f"backend {backend} needs an LLM: set `llm` in the config"))
-        else:
-            checks.append(_model_line("llm", llm, cfg.models_dir))
-    elif backend == "openai":
+            return Check("llm", FAIL, f"backend {backend} needs an LLM: set `llm` in the config")
+        return _model_line("llm", llm, cfg.models_dir)
+    if backend == "openai":
         url = cfg.generate.base_url
-        verdict = OK if url else FAIL
         detail = f"served by {url} (not contacted)" if url else "backend openai needs generate.base_url"
-        checks.append(Check("llm", verdict, detail))
-    else:
-        checks.append(Check("llm", OK, f"not needed (backend {backend})"))
-    return checks
+        return Check("llm", OK if url else FAIL, detail)
+    return Check("llm", OK, f"not needed (backend {backend})")
 
 
 def check_converted(cfg: PipelineConfig) -> Check:
@@ -429,23 +447,74 @@ def check_tokenizer(cfg: PipelineConfig) -> Check:
     return Check("tokenizer coverage", level, detail)
 
 
-def diagnose(cfg: PipelineConfig) -> list[Check]:
-    """Every check, in screen order."""
-    gpus, smi_error = gpu_compat.read_nvidia_smi()
-    return [
-        check_python(),
-        check_packages(),
-        check_gpu(cfg),
-        check_driver(cfg, gpus, smi_error),
-        check_compute_capability(cfg, gpus),
-        check_compiler(cfg),
-        check_vllm(cfg),
-        *check_models(cfg),
-        check_converted(cfg),
-        check_disk(cfg),
-        check_offline(),
-        check_tokenizer(cfg),
-    ]
+@dataclass
+class _Machine:
+    """What the checks look at: the config, and this machine's NVIDIA GPUs (read once, only if a check asks)."""
+
+    cfg: PipelineConfig
+    stages: tuple[str, ...]
+
+    @functools.cached_property
+    def nvidia(self) -> tuple[list[gpu_compat.Gpu], str]:
+        return gpu_compat.read_nvidia_smi()
+
+
+EVERY_STAGE = STAGES
+GPU_STAGES = ("generate", "train", "train-reranker")  # vLLM or transformers generation; training precision
+EMBEDDING_STAGES = ("convert", "ingest", "train", "evaluate")  # ingest sizes chunks with its tokenizer
+
+# THE table of which stage needs which check, in screen order: `doctor --stage` (and `all --until`, which passes the
+# stages it will run) runs only the checks a chosen stage needs, so `make ingest` on a CPU workstation is not stopped
+# by the GPU server's vLLM. Whether a backend needs a GPU, vLLM or an LLM at all stays inside the check itself (the
+# GPU lines demand what vLLM needs only when generate is among the stages: training runs, slowly, on a CPU).
+CHECKS: dict[str, tuple[Callable[[_Machine], Check | None], tuple[str, ...]]] = {
+    "python": (lambda m: check_python(), EVERY_STAGE),
+    "packages": (lambda m: check_packages(), EVERY_STAGE),
+    "gpu / cuda": (lambda m: check_gpu(m.cfg, m.stages), GPU_STAGES),
+    "nvidia driver": (lambda m: check_driver(m.cfg, *m.nvidia, m.stages), GPU_STAGES),
+    "compute capability": (lambda m: check_compute_capability(m.cfg, m.nvidia[0], m.stages), GPU_STAGES),
+    "c compiler": (lambda m: check_compiler(m.cfg), ("generate",)),
+    "vllm": (lambda m: check_vllm(m.cfg), ("generate",)),
+    "embedding model": (lambda m: check_embedding_model(m.cfg), EMBEDDING_STAGES),
+    "reranker": (lambda m: check_reranker(m.cfg), ("train-reranker", "evaluate")),
+    "llm": (lambda m: check_llm(m.cfg), ("generate",)),
+    "converted model": (lambda m: check_converted(m.cfg), ("ingest", "train", "evaluate")),
+    "disk": (lambda m: check_disk(m.cfg), EVERY_STAGE),
+    "offline env": (lambda m: check_offline(), EVERY_STAGE),
+    "tokenizer coverage": (lambda m: check_tokenizer(m.cfg), EMBEDDING_STAGES),
+}
+
+
+def _chosen(stages: Iterable[str] | None) -> tuple[str, ...]:
+    """The stages to check for, in pipeline order (every stage when none is named).
+
+    Raises:
+        UserError: a name is not a stage.
+    """
+    chosen = set(stages or ())
+    if not chosen:
+        return STAGES
+    unknown = sorted(chosen - set(STAGES))
+    if unknown:
+        raise UserError(f"{', '.join(unknown)} is not a stage; use one of {', '.join(STAGES)}")
+    return tuple(stage for stage in STAGES if stage in chosen)
+
+
+def needed(check: str, stages: Iterable[str] | None = None) -> bool:
+    """Whether any of ``stages`` (every stage when none is named) needs the check ``check`` (a :data:`CHECKS` key)."""
+    return not set(CHECKS[check][1]).isdisjoint(_chosen(stages))
+
+
+def diagnose(cfg: PipelineConfig, stages: Iterable[str] | None = None) -> list[Check]:
+    """The checks the given stages need (every check when none is named), in screen order.
+
+    Raises:
+        UserError: a name in ``stages`` is not a stage.
+    """
+    chosen = _chosen(stages)
+    machine = _Machine(cfg, chosen)
+    checks = (probe(machine) for name, (probe, _) in CHECKS.items() if needed(name, chosen))
+    return [check for check in checks if check is not None]
 
 
 def verdict(checks: list[Check]) -> str:
@@ -478,21 +547,41 @@ def render(checks: list[Check], width: int = 119) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run(cfg: PipelineConfig, out: IO[str] | None = None) -> bool:
+def scope(stages: Iterable[str] | None = None, width: int = 119) -> str:
+    """The screen's line saying which stages the checks are for, and which checks that leaves out (wrapped)."""
+    import textwrap
+
+    chosen = _chosen(stages)
+    if chosen == STAGES:
+        return f"checked for every stage ({', '.join(STAGES)})"
+    left_out = [name for name in CHECKS if not needed(name, chosen)]
+    line = f"checked for {', '.join(chosen)}"
+    line += f"; left out, as only other stages need them: {', '.join(left_out)}" if left_out else ""
+    return "\n".join(textwrap.wrap(line, width=width, subsequent_indent="  ", break_on_hyphens=False))
+
+
+def run(cfg: PipelineConfig, out: IO[str] | None = None, stages: Iterable[str] | None = None) -> bool:
     """``offline-embft doctor``: print the checks for ``cfg`` as one screen.
 
     Args:
         cfg: The pipeline config to check this machine against.
         out: Where the screen goes (default: stdout).
+        stages: Check only what these stages need (``all --until`` passes the stages it will run); None or
+            empty: every check, for the whole pipeline.
 
     Returns:
         True unless a line FAILs.
+
+    Raises:
+        UserError: a name in ``stages`` is not a stage.
     """
     cfg.resolve()
-    checks = diagnose(cfg)
+    stages = None if stages is None else list(stages)
+    checks = diagnose(cfg, stages)
     layout = Layout.from_config(cfg)
     stream = out or sys.stdout
     stream.write(f"offline-embft doctor — models in {layout.models_dir}, data in {layout.dataset_dir}\n")
+    stream.write(scope(stages) + "\n")
     stream.write(render(checks))
     stream.flush()
     return verdict(checks) != FAIL

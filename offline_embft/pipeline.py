@@ -24,7 +24,7 @@ from pathlib import Path
 
 import yaml
 
-from offline_embft import gpu_compat, offline
+from offline_embft import doctor, gpu_compat, offline
 from offline_embft.config import PipelineConfig, to_dict
 from offline_embft.errors import UserError
 from offline_embft.model_files import PACKAGE_PREFIX, RERANKER_FROM_EMBEDDING
@@ -231,26 +231,34 @@ def _run_stage(args: list[str], runner: Runner, env: dict[str, str] | None = Non
         )
 
 
-def preflight(cfg: PipelineConfig, cli_args: list[str]) -> list[list[str]]:
-    """The commands that run before any stage: ``download`` for a packaged model not yet copied, then ``doctor``.
+def preflight(cfg: PipelineConfig, cli_args: list[str], planned: list[str]) -> list[list[str]]:
+    """The commands that run before the ``planned`` stages: ``download`` for a packaged model they need that is not
+    copied yet, then ``doctor`` for those stages only; nothing when no stage will run.
 
     A model shipped in a Python package is copied offline by ``download``; a hub model must already be on disk,
-    since this machine may be air-gapped — the error says how to get it there.
+    since this machine may be air-gapped — the error says how to get it there. Which stage needs which model is
+    doctor's table (:data:`offline_embft.doctor.CHECKS`): `make ingest` on a workstation needs neither the LLM nor
+    the reranker, nor the GPU they run on.
 
     Raises:
-        UserError: the embedding model (or the reranker) is neither on disk nor in a package.
+        UserError: a planned stage needs the embedding model (or the reranker), and it is neither on disk nor in a
+            package.
     """
+    if not planned:
+        return []
     layout = Layout.from_config(cfg)
     commands = []
-    if cfg.embedding_model.startswith(PACKAGE_PREFIX):
-        if not (layout.embedding_src / "config.json").is_file():
+    packaged_embedding = cfg.embedding_model.startswith(PACKAGE_PREFIX)
+    if doctor.needed("embedding model", planned):
+        if packaged_embedding and not (layout.embedding_src / "config.json").is_file():
             commands.append(["download", *cli_args])
-    elif not layout.embedding_src.is_dir() and not layout.embedding_st.is_dir():
-        raise UserError(
-            f"embedding model {cfg.embedding_model} not found at {layout.embedding_src}; run `make download` on a "
-            "connected machine and copy Models/ here (see README: the air-gap trip)"
-        )
-    if cfg.reranker_model and cfg.reranker_model != RERANKER_FROM_EMBEDDING:
+        elif not packaged_embedding and not layout.embedding_src.is_dir() and not layout.embedding_st.is_dir():
+            raise UserError(
+                f"embedding model {cfg.embedding_model} not found at {layout.embedding_src}; run `make download` "
+                "on a connected machine and copy Models/ here (see README: the air-gap trip)"
+            )
+    needs_reranker = doctor.needed("reranker", planned)
+    if needs_reranker and cfg.reranker_model and cfg.reranker_model != RERANKER_FROM_EMBEDDING:
         if cfg.reranker_model.startswith(PACKAGE_PREFIX):
             if not layout.reranker_src.is_dir() and ["download", *cli_args] not in commands:
                 commands.append(["download", *cli_args])
@@ -259,7 +267,7 @@ def preflight(cfg: PipelineConfig, cli_args: list[str]) -> list[list[str]]:
                 f"reranker {cfg.reranker_model} not found at {layout.reranker_src}; run `make download` on a "
                 'connected machine and copy Models/ here, or set reranker_model to "" to skip the reranker stage'
             )
-    return [*commands, ["doctor", *cli_args]]
+    return [*commands, ["doctor", *cli_args, *(part for stage in planned for part in ("--stage", stage))]]
 
 
 def select(all_stages: list[Stage], until: str | None) -> list[Stage]:
@@ -312,7 +320,7 @@ def dry_run(
     stamps = write_stamps(cfg, stamp_dir(config_path, overrides))
     planned = plan(select(stages(cfg, stamps, cli_args), until), force)
     try:
-        checks = [command_line(args) for args in preflight(cfg, cli_args)]
+        checks = [command_line(args) for args in preflight(cfg, cli_args, [stage.name for stage in planned])]
     except UserError as exc:  # a dry run shows where the real run would stop, and what it would run after the fix
         checks = [f"# would stop here: {exc}"]
     return checks + [command_line(stage.args) for stage in planned]
@@ -347,7 +355,7 @@ def run(
     cli_args = _cli_args(config_path, overrides)
     stamps = write_stamps(cfg, stamp_dir(config_path, overrides))
     selected = select(stages(cfg, stamps, cli_args), until)
-    for args in preflight(cfg, cli_args):
+    for args in preflight(cfg, cli_args, [stage.name for stage in plan(selected, force)]):
         _run_stage(args, runner)
     started = time.perf_counter()
     for stage in selected:

@@ -186,3 +186,76 @@ def test_vllm_is_imported_in_a_child_process(tmp_path, monkeypatch, body, verdic
     monkeypatch.setenv("PYTHONPATH", str(tmp_path / "site"))
     check = doctor.check_vllm(PipelineConfig())  # the default backend is vllm
     assert check.verdict == verdict and expected in check.detail
+
+
+def test_each_check_runs_only_for_the_stages_that_need_it(tmp_path, minilm_path, monkeypatch, no_caches):
+    """The GPU server's config on this CPU machine: ingest's checks pass, generate's still FAIL, nothing is skipped
+    when no stage is named."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # the same verdicts on a GPU CI machine
+    monkeypatch.setattr(doctor, "_import_vllm", lambda: (None, "not installed"))
+    cfg = healthy_config(tmp_path, minilm_path, [ENGLISH] * 3)
+    cfg.llm, cfg.reranker_model = "Qwen/Qwen3-8B", "maidalun1020/bce-reranker-base_v1"  # neither on disk
+    cfg.generate.backend = "vllm"
+
+    ingest = by_name(doctor.diagnose(cfg, ["convert", "ingest"]))
+    assert set(ingest) == {
+        "python", "packages", "embedding model", "converted model", "disk", "offline env", "tokenizer coverage"
+    }  # fmt: skip
+    assert doctor.verdict(list(ingest.values())) != doctor.FAIL
+    generate = by_name(doctor.diagnose(cfg, ["generate"]))
+    assert {"gpu / cuda", "vllm", "llm"} <= {name for name, c in generate.items() if c.verdict == doctor.FAIL}
+    assert "embedding model" not in generate and "reranker" not in generate
+    reranker = by_name(doctor.diagnose(cfg, ["train-reranker"]))
+    assert reranker["reranker"].verdict == doctor.FAIL and "vllm" not in reranker
+    assert reranker["gpu / cuda"].verdict == doctor.WARN  # training on CPU runs, slowly; only vLLM needs the GPU
+
+    everything = doctor.diagnose(cfg)
+    assert [c.name for c in everything] == list(doctor.CHECKS), "a plain doctor runs every check, in table order"
+    assert doctor.diagnose(cfg, []) == everything
+
+    screen = io.StringIO()
+    assert doctor.run(cfg, out=screen, stages=["ingest", "convert"]) is True
+    head = screen.getvalue().split("\nOK    python")[0].splitlines()[1:]  # the scope line, wrapped like the table
+    assert head[0].startswith("checked for convert, ingest; left out, as only other stages need them: gpu / cuda,")
+    assert "FAIL" not in screen.getvalue() and "vllm" in " ".join(head) and max(map(len, head)) <= 119
+    screen = io.StringIO()
+    assert doctor.run(cfg, out=screen) is False
+    assert screen.getvalue().splitlines()[1].startswith("checked for every stage (convert, ingest, generate, train,")
+
+    with pytest.raises(doctor.UserError, match="report is not a stage; use one of convert, ingest"):
+        doctor.diagnose(cfg, ["ingest", "report"])
+
+
+def test_the_table_names_real_stages_and_the_checks_own_names():
+    from offline_embft.config import STAGES
+
+    for name, (_, stages) in doctor.CHECKS.items():
+        assert stages and set(stages) <= set(STAGES), f"{name}: {stages}"
+    assert {stage for _, stages in doctor.CHECKS.values() for stage in stages} == set(STAGES)
+    assert doctor.needed("vllm", ["generate"]) and not doctor.needed("vllm", ["convert", "ingest", "train"])
+    assert doctor.needed("disk", ["evaluate"]) and doctor.needed("vllm")
+
+
+def test_cli_stage_option(tmp_path, minilm_path, monkeypatch, no_caches):
+    """`doctor --stage ingest` passes on a CPU machine with a vLLM config that a plain `doctor` fails."""
+    import torch
+
+    from offline_embft.cli import app
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    healthy = healthy_config(tmp_path, minilm_path, [ENGLISH] * 3)
+    config = tmp_path / "gpu.yaml"
+    keys = ("embedding_model", "models_dir", "dataset_dir", "results_dir")
+    data = {key: getattr(healthy, key) for key in keys}
+    data.update(llm="Qwen/Qwen3-8B", generate={"backend": "vllm"}, convert={"out_dir": str(minilm_path)})
+    config.write_text(json.dumps(data), encoding="utf-8")
+
+    result = CliRunner().invoke(app, ["doctor", "--config", str(config), "--stage", "convert", "--stage", "ingest"])
+    assert result.exit_code == 0, result.output
+    assert "checked for convert, ingest;" in result.output and "gpu / cuda" not in result.output.split("\n", 2)[2]
+    result = CliRunner().invoke(app, ["doctor", "--config", str(config), "--stage", "generate"])
+    assert result.exit_code == 1 and "FAIL  gpu / cuda" in result.output and "FAIL  llm" in result.output
+    result = CliRunner().invoke(app, ["doctor", "--config", str(config), "--stage", "report"])
+    assert result.exit_code == 2 and "'report' is not one of" in result.output

@@ -549,7 +549,7 @@ def test_presets_and_model_lookup(tmp_path):
 
 def test_llm_in_the_modelscope_cache_is_found_by_generate_and_doctor(tmp_path, no_caches):
     """The cached-LLM bug: doctor said OK for ~/.cache/modelscope/hub/models/Qwen/Qwen3-8B, generate said not found."""
-    from offline_embft.doctor import check_models
+    from offline_embft.doctor import check_llm
 
     cached = no_caches / ".cache/modelscope/hub/models/Qwen/Qwen3-8B"
     cached.mkdir(parents=True)
@@ -564,5 +564,5 @@ def test_llm_in_the_modelscope_cache_is_found_by_generate_and_doctor(tmp_path, n
         assert resolved.path == cached and resolved.preset.name == "Qwen3-8B"
     cfg = PipelineConfig(llm="Qwen3-8B", models_dir=str(tmp_path / "Models"))
     cfg.generate.backend = "vllm"
-    llm_line = next(c for c in check_models(cfg.resolve()) if c.name == "llm")
+    llm_line = check_llm(cfg.resolve())
     assert llm_line.verdict == "OK" and str(cached) in llm_line.detail

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from offline_embft import pipeline
-from offline_embft.config import load_config
+from offline_embft.config import STAGES, load_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -72,6 +72,7 @@ def test_stage_order_and_separate_processes(tmp_path):
     stamps = pipeline.write_stamps(cfg, tmp_path / "s")
     names = [stage.name for stage in pipeline.stages(cfg, stamps, ["--config", "c.yaml"])]
     assert names == ["convert", "ingest", "generate", "train", "train-reranker", "evaluate"]
+    assert tuple(names) == STAGES, "config.STAGES (what doctor's table and `doctor --stage` name) is this graph"
     assert pipeline.run.__defaults__[-1] is pipeline.run_in_child, "stages must run in child processes by default"
 
 
@@ -172,3 +173,60 @@ def test_until_runs_the_stages_up_to_it_and_a_dry_run_follows_the_graph(tmp_path
     assert stale == ["download", "doctor", "ingest", "generate"]
     with pytest.raises(pipeline.UserError, match="--until 'report' is not a stage; use one of convert"):
         pipeline.run(cfg, config_path=config, until="report", runner=runner)
+
+
+def test_gpu_config_until_ingest_checks_only_what_its_stages_need(tmp_path, minilm_path, monkeypatch, no_caches):
+    """`make ingest` on a CPU workstation with the GPU server's config (vLLM, Qwen3, a reranker, none of them here):
+    doctor checks convert and ingest only and passes; `--until generate` still stops at doctor's GPU and LLM lines."""
+    import torch
+    from typer.testing import CliRunner
+
+    from offline_embft.cli import app
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # this CPU machine, on a GPU CI runner too
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    text = "The shareholders' meeting consists of all shareholders and is the organ of authority of the company.\n"
+    (docs / "company.txt").write_text(text * 5, encoding="utf-8")
+    config = REPO / "configs" / "default.yaml"
+    overrides = [
+        f"dataset_dir={tmp_path / 'Dataset'}",
+        f"models_dir={tmp_path / 'Models'}",
+        f"results_dir={tmp_path / 'results'}",
+        f"embedding_model={minilm_path}",  # the one model this workstation has
+        f"ingest.input_dir={docs}",
+    ]
+    cfg = load_config(config, overrides).resolve()
+    assert cfg.generate.backend == "vllm" and cfg.llm and cfg.reranker_model, "the GPU config"
+    outputs = {s.name: s.outputs for s in pipeline.stages(cfg, pipeline.write_stamps(cfg, tmp_path / "s"), [])}
+    calls: list[list[str]] = []
+    screens: list[str] = []
+
+    def runner(args: list[str]) -> int:
+        """The real doctor, in-process; the stages write their outputs and nothing else."""
+        calls.append(args)
+        if args[0] == "doctor":
+            result = CliRunner().invoke(app, args)
+            screens.append(result.output)
+            return result.exit_code
+        for output in outputs[args[0]]:
+            output.parent.mkdir(parents=True, exist_ok=True)
+            output.write_text("{}", encoding="utf-8")
+        return 0
+
+    pipeline.run(cfg, config_path=config, overrides=overrides, until="ingest", runner=runner)
+    assert [args[0] for args in calls] == ["doctor", "convert", "ingest"]
+    assert calls[0][-4:] == ["--stage", "convert", "--stage", "ingest"]
+    assert "checked for convert, ingest; left out" in screens[0] and "FAIL" not in screens[0], screens[0]
+    assert "OK    embedding model" in screens[0] and "tokenizer coverage" in screens[0]
+
+    calls.clear()
+    pipeline.run(cfg, config_path=config, overrides=overrides, until="ingest", runner=runner)
+    assert calls == [], "nothing stale: no stage runs, so there is nothing to check"
+
+    dry = pipeline.dry_run(cfg, config_path=config, overrides=overrides, until="generate")
+    assert dry[0].startswith("offline-embft doctor --config") and dry[0].endswith("--stage generate"), dry
+    with pytest.raises(pipeline.UserError, match="stage `doctor` failed"):
+        pipeline.run(cfg, config_path=config, overrides=overrides, until="generate", runner=runner)
+    assert [args[0] for args in calls] == ["doctor"], "generate must not start on a machine doctor fails"
+    assert "FAIL  gpu / cuda" in screens[-1] and "FAIL  llm" in screens[-1], screens[-1]

@@ -316,12 +316,12 @@ def test_download_and_doctor_treat_the_reranker_like_the_other_models(tmp_path, 
 
     gpu = load_config(REPO / "configs" / "default.yaml", [f"models_dir={tmp_path / 'Models'}"]).resolve()
     assert ("reranker", "maidalun1020/bce-reranker-base_v1") in download.required_models(gpu)
-    line = next(check for check in doctor.check_models(gpu) if check.name == "reranker")
+    line = doctor.check_reranker(gpu)
     assert line.verdict == doctor.FAIL and "offline-embft download" in line.detail
 
     demo = load_config(REPO / "configs" / "cpu.yaml", [f"models_dir={tmp_path / 'Models'}"]).resolve()
     assert [role for role, _ in download.required_models(demo)] == ["embedding model"]
-    line = next(check for check in doctor.check_models(demo) if check.name == "reranker")
+    line = doctor.check_reranker(demo)
     assert line.verdict == doctor.OK and "fine-tuned embedding model" in line.detail
 
 
