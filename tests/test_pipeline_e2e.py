@@ -14,9 +14,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from offline_embft import pipeline
+from offline_embft import fusion, pipeline
 from offline_embft.cli import app
 from offline_embft.config import load_config
+from offline_embft.evaluate import REAL_FUSION_FILE
 from offline_embft.report import model_labels
 
 REPO = Path(__file__).resolve().parents[1]
@@ -85,6 +86,14 @@ def test_cpu_pipeline_end_to_end_without_network(tmp_path, laws_dir, minilm_path
     assert "**155** real questions" in text
     assert (results / "small_corpus" / "metrics.csv").is_file()
     assert (results / "real_questions" / "metrics.csv").is_file()
+    # The fusion chosen on all the real questions, for the user to adopt: read the way evaluate reads a fusion.json.
+    chosen = fusion.load(results / "real_questions", REAL_FUSION_FILE)
+    assert chosen is not None, "fusion_on_real_questions.json is missing or not a valid fusion"
+    assert chosen.method in (*fusion.METHODS, "model", "bm25") and 0.0 <= chosen.weight <= 1.0
+    on = chosen.chosen_on
+    assert on["queries"] == 155, "chosen on every real question the report counts"
+    assert on["fused_ndcg@10"] >= max(on["model_ndcg@10"], on["bm25_ndcg@10"]), on
+    assert len(on["candidates"]) == len(fusion.METHODS) * len(fusion.WEIGHTS)
 
     calls.clear()
     pipeline.run(cfg, config_path=config, overrides=overrides, runner=in_process)
