@@ -77,6 +77,7 @@ def ingest(work: Path, base: str, chunker_sets: list[str]) -> tuple[Path, Path, 
     """Each PDF ingested alone (a contiguous ~20% held out), then the chunks merged: (train.jsonl, val.jsonl, s)."""
     from offline_embft import ingest as ingest_stage
     from offline_embft.config import IngestConfig
+    from offline_embft.config_values import build
 
     out = work / "chunks"
     if (out / "train.jsonl").is_file():
@@ -89,18 +90,17 @@ def ingest(work: Path, base: str, chunker_sets: list[str]) -> tuple[Path, Path, 
         link = folder / pdf
         if not link.exists():
             link.symlink_to(LAWS / "pdf" / pdf)
-        extra = dict(item.split("=", 1) for item in chunker_sets)
-        cfg = IngestConfig(
-            input_dir=str(folder),
-            out_dir=str(work / "chunks_one" / folder.name),
-            tokenizer=base,
-            chunk_size=256,
-            chunk_overlap=20,
-            max_seq_length=256,
-            val_ratio=0.2,
-            seed=42,
-            **extra,
-        )
+        settings = {
+            "input_dir": str(folder),
+            "out_dir": str(work / "chunks_one" / folder.name),
+            "tokenizer": base,
+            "chunk_size": 256,
+            "chunk_overlap": 20,
+            "max_seq_length": 256,
+            "val_ratio": 0.2,
+            "seed": 42,
+        }
+        cfg = build(IngestConfig, settings | key_values(chunker_sets), "ingest")
         ingest_stage.run(cfg)
         train += (Path(cfg.out_dir) / "train.jsonl").read_text(encoding="utf-8").splitlines()
         val += (Path(cfg.out_dir) / "val.jsonl").read_text(encoding="utf-8").splitlines()
@@ -108,6 +108,17 @@ def ingest(work: Path, base: str, chunker_sets: list[str]) -> tuple[Path, Path, 
     (out / "train.jsonl").write_text("\n".join(train) + "\n", encoding="utf-8")
     (out / "val.jsonl").write_text("\n".join(val) + "\n", encoding="utf-8")
     return out / "train.jsonl", out / "val.jsonl", time.perf_counter() - started
+
+
+def key_values(items: list[str]) -> dict[str, str]:
+    """``["chunk_size=128", ...]`` as a mapping (the config's own coercion turns the values into its types)."""
+    pairs = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"expected key=value, got {item!r}")
+        pairs[key.strip()] = value.strip()
+    return pairs
 
 
 @dataclass
@@ -153,19 +164,21 @@ def generate(work: Path, row: str, chunks: tuple[Path, Path], server_url: str, a
 def train(work: Path, row: str, train_file: Path, val_file: Path, args) -> tuple[Path, float]:
     from offline_embft import train as train_stage
     from offline_embft.config import TrainConfig
+    from offline_embft.config_values import build
 
     out = work / "models" / row
     if (out / "modules.json").is_file():
         return out, json.loads((out / "train_metrics.json").read_text())["wall_seconds"]
-    cfg = TrainConfig(
-        train_file=str(train_file),
-        val_file=str(val_file),
-        model=args.base,
-        out_dir=str(out),
-        epochs=args.epochs,
-        weight_ensemble=False,  # measured below on the same trained model
-        fusion=True,
-    )
+    settings = {
+        "train_file": str(train_file),
+        "val_file": str(val_file),
+        "model": args.base,
+        "out_dir": str(out),
+        "epochs": args.epochs,
+        "weight_ensemble": False,  # measured below on the same trained model
+        "fusion": True,
+    }
+    cfg = build(TrainConfig, settings | key_values(args.train_set), "train")
     started = time.perf_counter()
     train_stage.run(cfg)
     return out, time.perf_counter() - started
@@ -399,6 +412,7 @@ def main() -> int:
     parser.add_argument("--roundtrip-k", type=int, default=3)
     parser.add_argument("--work", type=Path, default=Path("/tmp/bench_quality"), help="kept between runs")
     parser.add_argument("--ingest-set", action="append", default=[], help="IngestConfig key=value (chunker)")
+    parser.add_argument("--train-set", action="append", default=[], help="TrainConfig key=value (recipe)")
     parser.add_argument("--no-wise-ft", action="store_true", help="skip the WiSE-FT columns")
     parser.add_argument("--json", type=Path, help="also write the rows as JSON here (after every row)")
     parser.add_argument(
