@@ -14,6 +14,7 @@ Beside ``DATASET.json`` the stage writes ``DATASET.stats.json`` (counts, reasons
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import time
 from collections import Counter
@@ -51,6 +52,18 @@ def stats_path(out_path: str | Path) -> Path:
     """Where the stats summary of ``out_path`` goes: ``<stem>.stats.json`` beside it."""
     out_path = Path(out_path)
     return out_path.with_name(out_path.stem + ".stats.json")
+
+
+def made_of_pseudo_queries(dataset_path: str | Path) -> bool:
+    """Whether generate wrote ``dataset_path`` with pseudo-queries (``ict``: sentences of the passages), by its stats
+    file; False for a dataset that generate did not write."""
+    path = stats_path(dataset_path)
+    if not path.is_file():
+        return False
+    try:
+        return bool(json.loads(path.read_text(encoding="utf-8")).get("pseudo_queries", False))
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def config_path(out_path: str | Path) -> Path:
@@ -120,6 +133,8 @@ def run(
         "chunks": len(chunks),
         "chunks_skipped_empty": skipped,
         "questions_per_chunk": cfg.questions_per_chunk,
+        # Read back by train (made_of_pseudo_queries): such questions cannot choose a BM25 fusion weight.
+        "pseudo_queries": llm.pseudo_queries,
         **stats,
         "roundtrip": roundtrip_stats,
         "questions_after_roundtrip": len(dataset.queries),

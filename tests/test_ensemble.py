@@ -112,3 +112,39 @@ def test_train_with_weight_ensemble_saves_the_chosen_alpha_and_the_fusion(laws_d
     saved = fusion.load(out)
     assert saved is not None and saved.method == summary["fusion"]["method"]
     assert saved.chosen_on["fused_ndcg@10"] >= max(saved.chosen_on["model_ndcg@10"], saved.chosen_on["bm25_ndcg@10"])
+
+
+@pytest.mark.slow
+def test_train_chooses_no_fusion_on_ict_pseudo_queries(laws_dir, minilm_path, tmp_path, caplog):
+    """ict's validation questions are sentences of their passages: train leaves the fusion weight to real questions."""
+    import json
+
+    from offline_embft import fusion, generate, train
+    from offline_embft.config import GenerateConfig, TrainConfig
+    from offline_embft.dataset import QADataset
+
+    articles = QADataset.load(laws_dir / "qa" / "futures_law.json")
+    chunks = tmp_path / "val_chunks.jsonl"
+    with chunks.open("w", encoding="utf-8") as handle:
+        for doc_id, text in list(articles.corpus.items())[20:30]:
+            handle.write(json.dumps({"id": doc_id, "text": text, "source": "futures_law", "pages": [1]}) + "\n")
+    val_file = generate.run(GenerateConfig(backend="ict"), chunks, tmp_path / "val.json", validation=True)
+    assert generate.made_of_pseudo_queries(val_file)
+    company = QADataset.load(laws_dir / "qa" / "company_law.json")
+    cfg = TrainConfig(
+        train_file=str(company.subset(list(company.queries)[10:26]).save(tmp_path / "train.json")),
+        val_file=str(val_file),
+        model=str(minilm_path),
+        out_dir=str(tmp_path / "out"),
+        epochs=1,
+        batch_size=8,
+        max_seq_length=48,
+    )
+    out = train.run(cfg)
+    assert fusion.load(out) is None and not (out / fusion.FUSION_FILE).exists()
+    summary = json.loads((out / "train_metrics.json").read_text(encoding="utf-8"))
+    assert summary["fusion"] == {"skipped": train.PSEUDO_QUERIES_FUSION}
+    assert "evaluate --questions" in caplog.text and "pseudo-queries" in caplog.text
+    # The same questions written by anything but generate (no stats file saying so) are tuned on as before.
+    plain = QADataset.load(val_file).save(tmp_path / "elsewhere" / "val.json")
+    assert not generate.made_of_pseudo_queries(plain)

@@ -209,3 +209,22 @@ def test_cross_fit_overall_choice_is_tune_on_every_question_and_it_is_determinis
     assert not np.array_equal(fusion.assign_folds(40, seed=1), result.folds)  # the seed picks the split
     with pytest.raises(ValueError, match="over 5 folds needs at least 5 questions, got 4"):
         fusion.assign_folds(4)
+
+
+def test_on_the_users_questions_a_fusion_needs_a_clear_gain_over_the_better_part():
+    """cross_fit (real questions) keeps the better part alone unless a fusion beats it by CROSS_FIT_MARGIN; tune's
+    own margin (train's validation choice) is smaller, so the same small gain is taken there."""
+    for seed in range(60):  # a weak model that adds a little to BM25: a gain between the two margins
+        model, bm25, relevant, n = _synthetic(seed, model_noise=2.0, bm25_noise=0.6)
+        chosen = tune(model, bm25, relevant, n, depth=20)
+        on = chosen.chosen_on
+        gain = on["fused_ndcg@10"] - max(on["model_ndcg@10"], on["bm25_ndcg@10"])
+        if fusion.MARGIN < gain <= fusion.CROSS_FIT_MARGIN:
+            break
+    else:
+        pytest.fail("no seed gives a gain between the margins")
+    assert chosen.method in fusion.METHODS
+    crossed = fusion.cross_fit(model, bm25, relevant, n, depth=20)
+    better_alone = "bm25" if on["bm25_ndcg@10"] >= on["model_ndcg@10"] else "model"
+    assert crossed.overall.method == better_alone
+    assert fusion.cross_fit(model, bm25, relevant, n, depth=20, margin=fusion.MARGIN).overall == chosen

@@ -8,6 +8,7 @@ test. A second run must find every stage fresh and redo (and so check) nothing.
 from __future__ import annotations
 
 import csv
+import json
 import shutil
 from pathlib import Path
 
@@ -74,11 +75,16 @@ def test_cpu_pipeline_end_to_end_without_network(tmp_path, laws_dir, minilm_path
     # One epoch on these two statutes took MiniLM from 0.14 to 0.33 ndcg@10: fine-tuning must really help.
     assert ndcg[tuned] > max(1.5 * ndcg[base], ndcg[base] + 0.08), ndcg
     assert float(rows[tuned]["hit_rate@5"]) > float(rows[base]["hit_rate@5"])
-    assert (tmp_path / "Models" / "model_outdir" / "minilm-demo" / "modules.json").is_file()
-    # The second stage: the demo's reranker re-orders the fine-tuned model's and the hybrid's top 5 (demo: 20).
+    model_dir = tmp_path / "Models" / "model_outdir" / "minilm-demo"
+    assert (model_dir / "modules.json").is_file()
+    # ict's validation questions cannot choose the BM25 fusion weight: no fusion.json, no "+BM25 tuned" row (the
+    # real questions below choose it).
+    assert not (model_dir / fusion.FUSION_FILE).exists() and f"{tuned}+BM25 tuned" not in rows
+    assert "skipped" in json.loads((model_dir / "train_metrics.json").read_text(encoding="utf-8"))["fusion"]
+    # The second stage: the demo's reranker re-orders the fine-tuned model's and its hybrid's top 5 (demo: 10).
     assert [label for label in rows if " → " in label] == [
         "minilm-demo → minilm-demo-reranker",
-        "minilm-demo+BM25 tuned → minilm-demo-reranker",
+        "minilm-demo+BM25 → minilm-demo-reranker",
     ]
     # The headline searches all chunks; the validation chunks alone and the real questions are reported beside it.
     text = report.read_text(encoding="utf-8")
