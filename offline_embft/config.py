@@ -268,7 +268,9 @@ class TrainConfig:
         False,
     )
     fusion: bool = _help(
-        "Choose the weight of BM25 fusion on the validation set and save it beside the model as fusion.json.", True
+        "Choose the weight of BM25 fusion on the validation set and save it beside the model as fusion.json (not on "
+        "ict pseudo-questions, which misjudge BM25: evaluate --questions chooses it on real ones).",
+        True,
     )
 
     def __post_init__(self) -> None:
