@@ -46,6 +46,8 @@ EVAL_NAME = "val"
 # Settings that do not change what a run computes, so changing them must not block a resume.
 # Steps after training (weight ensemble, fusion) do not change the checkpoints either.
 # (nproc: the world size it resolves to is fingerprinted instead.)
+_NOT_FINGERPRINTED = ("out_dir", "resume", "keep_checkpoints", "nproc", "weight_ensemble", "fusion")
+HARD_NEGATIVES_FILE = "hard_negatives.json"
 # Pseudo-queries are sentences of their passages: against the real chunks BM25 finds every one of them, against the
 # masked passages (ict's training device) it finds far fewer than real questions — the weight follows the masking rate
 # (README "Quality": ict's choice was 0.084 below BM25 on real questions). Real questions choose it instead.
@@ -54,8 +56,6 @@ PSEUDO_QUERIES_FUSION = (
     "passages), which misjudge BM25; choose it on real questions with `offline-embft evaluate --questions FILE` "
     "(real_questions/fusion_on_real_questions.json)"
 )
-_NOT_FINGERPRINTED = ("out_dir", "resume", "keep_checkpoints", "nproc", "weight_ensemble", "fusion")
-HARD_NEGATIVES_FILE = "hard_negatives.json"
 
 
 def build_loss(model: Any, cfg: TrainConfig) -> Any:
@@ -165,16 +165,17 @@ def run(cfg: TrainConfig, callbacks: list[Any] | None = None) -> Path:
     if cfg.weight_ensemble and evaluator is not None:
         summary["weight_ensemble"] = _weight_ensemble(model, cfg, evaluator)
     fusion_choice = None
-    from offline_embft.generate import made_of_pseudo_queries
+    if cfg.fusion and val_data is not None:
+        from offline_embft.generate import made_of_pseudo_queries
 
-    if cfg.fusion and val_data is not None and made_of_pseudo_queries(cfg.val_file):
-        logger.warning(PSEUDO_QUERIES_FUSION)
-        summary["fusion"] = {"skipped": PSEUDO_QUERIES_FUSION}
-    elif cfg.fusion and val_data is not None:
-        from offline_embft import fusion
+        if made_of_pseudo_queries(cfg.val_file):
+            logger.warning(PSEUDO_QUERIES_FUSION)
+            summary["fusion"] = {"skipped": PSEUDO_QUERIES_FUSION}
+        else:
+            from offline_embft import fusion
 
-        fusion_choice = fusion.tune_for_model(model, val_data, (cfg.query_prompt, cfg.passage_prompt))
-        summary["fusion"] = {"method": fusion_choice.method, "weight": fusion_choice.weight}
+            fusion_choice = fusion.tune_for_model(model, val_data, (cfg.query_prompt, cfg.passage_prompt))
+            summary["fusion"] = {"method": fusion_choice.method, "weight": fusion_choice.weight}
 
     if not trainer.is_world_process_zero():
         return out_dir  # under torchrun/accelerate only the first process writes
