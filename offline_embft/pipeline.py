@@ -355,11 +355,12 @@ def run(
     cli_args = _cli_args(config_path, overrides)
     stamps = write_stamps(cfg, stamp_dir(config_path, overrides))
     selected = select(stages(cfg, stamps, cli_args), until)
-    for args in preflight(cfg, cli_args, [stage.name for stage in plan(selected, force)]):
+    planned = plan(selected, force)  # one decision: doctor checks for exactly the stages that run
+    for args in preflight(cfg, cli_args, [stage.name for stage in planned]):
         _run_stage(args, runner)
     started = time.perf_counter()
     for stage in selected:
-        if not force and is_fresh(stage):
+        if stage not in planned:
             logger.info("[%s] fresh, skipped", stage.name)
             continue
         stage_start = time.perf_counter()
