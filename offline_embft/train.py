@@ -130,9 +130,13 @@ def run(cfg: TrainConfig, callbacks: list[Any] | None = None) -> Path:
     if cfg.max_seq_length:
         model.max_seq_length = cfg.max_seq_length
 
-    from offline_embft.vocab import extend_vocabulary
+    from offline_embft.vocab import choose_draw, extend_vocabulary
 
     vocab = extend_vocabulary(model, corpus_texts(train_data, val_data), cfg.extend_vocab)
+    evaluator = build_evaluator(val_data, cfg, model) if val_data else None
+    if evaluator is not None and resume_from is None:  # a resumed run's rows come from its checkpoint
+        metric = _best_metric(evaluator, model).removeprefix("eval_")
+        choose_draw(model, vocab, lambda m: evaluator(m)[metric], cfg.vocab_draws, cfg.seed)
     # Mine with the model training starts from: after vocabulary extension it can already tell the corpus's
     # characters apart, which the base model (all [UNK]) could not.
     with main_process_first():  # rank 0 mines the hard negatives once; the other ranks read its file
@@ -141,7 +145,6 @@ def run(cfg: TrainConfig, callbacks: list[Any] | None = None) -> Path:
         # Saved in config_sentence_transformers.json: encode_query/encode_document (and evaluate) use them.
         model.prompts = {**model.prompts, "query": cfg.query_prompt, "document": cfg.passage_prompt}
 
-    evaluator = build_evaluator(val_data, cfg, model) if val_data else None
     trainer = _build_trainer(model, rows, cfg, evaluator, ckpt_dir, precision, callbacks or [])
     logger.info(
         "training %s on %d pairs%s for %d epochs (batch %d, lr %g, %s, %s)%s",

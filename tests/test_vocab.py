@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from offline_embft.tokenizer_check import measure
-from offline_embft.vocab import AUTO_MIN_UNK_RATE, extend_vocabulary
+from offline_embft.vocab import AUTO_MIN_UNK_RATE, choose_draw, extend_vocabulary
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -54,6 +54,40 @@ def test_adds_exactly_the_unk_characters_and_removes_unk(model, texts):
     # Known characters and words are tokenized as before: nothing but UNK characters was touched.
     assert model.tokenizer.tokenize(english) == english_tokens
     assert model[0].auto_model.get_input_embeddings().weight.shape[0] == len(model.tokenizer)
+
+
+def test_choose_draw_keeps_the_rows_that_score_best(model, texts):
+    """Each draw is scored with the model as it stands; the best draw's rows are what the model keeps."""
+    report = extend_vocabulary(model, texts, mode="on")
+    weight = model[0].auto_model.get_input_embeddings().weight
+    known = report.vocab_size_before
+    trained_rows = weight[:known].detach().clone()
+    seen = []
+    scores = iter([0.2, 0.5, 0.1, 0.5])  # draw 1 is best; draw 3 only ties it
+
+    def score(scored_model):
+        assert scored_model is model
+        seen.append(weight[known:].detach().clone())
+        return next(scores)
+
+    choose_draw(model, report, score, draws=4, seed=7)
+
+    assert report.draw_scores == [0.2, 0.5, 0.1, 0.5] and report.draw_kept == 1
+    assert all(not a.equal(b) for a, b in zip(seen, seen[1:], strict=False))  # four different draws
+    assert weight[known:].detach().equal(seen[1])
+    assert weight[:known].detach().equal(trained_rows)  # the model's own rows are never redrawn
+    # Reproducible: the same seed draws the same rows.
+    again = []
+    choose_draw(model, report, lambda m: again.append(weight[known:].detach().clone()) or 0.0, draws=3, seed=7)
+    assert again[1].equal(seen[1]) and again[2].equal(seen[2])
+    assert report.draw_kept == 0 and weight[known:].detach().equal(again[0])  # ties keep the earlier draw
+
+
+def test_choose_draw_with_one_draw_changes_nothing(model, texts):
+    report = extend_vocabulary(model, texts, mode="on")
+    rows = model[0].auto_model.get_input_embeddings().weight.detach().clone()
+    choose_draw(model, report, lambda m: pytest.fail("a single draw needs no score"), draws=1, seed=7)
+    assert report.draw_scores == [] and model[0].auto_model.get_input_embeddings().weight.detach().equal(rows)
 
 
 def test_unk_init_keeps_the_base_models_function(base_model, model, texts):
