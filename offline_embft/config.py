@@ -256,8 +256,8 @@ class TrainConfig:
     extend_vocab: str = _help("Add corpus characters the tokenizer maps to UNK: auto, on, off.", "auto")
     vocab_draws: int = _help(
         "When extend_vocab adds tokens: draw their random rows this many times and keep the draw the untrained model "
-        "ranks the validation set best with (1: one draw; docs/train.md).",
-        8,
+        "ranks the validation set best with (1: one draw; 8 measured no better on average, docs/quality.md).",
+        1,
     )
     max_seq_length: int = _help("Truncate passages to this many tokens (0: keep the model's).", 0)
     query_prompt: str = _help("Instruction prepended to queries (e.g. BGE's Chinese instruction).", "")

@@ -255,7 +255,8 @@ def main() -> int:
         "users": "users' recipe: fit, MNRL, batch 8, 3 ep, warmup 10, shuffled",
         "default": (
             f"default: MNRL, NO_DUPLICATES, batch {defaults.batch_size}, lr {defaults.lr:g}, "
-            f"{defaults.epochs} ep, extend vocab (best of {defaults.vocab_draws} draws)"
+            f"{defaults.epochs} ep, extend vocab"
+            + (f" (best of {defaults.vocab_draws} draws)" if defaults.vocab_draws > 1 else "")
         ),
         "hardneg": f"default + {args.hard_negatives} hard negative(s)",
         "novocab": "default, --extend-vocab off",
