@@ -24,6 +24,7 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -135,8 +136,7 @@ def run(cfg: TrainConfig, callbacks: list[Any] | None = None) -> Path:
     vocab = extend_vocabulary(model, corpus_texts(train_data, val_data), cfg.extend_vocab)
     evaluator = build_evaluator(val_data, cfg, model) if val_data else None
     if evaluator is not None and resume_from is None:  # a resumed run's rows come from its checkpoint
-        metric = _best_metric(evaluator, model).removeprefix("eval_")
-        choose_draw(model, vocab, lambda m: evaluator(m)[metric], cfg.vocab_draws, cfg.seed)
+        choose_draw(model, vocab, _val_ndcg(evaluator, model), cfg.vocab_draws, cfg.seed)
     # Mine with the model training starts from: after vocabulary extension it can already tell the corpus's
     # characters apart, which the base model (all [UNK]) could not.
     with main_process_first():  # rank 0 mines the hard negatives once; the other ranks read its file
@@ -206,9 +206,8 @@ def _weight_ensemble(model: Any, cfg: TrainConfig, evaluator: Any) -> dict[str, 
     """Mix the trained weights with the base model's (WiSE-FT), α chosen by validation ndcg@10; ``model`` changes."""
     from offline_embft import ensemble
 
-    key = _best_metric(evaluator, model).removeprefix("eval_")
     base_state = load_sentence_transformer(cfg.model, device=str(model.device)).state_dict()
-    alpha, scores = ensemble.choose_alpha(model, base_state, lambda m: evaluator(m)[key])
+    alpha, scores = ensemble.choose_alpha(model, base_state, _val_ndcg(evaluator, model))
     logger.info("weight ensemble: α=%.2f (val ndcg@10 %.4f; fine-tuned alone %.4f)", alpha, scores[alpha], scores[1.0])
     return {"alpha": alpha, "val_ndcg@10_by_alpha": {f"{a:g}": round(v, 6) for a, v in scores.items()}}
 
@@ -316,6 +315,13 @@ def _build_trainer(
         callbacks=[log_callback(), *callbacks],
     )
     return quiet_progress(trainer)
+
+
+def _val_ndcg(evaluator: Any, model: Any) -> Callable[[Any], float]:
+    """A model's validation ndcg@10 by ``evaluator``: what the best checkpoint, the vocabulary draw and WiSE-FT's α
+    are chosen by."""
+    key = _best_metric(evaluator, model).removeprefix("eval_")  # the trainer logs it with an "eval_" prefix
+    return lambda scored: evaluator(scored)[key]
 
 
 def _best_metric(evaluator: Any, model: Any) -> str | None:

@@ -163,21 +163,17 @@ def _grow_embeddings(backbone: Any, known: int, total: int, unk_id: int, init: s
         elif init == "mean":
             new = base.mean(dim=0).expand(count, -1)  # (count, hidden)
         else:
-            new = _sample_rows(base, count)
+            new = _row_distribution(base).sample((count,))  # (count, hidden), torch's global generator
         weight[known:total] = new.to(weight.dtype)
 
 
-def _sample_rows(base: torch.Tensor, count: int, generator: torch.Generator | None = None) -> torch.Tensor:
-    """``count`` rows drawn from a normal with the mean and covariance of ``base`` (known, hidden)."""
+def _row_distribution(base: torch.Tensor) -> torch.distributions.MultivariateNormal:
+    """The normal with the mean and covariance of the rows ``base`` (known, hidden)."""
     centered = base - base.mean(dim=0)  # (known, hidden)
     covariance = centered.T @ centered / base.shape[0]  # (hidden, hidden)
     # A small ridge keeps the covariance positive definite for MultivariateNormal.
     covariance += 1e-6 * torch.eye(covariance.shape[0])
-    dist = torch.distributions.MultivariateNormal(base.mean(dim=0), covariance_matrix=covariance)
-    if generator is None:
-        return dist.sample((count,))  # (count, hidden), torch's global generator
-    noise = torch.randn((count, base.shape[1]), generator=generator)  # (count, hidden)
-    return dist.loc + noise @ dist.scale_tril.T
+    return torch.distributions.MultivariateNormal(base.mean(dim=0), covariance_matrix=covariance)
 
 
 def choose_draw(model: Any, report: VocabExtension, score: Callable[[Any], float], draws: int, seed: int) -> None:
@@ -199,11 +195,14 @@ def choose_draw(model: Any, report: VocabExtension, score: Callable[[Any], float
         return
     weight = model[0].auto_model.get_input_embeddings().weight
     known, total = report.vocab_size_before, report.vocab_size_after
-    base = weight[:known].detach().float()
+    # The distribution once (a pass over every known row: 250k of them for XLM-R), not once per draw.
+    dist = _row_distribution(weight[:known].detach().float())
     best_rows = weight[known:total].detach().clone()
     report.draw_scores, report.draw_kept = [score(model)], 0
     for draw in range(1, draws):
-        rows = _sample_rows(base, total - known, torch.Generator().manual_seed(seed * 1000 + draw))
+        generator = torch.Generator().manual_seed(seed * 1000 + draw)
+        noise = torch.randn((total - known, dist.loc.shape[0]), generator=generator)  # (count, hidden)
+        rows = dist.loc + noise @ dist.scale_tril.T  # what dist.sample draws, from this generator
         with torch.no_grad():
             weight[known:total] = rows.to(weight.dtype)
         report.draw_scores.append(score(model))

@@ -12,8 +12,8 @@ one process so that they share the machine's load:
 - default + hard negatives;
 - default with ``extend_vocab=off``.
 
-The validation set is also the one reported: our recipe's best checkpoint and its draw of the new token rows
-(train.vocab_draws) are chosen on it, so its row is optimistic; scripts/bench_quality.py keeps validation and test
+The validation set is also the one reported: our recipe's best checkpoint (and, with train.vocab_draws > 1, its draw
+of the new token rows) is chosen on it, so its row is optimistic; scripts/bench_quality.py keeps validation and test
 apart.
 
 Columns: accuracy@1, ndcg@10, mrr@10 of the saved model on the validation set (InformationRetrievalEvaluator),
