@@ -165,8 +165,10 @@ class Chunker:
         self.sizer = sizer
         self.splitter = make_splitter(size, self.overlap, sizer.pieces)
         self.resplit = 0
-        self.by_units = cfg.chunking == "units"
-        self.units = UnitSplitter(size, sizer.count, lambda text: self._fit(self.splitter.split_text(text)))
+        self.by_units = cfg.chunking in ("units", "each-unit")
+        self.units = UnitSplitter(
+            size, sizer.count, lambda text: self._fit(self.splitter.split_text(text)), pack=cfg.chunking == "units"
+        )
 
     def chunk(self, doc: Document, start: int, end: int) -> list[Chunk]:
         """Chunks of ``doc.clean.text[start:end]``, each located in the document and sized to fit."""

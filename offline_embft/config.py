@@ -23,7 +23,7 @@ from offline_embft.model_files import RERANKER_FROM_EMBEDDING
 # The pipeline's stages, in order (pipeline.stages builds them; `doctor --stage` and `all --until` name them).
 STAGES = ("convert", "ingest", "generate", "train", "train-reranker", "evaluate")
 BACKENDS = ("vllm", "transformers", "openai", "ict")
-CHUNKINGS = ("sentences", "units")
+CHUNKINGS = ("sentences", "units", "each-unit")
 ENGINES = ("native", "llamaindex")
 POOLINGS = ("cls", "mean")
 LOSSES = ("mnrl", "cached-mnrl")
@@ -69,10 +69,12 @@ class IngestConfig:
     chunk_size: int = _help("Chunk size in tokens of the tokenizer (characters without one).", 300)
     chunk_overlap: int = _help("Overlap between consecutive chunks, in the same unit.", 30)
     chunking: str = _help(
-        "sentences: pack sentences up to chunk_size (LlamaIndex SentenceSplitter); units: cut at the document's own "
-        "units first (第X章/节/条, 1.2.3 and Markdown/Word headings), merge small neighbours, split only units "
-        "longer than chunk_size (by sentences, with chunk_overlap).",
-        "sentences",
+        "each-unit: cut at the document's own units (第X章/节/条, 1.2.3 and Markdown/Word/HTML headings), one unit "
+        "per chunk (fragments under 1/8 of chunk_size take in the next), units longer than chunk_size split by "
+        "sentences with chunk_overlap; text without units is cut by sentences alone. units: the same, neighbours of "
+        "one section packed up to chunk_size. sentences: pack sentences up to chunk_size (LlamaIndex "
+        "SentenceSplitter).",
+        "each-unit",
     )
     max_seq_length: int = _help("The embedding model's max_seq_length; longer chunks are counted as truncated.", 512)
     val_ratio: float = _help("Share of files (or of chunks, for a single file) held out for validation.", 0.3)

@@ -200,6 +200,8 @@ class UnitSplitter:
         split_long: Splits a text that is longer than ``chunk_size`` (the sentence splitter, with its overlap).
         merge_below: A chunk smaller than this share of ``chunk_size`` takes in the next unit even across a heading
             boundary (a short section is not left as a fragment); its heading path is then what both share.
+        pack: Fill each chunk with as many units of the same heading path as fit (False: one unit per chunk, only
+            fragments under ``merge_below`` take in the next one).
     """
 
     def __init__(
@@ -208,11 +210,13 @@ class UnitSplitter:
         count: Callable[[str], int],
         split_long: Callable[[str], list[str]],
         merge_below: float = 1 / 8,
+        pack: bool = True,
     ) -> None:
         self.chunk_size = chunk_size
         self.count = count
         self.split_long = split_long
         self.merge_below = merge_below
+        self.pack = pack
 
     def _units(self, text: str, outline: Outline, start: int, end: int) -> list[_Unit]:
         heading_starts = {h.start for h in outline.headings}
@@ -273,9 +277,9 @@ class UnitSplitter:
         """Whether ``unit`` goes into the chunk being built."""
         if self.count(text[group[0].start : unit.end].strip()) > self.chunk_size:
             return False
-        if all(u.heading_only for u in group) or unit.path == group[0].path:
+        if all(u.heading_only for u in group) or (self.pack and unit.path == group[0].path):
             return True
-        # A heading boundary: cross it only to rescue a fragment.
+        # A heading boundary (or any unit, unpacked): cross it only to rescue a fragment.
         return self.count(text[group[0].start : group[-1].end].strip()) < self.merge_below * self.chunk_size
 
     def _split_long(self, text: str, start: int, end: int, path: list[str]) -> list[Piece]:

@@ -3,7 +3,8 @@
 The pipeline as users run it, on this machine's CPU:
 
 1. ingest the 公司法 and 保险法 PDFs (data/laws/pdf; each file on its own, ~20% of its text held out for validation),
-   chunks sized for all-MiniLM-L6-v2 (256 word pieces, like configs/cpu.yaml);
+   chunks sized for all-MiniLM-L6-v2 (256 word pieces, like configs/cpu.yaml), one article per chunk (the default
+   ``ingest.chunking``; ``--ingest-set chunking=sentences`` for the sentence splitter);
 2. generate questions with the ``openai`` backend against a local replay server (scripts/replay_llm.py: answers each
    prompt like Qwen3 would, with the shared QA set's questions of the articles the chunk holds, noisily wrapped), or
    with the ``ict`` generator (no LLM);

@@ -48,7 +48,9 @@ GUARDS: dict[str, list[str]] = {
         "test_office.py::test_bad_docx_and_legacy_office_files_are_skipped_with_reasons",
         "test_office.py::test_office_pdf_loses_running_lines_and_keeps_the_text",
     ],
-    "`--chunking units`: chunks follow": [
+    "chunks follow the document's own units: one article or section per chunk": [
+        "test_structure.py::test_each_unit_gives_every_article_its_own_chunk",
+        "test_structure.py::test_a_text_without_units_is_chunked_as_by_sentences",
         "test_structure.py::test_statute_is_split_at_articles_with_chapter_paths",
         "test_structure.py::test_ingest_writes_heading_paths_and_never_exceeds_the_token_size",
         "test_structure.py::test_markdown_headings_give_the_path",

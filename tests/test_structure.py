@@ -115,6 +115,33 @@ def test_sections_nest_under_chapters(laws_dir):
     assert outline.path_at(next_chapter.start) == [path[0], next_chapter.title]
 
 
+def test_each_unit_gives_every_article_its_own_chunk(laws_dir):
+    """chunking=each-unit: one article per chunk (the passages a statute's questions are about); a heading goes with
+    the article it introduces; only a fragment under merge_below takes in its neighbour."""
+    text = _statute_text(laws_dir, chapters=3)
+    outline = find_outline(text)
+    packed = _chars(300).split(text, outline)
+    splitter = _chars(300)
+    splitter.pack = False
+    pieces = splitter.split(text, outline)
+    articles = [line for line in text.split("\n") if is_article(line)]
+    assert len(packed) < 0.6 * len(articles), "packed: several articles share a chunk"
+    per_piece = [len(re.findall(ARTICLE_START.pattern, p.text, re.M)) for p in pieces]
+    assert all(len(p.text) <= 300 for p in pieces) and sum(per_piece) == len(articles)
+    shared = [p.text for p, n in zip(pieces, per_piece, strict=True) if n > 1]
+    assert len(shared) <= 0.1 * len(pieces), shared
+    for text_ in shared:  # only a fragment (under 300/8 characters) took in the next article
+        second = [m.start() for m in re.finditer(ARTICLE_START.pattern, text_, re.M)][1]
+        assert len(text_[:second].strip()) < 300 / 8, text_
+    headings = {text[h.start : h.end] for h in outline.headings}
+    for piece in pieces:  # each opens with its article, or with the headings that introduce it
+        body = [line for line in piece.text.split("\n") if line not in headings]
+        assert ARTICLE_START.match(body[0]) or piece.start not in outline.unit_starts, piece.text
+    assert "".join(p.text for p in pieces).replace("\n", "") == text.replace("\n", "")
+    assert pieces[0].text.startswith("中华人民共和国公司法\n第一章 总则\n第一条")
+    assert per_piece[0] == 1
+
+
 def test_long_article_is_split_by_sentences_with_its_heading(laws_dir):
     long_article = "第五条 " + "公司应当依法履行各项义务并接受监督。" * 20
     text = "\n".join(["某某管理办法", "第一章 总则", "第一条 为了规范管理，制定本办法。", "第二章 义务", long_article])
@@ -204,7 +231,7 @@ def test_numbered_headings_in_plain_text():
     assert by_last["备份介质应异地存放。"] == ["4 技术要求", "4.2 备份介质"]
 
 
-@pytest.mark.parametrize("chunking", ["units", "sentences"])
+@pytest.mark.parametrize("chunking", ["units", "each-unit", "sentences"])
 def test_ingest_writes_heading_paths_and_never_exceeds_the_token_size(chunking, laws_dir, minilm_path, tmp_path):
     from offline_embft.tokenizer_check import load_tokenizer
 
@@ -221,7 +248,7 @@ def test_ingest_writes_heading_paths_and_never_exceeds_the_token_size(chunking, 
     assert all(c["headings"][0] == "中华人民共和国公司法" for c in chunks)
     first_article = next(c for c in chunks if "第一条" in c["text"])
     assert first_article["headings"] == ["中华人民共和国公司法", "第一章 总则"]
-    if chunking == "units":
+    if chunking != "sentences":
         starts = [c["text"].split("\n")[0] for c in chunks]
         at_units = sum(1 for s in starts if ARTICLE_START.match(s) or heading_level(s) is not None)
         assert at_units / len(chunks) > 0.8, "chunks start at articles and headings"
@@ -246,3 +273,17 @@ def test_cli_chunking_flag(laws_dir, tmp_path):
     assert sum(1 for s in starts if is_article(s) or heading_level(s) is not None) / len(chunks) > 0.8
     bad = runner.invoke(app, [*args, "--chunking", "pages"])
     assert bad.exit_code == 2 and "pages" in bad.output
+
+
+def test_a_text_without_units_is_chunked_as_by_sentences(tmp_path):
+    """each-unit (the default) on plain text, without headings or articles: exactly the sentence splitter's chunks."""
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    text = "".join(f"这是第{i}句话，讲述一个没有标题的普通段落。" + ("\n" if i % 5 == 4 else "") for i in range(300))
+    (docs / "plain.txt").write_text(text, encoding="utf-8")
+    chunks = {}
+    for chunking in ("sentences", "each-unit"):
+        cfg = IngestConfig(input_dir=str(docs), out_dir=str(tmp_path / chunking), tokenizer="")
+        cfg.val_ratio, cfg.chunking = 0.0, chunking
+        chunks[chunking] = [c["text"] for c in read_jsonl(ingest.run(cfg) / "train.jsonl")]
+    assert len(chunks["sentences"]) > 10 and chunks["each-unit"] == chunks["sentences"]

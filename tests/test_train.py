@@ -132,6 +132,10 @@ def test_training_lowers_the_loss_and_saves_a_complete_model(trained, data, mini
     assert summary["wall_seconds"] >= summary["train_runtime_seconds"] > 0 and summary["peak_rss_mb"] > 100
     assert (trained / "train_config.yaml").is_file() and (trained / "vocab_extension.json").is_file()
     assert not train.checkpoints_dir(trained).exists()  # finished runs leave no checkpoints behind
+    # The BM25 fusion is chosen on validation among the parts alone and score fusions only (rank fusions chosen there
+    # lost on unseen documents, docs/quality.md).
+    chosen_on = json.loads((trained / "fusion.json").read_text(encoding="utf-8"))["chosen_on"]
+    assert {c["method"] for c in chosen_on["candidates"]} == {"score"} and len(chosen_on["candidates"]) == 19
 
 
 def test_the_best_checkpoint_by_ndcg_is_what_is_saved(trained, data):
