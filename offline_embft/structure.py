@@ -3,9 +3,10 @@
 Statutes, standards, policies and manuals are numbered: ``第三章 …`` / ``第二节 …`` / ``第十条 …``, ``4.1.2 …``,
 ``一、…``, or headings marked up by the loader (Markdown ``#`` lines from Markdown, DOCX heading styles and HTML
 ``<h1>``–``<h6>``; the cleaner strips the ``#`` and hands their positions over). :func:`find_outline` finds them in a
-cleaned text; :class:`UnitSplitter` cuts the text at those boundaries first, then packs whole units into chunks of at
-most ``chunk_size`` tokens (small neighbours merged), and only a unit that is too long on its own is cut further,
-by sentences, with the ordinary splitter. Each chunk carries its heading path, e.g.
+cleaned text; :class:`UnitSplitter` cuts the text at those boundaries first, then makes each unit a chunk
+(``chunking: each-unit``, the default: a question is about one article) or packs whole units into chunks of at most
+``chunk_size`` tokens (``units``), a fragment merged with its neighbour either way, and only a unit that is too long
+on its own is cut further, by sentences, with the ordinary splitter. Each chunk carries its heading path, e.g.
 ``["中华人民共和国公司法", "第三章 有限责任公司的股权转让"]``.
 
 Heading levels: marked-up headings keep their Markdown level (1–6). Detected headings get fixed levels that sort
