@@ -18,7 +18,7 @@ of the new token rows) is chosen on it, and vocabulary extension adds its charac
 of each training statute's articles (and their questions) is held out for validation, the rest trained on, and
 futures_law, never seen, is only the reported test set.
 
-Columns: accuracy@1, ndcg@10, mrr@10 of the saved model on the validation set (InformationRetrievalEvaluator),
+Columns: accuracy@1, ndcg@10, mrr@10 of the saved model on futures_law (InformationRetrievalEvaluator),
 training seconds (load the base model → trained model saved; for our recipe this includes mining, vocabulary
 extension and the per-epoch evaluations), samples/s (pairs x epochs / training seconds), and the peak RSS of the
 process while the row ran (sampled every 0.1 s). Training seconds are noisy on a shared machine: compare rows of one
@@ -123,14 +123,14 @@ def split_train(out: Path, share: float = 0.2) -> tuple[Path, Path]:
     return files[0], files[1]
 
 
-def evaluate(model_dir: str, val_file: Path) -> dict[str, float]:
-    """accuracy@1, ndcg@10, mrr@10 of a saved model on the validation set, with a fresh evaluator."""
+def evaluate(model_dir: str, data_file: Path) -> dict[str, float]:
+    """accuracy@1, ndcg@10, mrr@10 of a saved model on ``data_file`` (a QA dataset), with a fresh evaluator."""
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.sentence_transformer.evaluation import InformationRetrievalEvaluator
 
     from offline_embft.dataset import QADataset
 
-    val = QADataset.load(val_file)
+    val = QADataset.load(data_file)
     model = SentenceTransformer(model_dir, device="cpu", local_files_only=True)
     evaluator = InformationRetrievalEvaluator(
         val.queries,
