@@ -250,7 +250,7 @@ class TrainConfig:
     loss: str = _help("mnrl or cached-mnrl (big effective batches on small GPUs).", "mnrl")
     matryoshka_dims: list[int] = _help("Wrap the loss in MatryoshkaLoss with these dims (empty: off).", factory=list)
     hard_negatives: int = _help(
-        "Hard negatives mined per query (0: in-batch negatives only; configs/default.yaml mines 1: +0.016 ndcg@10 "
+        "Hard negatives mined per query (0: in-batch negatives only; configs/default.yaml mines 1: +0.017 ndcg@10 "
         "over three seeds for about twice the training time, docs/train.md).",
         0,
     )
