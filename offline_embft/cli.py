@@ -16,8 +16,8 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from offline_embft import offline
-from offline_embft.config import (
+from offline_embft.core import offline
+from offline_embft.core.config import (
     BACKENDS,
     CHUNKINGS,
     ENGINES,
@@ -33,8 +33,8 @@ from offline_embft.config import (
     TrainConfig,
     TrainRerankerConfig,
 )
-from offline_embft.config_help import field_help
-from offline_embft.errors import UserError
+from offline_embft.core.config_help import field_help
+from offline_embft.core.errors import UserError
 
 offline.enable()
 
@@ -95,7 +95,7 @@ def _value(option: Any) -> Any:
 
 
 def _load(config: Path | None, overrides: list[str] | None):
-    from offline_embft.config import load_config
+    from offline_embft.core.config import load_config
 
     return load_config(config, overrides).resolve()
 
@@ -140,8 +140,8 @@ def ingest(
     """Documents → clean Chinese text → token-aware chunks → train.jsonl / val.jsonl / stats.json (split by file)."""
 
     def body() -> None:
-        from offline_embft import ingest as stage
-        from offline_embft.config import apply_overrides
+        from offline_embft.core.config import apply_overrides
+        from offline_embft.ingest import run as stage
 
         cfg = _load(config, set_).ingest
         apply_overrides(
@@ -182,9 +182,9 @@ def generate(
     """Chunks → questions from a local LLM (batched, cleaned, cached) → EmbeddingQAFinetuneDataset JSON."""
 
     def body() -> None:
-        from offline_embft import generate as stage
-        from offline_embft.config import apply_overrides
-        from offline_embft.paths import Layout
+        from offline_embft.core.config import apply_overrides
+        from offline_embft.core.layout import Layout
+        from offline_embft.generate import run as stage
 
         pipeline = _load(config, set_)
         cfg = apply_overrides(
@@ -228,8 +228,8 @@ def convert(
     """HF encoder → sentence-transformers (Transformer → Pooling → Normalize), verified against raw transformers."""
 
     def body() -> None:
-        from offline_embft import convert as stage
-        from offline_embft.config import apply_overrides
+        from offline_embft.convert import run as stage
+        from offline_embft.core.config import apply_overrides
 
         pipeline = _load(config, set_)
         if model_dir is not None and out is None:
@@ -266,8 +266,8 @@ def train(
     """Fine-tune with MultipleNegativesRankingLoss (no-duplicate batches, best checkpoint, resumable)."""
 
     def body() -> None:
-        from offline_embft import train as stage
-        from offline_embft.config import apply_overrides, load_config
+        from offline_embft.core.config import apply_overrides, load_config
+        from offline_embft.train import embedder as stage
 
         loaded = load_config(config, set_)
         asked_val = loaded.train.val_file  # before the pipeline layout fills it in
@@ -288,7 +288,7 @@ def train(
             # A dataset named on the command line trains on its own: validation only when asked for (--val or the
             # config), never the pipeline's val_dataset.json that the layout fills in.
             cfg.val_file = asked_val
-        from offline_embft.scale import torchrun
+        from offline_embft.train import distributed as torchrun
 
         nproc = 1 if torchrun.is_launched() else torchrun.resolve_nproc(cfg)
         if nproc > 1:
@@ -318,8 +318,8 @@ def train_reranker(
     """Fine-tune the reranker (cross-encoder) on the same questions, negatives mined by the fine-tuned embedder."""
 
     def body() -> None:
-        from offline_embft import train_reranker as stage
-        from offline_embft.config import apply_overrides, load_config
+        from offline_embft.core.config import apply_overrides, load_config
+        from offline_embft.train import reranker as stage
 
         loaded = load_config(config, set_)
         asked_val = loaded.train_reranker.val_file  # before the pipeline layout fills it in
@@ -365,13 +365,13 @@ def evaluate(
     """Compare models (and BM25, hybrids, rerankers) on a dataset → metrics.csv/json, predictions, report.md/png."""
 
     def body() -> None:
-        from offline_embft import evaluate as stage
-        from offline_embft.config import apply_overrides
+        from offline_embft.core.config import apply_overrides
+        from offline_embft.evaluate import run as stage
 
         cfg = _load(config, set_).evaluate
         if model:
             # An ad-hoc comparison of the models given: the pipeline's own reranker joins only when asked for.
-            from offline_embft.config import load_config
+            from offline_embft.core.config import load_config
 
             unresolved = load_config(config, set_).evaluate
             cfg.reranker, cfg.base_reranker = unresolved.reranker, unresolved.base_reranker
@@ -399,7 +399,7 @@ def download(config: ConfigOpt = None, set_: SetOpt = None) -> None:
     """(Connected machine) Fetch the config's LLM and embedding model from ModelScope into Models/."""
 
     def body() -> None:
-        from offline_embft import download as stage
+        from offline_embft.convert import download as stage
 
         stage.download(_load(config, set_))
 
@@ -480,8 +480,8 @@ def show_config(
     def body() -> None:
         import yaml
 
-        from offline_embft.config import to_dict
-        from offline_embft.config_help import keys_markdown
+        from offline_embft.core.config import to_dict
+        from offline_embft.core.config_help import keys_markdown
 
         if keys:
             typer.echo(keys_markdown(), nl=False)

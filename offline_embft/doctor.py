@@ -6,7 +6,7 @@ compiles with, vLLM (only when the config generates with it), each model the con
 the converted embedding model, free disk for outputs, the offline variables, and the embedding tokenizer's UNK and
 truncation rates on a sample of the user's corpus. A FAIL means the run would break (exit code 1); a WARN means it
 would run but probably not as the user hopes. Every GPU verdict names what to install instead
-(:mod:`offline_embft.gpu_compat` knows which torch/vLLM pair runs on which driver and GPU).
+(:mod:`offline_embft.core.gpu_compat` knows which torch/vLLM pair runs on which driver and GPU).
 
 ``--stage`` narrows the screen to what the named stages need (:data:`CHECKS` maps each check to them);
 ``offline-embft all --until STAGE`` passes the stages it will run, so ingesting on a CPU workstation with the GPU
@@ -30,14 +30,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from offline_embft import gpu_compat, offline
-from offline_embft.chunks import read as read_chunks
-from offline_embft.config import STAGES, PipelineConfig
-from offline_embft.convert import CONVERT_REPORT
-from offline_embft.documents import sample_texts
-from offline_embft.errors import UserError
-from offline_embft.gpu_compat import bf16_native
-from offline_embft.model_files import (
+from offline_embft.convert.run import CONVERT_REPORT
+from offline_embft.core import gpu_compat, offline
+from offline_embft.core.chunks import read as read_chunks
+from offline_embft.core.config import STAGES, PipelineConfig
+from offline_embft.core.errors import UserError
+from offline_embft.core.gpu_compat import bf16_native
+from offline_embft.core.layout import Layout
+from offline_embft.core.model_files import (
     PACKAGE_PREFIX,
     RERANKER_FROM_EMBEDDING,
     hub_id,
@@ -46,7 +46,7 @@ from offline_embft.model_files import (
     st_max_seq_length,
     st_pooling,
 )
-from offline_embft.paths import Layout
+from offline_embft.ingest.documents import sample_texts
 
 OK, WARN, FAIL = "OK", "WARN", "FAIL"
 _RANK = {OK: 0, WARN: 1, FAIL: 2}
@@ -406,7 +406,7 @@ def _embedding_for_tokenizer(cfg: PipelineConfig) -> Path | None:
 
 def check_tokenizer(cfg: PipelineConfig) -> Check:
     """UNK and truncation rates of the embedding tokenizer on the user's chunks (or a sample of their documents)."""
-    from offline_embft import tokenizer_check
+    from offline_embft.core import tokenizer_check
 
     model = _embedding_for_tokenizer(cfg)
     if model is None:

@@ -24,11 +24,12 @@ from pathlib import Path
 
 import yaml
 
-from offline_embft import doctor, gpu_compat, offline
-from offline_embft.config import PipelineConfig, to_dict
-from offline_embft.errors import UserError
-from offline_embft.model_files import PACKAGE_PREFIX, RERANKER_FROM_EMBEDDING
-from offline_embft.paths import Layout
+from offline_embft import doctor
+from offline_embft.core import gpu_compat, offline
+from offline_embft.core.config import PipelineConfig, to_dict
+from offline_embft.core.errors import UserError
+from offline_embft.core.layout import Layout
+from offline_embft.core.model_files import PACKAGE_PREFIX, RERANKER_FROM_EMBEDDING
 
 logger = logging.getLogger(__name__)
 
@@ -193,10 +194,10 @@ def train_env(cfg: PipelineConfig) -> dict[str, str]:
     One process that sees several GPUs makes the Hugging Face Trainer wrap the model in DataParallel: each step then
     splits the batch over the GPUs and the effective batch silently becomes batch × GPUs (transformers' Trainer,
     ``n_gpu > 1``). With ``train.nproc`` auto (one process per visible GPU) the train command launches torchrun
-    itself and each process takes its own GPU (:mod:`offline_embft.scale.torchrun`): nothing to pin. An explicit N
+    itself and each process takes its own GPU (:mod:`offline_embft.train.distributed`): nothing to pin. An explicit N
     below the visible count sees the first N GPUs; N = 1 sees the first GPU only.
     """
-    from offline_embft.scale.torchrun import resolve_nproc
+    from offline_embft.train.distributed import resolve_nproc
 
     gpus = visible_gpu_ids()
     nproc = resolve_nproc(cfg.train, visible=len(gpus))

@@ -28,10 +28,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))  # qwen3_server, the test helper
 
 import offline_embft  # noqa: E402  (offline environment first)
-from offline_embft.config import GenerateConfig  # noqa: E402
-from offline_embft.dataset import QADataset  # noqa: E402
-from offline_embft.generate import run as generate_run  # noqa: E402
-from offline_embft.llm import create_llm  # noqa: E402
+from offline_embft.core.config import GenerateConfig  # noqa: E402
+from offline_embft.core.dataset import QADataset  # noqa: E402
+from offline_embft.generate.llm import create_llm  # noqa: E402
+from offline_embft.generate.run import run as generate_run  # noqa: E402
 
 
 def load_articles(count: int) -> list[dict]:

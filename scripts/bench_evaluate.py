@@ -28,10 +28,11 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import offline_embft  # noqa: F401  (offline environment before heavy imports)
-from offline_embft import eval_rankings, evaluate
-from offline_embft.config import EvaluateConfig
-from offline_embft.dataset import QADataset
-from offline_embft.io import read_json
+from offline_embft.core.config import EvaluateConfig
+from offline_embft.core.dataset import QADataset
+from offline_embft.core.io import read_json
+from offline_embft.evaluate import rankings as eval_rankings
+from offline_embft.evaluate import run as evaluate
 
 REPO = Path(__file__).resolve().parents[1]
 QA_DIR = REPO / "data" / "laws" / "qa"

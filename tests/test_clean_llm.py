@@ -18,12 +18,12 @@ import pytest
 from qwen3_server import Qwen3LikeServer, chunk_of, true_questions
 from typer.testing import CliRunner
 
-from offline_embft.config import GenerateConfig
-from offline_embft.dataset import QADataset
-from offline_embft.errors import UserError
-from offline_embft.llm import NoQuestionError, create_llm
-from offline_embft.prompt import builtin_template, llamaindex_template, load_template, render
-from offline_embft.questions import PromptShape
+from offline_embft.core.config import GenerateConfig
+from offline_embft.core.dataset import QADataset
+from offline_embft.core.errors import UserError
+from offline_embft.generate.llm import NoQuestionError, create_llm
+from offline_embft.generate.prompt import builtin_template, llamaindex_template, load_template, render
+from offline_embft.generate.questions import PromptShape
 
 # Keys of the stats file the native engine writes about questions; --engine llamaindex must write them too.
 QUESTION_STATS = {
@@ -60,7 +60,7 @@ def server():
 
 @pytest.fixture(scope="module")
 def generate_qa_embedding_pairs():
-    from offline_embft.llamaindex_engine import import_generate_qa_embedding_pairs
+    from offline_embft.generate.llamaindex_engine import import_generate_qa_embedding_pairs
 
     return import_generate_qa_embedding_pairs()
 
@@ -203,7 +203,7 @@ def test_nothing_usable_raises_what_the_llamaindex_loop_catches_and_counts_it(
 
 
 def test_engine_llamaindex_reports_a_hopeless_chunk_like_native(tmp_path, articles, caplog):
-    from offline_embft.generate import run
+    from offline_embft.generate.run import run
 
     hopeless = articles[5]
     server = Qwen3LikeServer(failure_share=0.3, hopeless=frozenset({hopeless["text"]}))

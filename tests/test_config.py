@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from offline_embft.config import PipelineConfig, apply_overrides, load_config, save_config
-from offline_embft.errors import UserError
+from offline_embft.core.config import PipelineConfig, apply_overrides, load_config, save_config
+from offline_embft.core.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -78,7 +78,7 @@ def test_atomic_outputs_are_readable_by_others(tmp_path):
     import os
     import stat
 
-    from offline_embft.io import atomic_dir, write_json
+    from offline_embft.core.io import atomic_dir, write_json
 
     old = os.umask(0o022)
     try:
@@ -96,7 +96,7 @@ def test_every_key_is_documented_with_its_help():
     from typer.testing import CliRunner
 
     from offline_embft.cli import app
-    from offline_embft.config_help import describe, keys_markdown
+    from offline_embft.core.config_help import describe, keys_markdown
 
     listed = CliRunner().invoke(app, ["config", "--keys"])
     assert listed.exit_code == 0, listed.output
@@ -111,9 +111,9 @@ def test_cli_flags_take_help_and_choices_from_the_config_fields():
     import typer
     from typer.testing import CliRunner
 
-    from offline_embft import config
     from offline_embft.cli import app
-    from offline_embft.config_help import field_help
+    from offline_embft.core import config
+    from offline_embft.core.config_help import field_help
 
     commands = typer.main.get_command(app).commands
     sections = {
@@ -154,7 +154,7 @@ def test_a_config_built_with_paths_saves_as_plain_yaml(tmp_path):
     """Library users pass pathlib.Path; saving the config beside a trained model must not fail after training."""
     import yaml
 
-    from offline_embft.config import EvaluateConfig, TrainConfig, save_config
+    from offline_embft.core.config import EvaluateConfig, TrainConfig, save_config
 
     save_config(TrainConfig(model=tmp_path / "base", train_file=tmp_path / "train.json"), tmp_path / "train.yaml")
     saved = yaml.safe_load((tmp_path / "train.yaml").read_text(encoding="utf-8"))

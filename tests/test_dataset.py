@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from offline_embft.dataset import QADataset
-from offline_embft.errors import UserError
+from offline_embft.core.dataset import QADataset
+from offline_embft.core.errors import UserError
 
 
 def test_merging_qa_sets_of_two_statutes_keeps_every_question_and_answer(laws_dir):

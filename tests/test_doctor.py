@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from offline_embft import doctor
-from offline_embft.config import PipelineConfig
+from offline_embft.core.config import PipelineConfig
 
 CHINESE = "公司的股东会由全体股东组成，是公司的权力机构，依照本法行使职权。"
 ENGLISH = "The shareholders' meeting consists of all shareholders and is the organ of authority of the company."
@@ -229,7 +229,7 @@ def test_each_check_runs_only_for_the_stages_that_need_it(tmp_path, minilm_path,
 
 
 def test_the_table_names_real_stages_and_the_checks_own_names():
-    from offline_embft.config import STAGES
+    from offline_embft.core.config import STAGES
 
     for name, (_, stages) in doctor.CHECKS.items():
         assert stages and set(stages) <= set(STAGES), f"{name}: {stages}"

@@ -6,7 +6,7 @@ import pytest
 import torch
 from tiny_encoders import build_tiny_bert
 
-from offline_embft.ensemble import choose_alpha, interpolate
+from offline_embft.train.ensemble import choose_alpha, interpolate
 
 TEXTS = ["公司法规定股东会行使下列职权。", "保险合同是投保人与保险人约定保险权利义务关系的协议。"]
 
@@ -85,9 +85,10 @@ def test_interpolate_rejects_alpha_outside_unit_interval(models):
 def test_train_with_weight_ensemble_saves_the_chosen_alpha_and_the_fusion(laws_dir, minilm_path, tmp_path):
     import json
 
-    from offline_embft import fusion, train
-    from offline_embft.config import TrainConfig
-    from offline_embft.dataset import QADataset
+    from offline_embft.core.config import TrainConfig
+    from offline_embft.core.dataset import QADataset
+    from offline_embft.retrieval import fusion
+    from offline_embft.train import embedder as train
 
     def subset(name: str, start: int, count: int) -> QADataset:
         full = QADataset.load(laws_dir / "qa" / f"{name}.json")
@@ -119,9 +120,11 @@ def test_train_chooses_no_fusion_on_ict_pseudo_queries(laws_dir, minilm_path, tm
     """ict's validation questions are sentences of their passages: train leaves the fusion weight to real questions."""
     import json
 
-    from offline_embft import fusion, generate, train
-    from offline_embft.config import GenerateConfig, TrainConfig
-    from offline_embft.dataset import QADataset
+    from offline_embft.core.config import GenerateConfig, TrainConfig
+    from offline_embft.core.dataset import QADataset
+    from offline_embft.generate import run as generate
+    from offline_embft.retrieval import fusion
+    from offline_embft.train import embedder as train
 
     articles = QADataset.load(laws_dir / "qa" / "futures_law.json")
     chunks = tmp_path / "val_chunks.jsonl"

@@ -11,12 +11,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from offline_embft import evaluate, report
-from offline_embft.bm25 import BM25Index, tokenize
-from offline_embft.config import EvaluateConfig
-from offline_embft.dataset import QADataset
-from offline_embft.errors import UserError
-from offline_embft.report import METRIC_COLUMNS
+from offline_embft.core.config import EvaluateConfig
+from offline_embft.core.dataset import QADataset
+from offline_embft.core.errors import UserError
+from offline_embft.evaluate import report
+from offline_embft.evaluate import run as evaluate
+from offline_embft.evaluate.report import METRIC_COLUMNS
+from offline_embft.retrieval.bm25 import BM25Index, tokenize
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

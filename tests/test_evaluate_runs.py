@@ -10,11 +10,14 @@ from pathlib import Path
 import pytest
 from tiny_encoders import build_tiny_bert, build_tiny_xlmr
 
-from offline_embft import eval_rankings, evaluate, fusion, user_questions
-from offline_embft.config import EvaluateConfig
-from offline_embft.dataset import QADataset
-from offline_embft.fusion import Fusion
-from offline_embft.report import METRIC_COLUMNS
+from offline_embft.core.config import EvaluateConfig
+from offline_embft.core.dataset import QADataset
+from offline_embft.evaluate import rankings as eval_rankings
+from offline_embft.evaluate import run as evaluate
+from offline_embft.evaluate import user_questions
+from offline_embft.evaluate.report import METRIC_COLUMNS
+from offline_embft.retrieval import fusion
+from offline_embft.retrieval.fusion import Fusion
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -84,7 +87,7 @@ def _metrics(out: Path) -> dict[str, dict[str, float]]:
 
 
 def test_one_run_loads_each_model_once_and_equals_separate_runs(setup, monkeypatch):
-    from offline_embft import rerank
+    from offline_embft.retrieval import rerank
 
     loads: list[str] = []
     real_load, real_ce = eval_rankings.load_model, rerank.load_cross_encoder

@@ -1,4 +1,5 @@
-"""Tuned weighted fusion (offline_embft.fusion, ranking.weighted_fusion): never worse than its parts on its data."""
+"""Tuned weighted fusion (offline_embft.retrieval.fusion, ranking.weighted_fusion): never worse than its parts on its
+data."""
 
 from __future__ import annotations
 
@@ -7,9 +8,9 @@ import json
 import numpy as np
 import pytest
 
-from offline_embft import fusion
-from offline_embft.fusion import Fusion, fuse, ndcg_at_10, tune
-from offline_embft.ranking import reciprocal_rank_fusion, top_k, weighted_fusion
+from offline_embft.retrieval import fusion
+from offline_embft.retrieval.fusion import Fusion, fuse, ndcg_at_10, tune
+from offline_embft.retrieval.ranking import reciprocal_rank_fusion, top_k, weighted_fusion
 
 
 def _ranking(scores: np.ndarray, depth: int):

@@ -17,11 +17,11 @@ from llama_index.core.bridge.pydantic import PrivateAttr
 from tiny_qwen import EXTRA_CHARS, build_tiny_qwen
 from typer.testing import CliRunner
 
-from offline_embft.config import GenerateConfig
-from offline_embft.dataset import QADataset
-from offline_embft.errors import UserError
-from offline_embft.generate import cache_path, config_path, load_template, render, run, stats_path
-from offline_embft.llm import BatchLLM, Sampling
+from offline_embft.core.config import GenerateConfig
+from offline_embft.core.dataset import QADataset
+from offline_embft.core.errors import UserError
+from offline_embft.generate.llm import BatchLLM, Sampling
+from offline_embft.generate.run import cache_path, config_path, load_template, render, run, stats_path
 
 
 def _chunk_of(prompt: str) -> str:
@@ -323,8 +323,8 @@ def test_cli_generate(tmp_path, chunks):
 
 
 def test_cli_generates_both_splits_with_one_engine(tmp_path, articles, monkeypatch):
-    from offline_embft import generate
     from offline_embft.cli import app
+    from offline_embft.generate import run as generate
 
     _write_chunks(tmp_path / "Dataset" / "chunks" / "train.jsonl", articles[:12])
     _write_chunks(tmp_path / "Dataset" / "chunks" / "val.jsonl", articles[12:18])

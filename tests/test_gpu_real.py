@@ -27,8 +27,8 @@ requires_gpu = pytest.mark.skipif(not _gpu_and_vllm(), reason="needs a CUDA GPU 
 def test_real_vllm_refuses_an_over_long_prompt_the_way_the_fake_does(tmp_path):
     import vllm
 
-    from offline_embft.llm.base import CHAT_TEMPLATE_KWARGS
-    from offline_embft.llm.prompt_budget import PromptBudget, is_too_long_error
+    from offline_embft.generate.llm.base import CHAT_TEMPLATE_KWARGS
+    from offline_embft.generate.llm.prompt_budget import PromptBudget, is_too_long_error
 
     model = build_tiny_qwen(tmp_path / "Qwen3-0.6B", ["公司法"])
     engine = vllm.LLM(str(model), max_model_len=256, gpu_memory_utilization=0.3, enforce_eager=True)

@@ -21,14 +21,15 @@ from packaging.specifiers import SpecifierSet
 from tiny_qwen import build_tiny_qwen
 from typer.testing import CliRunner
 
-from offline_embft import doctor, gpu_compat, pipeline
-from offline_embft.config import GenerateConfig, PipelineConfig, load_config
-from offline_embft.errors import UserError
-from offline_embft.generate import stats_path
-from offline_embft.llm import create_llm
-from offline_embft.llm.prompt_budget import PromptBudget, is_too_long_error
-from offline_embft.prompt import load_template, render
-from offline_embft.train import resolve_precision
+from offline_embft import doctor, pipeline
+from offline_embft.core import gpu_compat
+from offline_embft.core.config import GenerateConfig, PipelineConfig, load_config
+from offline_embft.core.errors import UserError
+from offline_embft.generate.llm import create_llm
+from offline_embft.generate.llm.prompt_budget import PromptBudget, is_too_long_error
+from offline_embft.generate.prompt import load_template, render
+from offline_embft.generate.run import stats_path
+from offline_embft.train.embedder import resolve_precision
 
 REPO = Path(__file__).resolve().parents[1]
 LAW = "公司是企业法人，有独立的法人财产，享有法人财产权。公司以其全部财产对公司的债务承担责任。"
@@ -241,7 +242,7 @@ def test_an_unknown_start_failure_keeps_vllms_own_error(tiny_qwen, vllm, monkeyp
     ],
 )
 def test_sampling_settings_vllm_rejects_fail_at_config_load(key, value):
-    from offline_embft.llm import Sampling
+    from offline_embft.generate.llm import Sampling
 
     with pytest.raises(UserError, match=f"generate.{key}"):
         load_config(None, [f"generate.{key}={value}"])

@@ -11,12 +11,13 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from offline_embft import chunking, documents, ingest
-from offline_embft.chunks import Chunk
 from offline_embft.cli import app
-from offline_embft.config import IngestConfig, load_config
-from offline_embft.errors import UserError
-from offline_embft.io import read_jsonl
+from offline_embft.core.chunks import Chunk
+from offline_embft.core.config import IngestConfig, load_config
+from offline_embft.core.errors import UserError
+from offline_embft.core.io import read_jsonl
+from offline_embft.ingest import chunking, documents
+from offline_embft.ingest import run as ingest
 
 COMPANY_LAW = "中华人民共和国公司法.pdf"
 FUTURES_LAW = "中华人民共和国期货和衍生品法.pdf"
@@ -123,7 +124,7 @@ def test_chunk_ids_are_stable_content_hashes(tmp_path):
 def test_token_sized_chunks_never_exceed_max_seq_length(laws_dir, minilm_path, tmp_path, caplog):
     from pypdf import PdfReader, PdfWriter
 
-    from offline_embft.tokenizer_check import load_tokenizer
+    from offline_embft.core.tokenizer_check import load_tokenizer
 
     docs = tmp_path / "docs"
     docs.mkdir()
@@ -237,7 +238,7 @@ def test_bad_files_are_skipped_with_reasons_and_the_rest_proceeds(messy_dir, tmp
 
 
 def test_unreadable_file_is_skipped(tmp_path, monkeypatch):
-    from offline_embft import loaders
+    from offline_embft.ingest import loaders
 
     (tmp_path / "locked.txt").write_text("内容", encoding="utf-8")
 

@@ -17,12 +17,12 @@ import fake_vllm as fake_vllm_module
 import pytest
 from tiny_qwen import build_tiny_qwen
 
-from offline_embft.config import GenerateConfig, PipelineConfig
-from offline_embft.errors import UserError
-from offline_embft.generate import load_template, render
-from offline_embft.llm import BatchLLM, create_llm, find_preset, resolve_model
-from offline_embft.llm.ict_backend import mask_positive, pick_sentences
-from offline_embft.llm.openai_backend import normalize_base_url
+from offline_embft.core.config import GenerateConfig, PipelineConfig
+from offline_embft.core.errors import UserError
+from offline_embft.generate.llm import BatchLLM, create_llm, find_preset, resolve_model
+from offline_embft.generate.llm.ict_backend import mask_positive, pick_sentences
+from offline_embft.generate.llm.openai_backend import normalize_base_url
+from offline_embft.generate.run import load_template, render
 
 TEXTS = [
     "公司是企业法人，有独立的法人财产，享有法人财产权。公司以其全部财产对公司的债务承担责任。",
@@ -346,7 +346,7 @@ def test_openai_backend_concurrent_bounded_with_retries(server):
 def test_openai_backend_failed_prompt_comes_back_as_none(server, caplog):
     server.script[TEXTS[1]] = ["500"] * 5
     llm = create_llm(_cfg(backend="openai", base_url=server.url + "/v1", request_retries=0))
-    with caplog.at_level(logging.WARNING, logger="offline_embft.llm.openai_backend"):
+    with caplog.at_level(logging.WARNING, logger="offline_embft.generate.llm.openai_backend"):
         answers = llm.complete_batch(_prompts(TEXTS[:3]))
     assert answers == [f"{TEXTS[0][:6]}指什么？", None, f"{TEXTS[2][:6]}指什么？"]
     assert "1 of 3 requests" in caplog.text
@@ -367,7 +367,7 @@ def test_openai_backend_persistent_failures_are_counted_not_raised(server, behav
     still come back, and nothing raises."""
     server.script[TEXTS[0]] = [behaviour] * 10
     llm = create_llm(_cfg(backend="openai", base_url=server.url, request_retries=1))
-    with caplog.at_level(logging.WARNING, logger="offline_embft.llm.openai_backend"):
+    with caplog.at_level(logging.WARNING, logger="offline_embft.generate.llm.openai_backend"):
         answers = llm.complete_batch(_prompts(TEXTS[:3]))
     assert answers == [None, f"{TEXTS[1][:6]}指什么？", f"{TEXTS[2][:6]}指什么？"]
     if behaviour == "400-context":
@@ -381,7 +381,7 @@ def test_openai_backend_persistent_failures_are_counted_not_raised(server, behav
 
 
 def test_a_prompt_over_the_context_length_is_a_counted_failure_of_generate(server, tmp_path):
-    from offline_embft.generate import run, stats_path
+    from offline_embft.generate.run import run, stats_path
 
     chunks = tmp_path / "chunks.jsonl"
     rows = [{"id": f"c{i}", "text": text} for i, text in enumerate(TEXTS)]
@@ -413,7 +413,7 @@ def test_reasoning_without_content_is_kept_as_an_unclosed_think_block(server, tm
     # Cleaned (the default): nothing usable, counted as an unclosed think block.
     assert llm.complete_batch(_prompts(TEXTS[:1])) == [None]
     assert llm.cleaner.filter.thinking_unclosed == 1 and llm.cleaner.failures == 1
-    from offline_embft.questions import FilterSettings, QuestionFilter
+    from offline_embft.generate.questions import FilterSettings, QuestionFilter
 
     kept, dropped = QuestionFilter(FilterSettings()).select(answer, TEXTS[0], 1)
     assert kept == [] and sum(dropped.values()) >= 1

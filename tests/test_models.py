@@ -13,10 +13,12 @@ import pytest
 from tiny_encoders import build_tiny_bert, build_tiny_xlmr, raw_minilm_copy
 from typer.testing import CliRunner
 
-from offline_embft import convert, download, model_files
-from offline_embft.config import ConvertConfig, PipelineConfig
-from offline_embft.errors import UserError
-from offline_embft.paths import Layout
+from offline_embft.convert import download
+from offline_embft.convert import run as convert
+from offline_embft.core import model_files
+from offline_embft.core.config import ConvertConfig, PipelineConfig
+from offline_embft.core.errors import UserError
+from offline_embft.core.layout import Layout
 
 BGE = "BAAI/bge-small-en-v1.5"
 

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from offline_embft import ingest
-from offline_embft.config import IngestConfig
-from offline_embft.io import read_jsonl
-from offline_embft.loaders import LoadError, SkipReason, load
+from offline_embft.core.config import IngestConfig
+from offline_embft.core.io import read_jsonl
+from offline_embft.ingest import run as ingest
+from offline_embft.ingest.loaders import LoadError, SkipReason, load
 
 OFFICE = Path(__file__).resolve().parents[1] / "data" / "office"
 HAN = re.compile(r"[\u3400-\u9fff]")
@@ -94,7 +94,7 @@ def test_docx_headings_and_numbered_titles_become_chunk_metadata(tmp_path):
 
 
 def test_numbering_renders_chinese_counting():
-    from offline_embft.docx_loader import chinese_number, format_number
+    from offline_embft.ingest.loaders.docx import chinese_number, format_number
 
     assert [chinese_number(n) for n in (1, 10, 11, 20, 21, 100, 105, 110, 2024)] == [
         "一",
@@ -116,7 +116,7 @@ def test_numbering_renders_chinese_counting():
     # Word 2010+ writes 一、二、三 as a custom format with a decimal fallback for older readers.
     from docx.oxml import parse_xml
 
-    from offline_embft.docx_loader import _level_format
+    from offline_embft.ingest.loaders.docx import _level_format
 
     lvl = parse_xml(
         '<w:lvl xmlns:w="http://schemas.openxmlformats.org/wordprocessingml/2006/main" '

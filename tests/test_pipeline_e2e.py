@@ -15,11 +15,12 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from offline_embft import fusion, pipeline
+from offline_embft import pipeline
 from offline_embft.cli import app
-from offline_embft.config import load_config
-from offline_embft.evaluate import REAL_FUSION_FILE
-from offline_embft.report import model_labels
+from offline_embft.core.config import load_config
+from offline_embft.evaluate.report import model_labels
+from offline_embft.evaluate.run import REAL_FUSION_FILE
+from offline_embft.retrieval import fusion
 
 REPO = Path(__file__).resolve().parents[1]
 PDFS = ("中华人民共和国期货和衍生品法.pdf", "中华人民共和国证券投资基金法.pdf")

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from offline_embft import pipeline
-from offline_embft.config import STAGES, load_config
+from offline_embft.core.config import STAGES, load_config
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from offline_embft.questions import (
+from offline_embft.generate.questions import (
     FilterSettings,
     QuestionFilter,
     copied_share,

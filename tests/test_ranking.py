@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from offline_embft.ranking import fuse_ranked_lists, reciprocal_rank_fusion, top_k
+from offline_embft.retrieval.ranking import fuse_ranked_lists, reciprocal_rank_fusion, top_k
 
 
 def test_top_k_orders_ties_by_id_rank():
@@ -34,13 +34,13 @@ def test_fused_id_lists_agree_with_the_dense_fusion():
 def test_docstring_examples_hold():
     import doctest
 
-    from offline_embft import ranking
+    from offline_embft.retrieval import ranking
 
     assert doctest.testmod(ranking).failed == 0
 
 
 def test_id_ranks_order_passages_by_corpus_id():
-    from offline_embft.ranking import id_ranks
+    from offline_embft.retrieval.ranking import id_ranks
 
     ranks = id_ranks(["c", "a", "b"])
     assert ranks.tolist() == [2, 0, 1]

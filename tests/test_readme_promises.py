@@ -111,7 +111,7 @@ def test_every_blog_script_row_is_guarded():
 
 
 def test_the_default_prompt_is_chinese():
-    from offline_embft.generate import load_template
+    from offline_embft.generate.run import load_template
 
     template = load_template()
     text = re.sub(r"\{\w+\}|[\s\-]", "", template)
@@ -122,7 +122,7 @@ def test_the_default_prompt_is_chinese():
 def test_chunks_are_cut_by_llamaindex_sentence_splitter():
     from llama_index.core.node_parser import SentenceSplitter
 
-    from offline_embft.chunking import make_splitter
+    from offline_embft.ingest.chunking import make_splitter
 
     splitter = make_splitter(64, 8, list)
     assert isinstance(splitter, SentenceSplitter)
@@ -135,8 +135,9 @@ def test_nothing_imports_llamaindex_finetuning_but_its_own_engine(tmp_path):
     """llama-index-finetuning is deprecated upstream: only `--engine llamaindex` may import it."""
     code = (
         "import sys\n"
-        "import offline_embft.cli, offline_embft.ingest, offline_embft.generate, offline_embft.train\n"
-        "import offline_embft.evaluate, offline_embft.dataset\n"
+        "import offline_embft.cli, offline_embft.ingest.run, offline_embft.generate.run,"
+        "offline_embft.train.embedder\n"
+        "import offline_embft.evaluate.run, offline_embft.core.dataset\n"
         "print(sorted(m for m in sys.modules if m.startswith('llama_index.finetuning')))\n"
     )
     done = subprocess.run(
@@ -171,9 +172,9 @@ def test_troubleshooting_truncation_row_quotes_doctor(tmp_path, minilm_path, no_
 
 
 def test_troubleshooting_truncation_row_quotes_evaluate(tmp_path, minilm_path, caplog):
-    from offline_embft import evaluate
-    from offline_embft.config import EvaluateConfig
-    from offline_embft.dataset import QADataset
+    from offline_embft.core.config import EvaluateConfig
+    from offline_embft.core.dataset import QADataset
+    from offline_embft.evaluate import run as evaluate
 
     row = _troubleshooting_row("max_seq_length")
     assert "`1 of 3 passages are longer than max_seq_length 256`" in row
@@ -187,6 +188,6 @@ def test_troubleshooting_truncation_row_quotes_evaluate(tmp_path, minilm_path, c
         relevant_docs={"q0": ["p0"], "q1": ["p1"], "q2": ["p2"]},
     ).save(tmp_path / "ds.json")
     cfg = EvaluateConfig(dataset=str(dataset), models=[str(minilm_path)], bm25=False, out_dir=str(tmp_path / "out"))
-    with caplog.at_level(logging.WARNING, logger="offline_embft.evaluate"):
+    with caplog.at_level(logging.WARNING, logger="offline_embft.evaluate.run"):
         evaluate.run(cfg)
     assert "1 of 3 passages are longer than max_seq_length 256 and are cut when encoded" in caplog.text

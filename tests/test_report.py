@@ -9,8 +9,9 @@ import warnings
 
 import pytest
 
-from offline_embft import report, report_chart
-from offline_embft.report import MAIN_METRICS, METRIC_COLUMNS, Report, Row
+from offline_embft.evaluate import report
+from offline_embft.evaluate.report import MAIN_METRICS, METRIC_COLUMNS, Report, Row
+from offline_embft.evaluate.report import chart as report_chart
 
 
 def _metrics(base: float) -> dict[str, float]:

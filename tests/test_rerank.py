@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from offline_embft.fusion import Fusion
-from offline_embft.rerank import PairScores, describe_blend, rerank
+from offline_embft.retrieval.fusion import Fusion
+from offline_embft.retrieval.rerank import PairScores, describe_blend, rerank
 
 
 class _ScoreByPassage:

@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from offline_embft import roundtrip
-from offline_embft.config import GenerateConfig
-from offline_embft.dataset import QADataset
-from offline_embft.generate import run, stats_path
-from offline_embft.questions import questions_per_chunk
+from offline_embft.core.config import GenerateConfig
+from offline_embft.core.dataset import QADataset
+from offline_embft.generate import roundtrip
+from offline_embft.generate.questions import questions_per_chunk
+from offline_embft.generate.run import run, stats_path
 
 CHUNKS = {
     "c-shareholders": "股东会由全体股东组成，股东会是公司的权力机构，依照本法行使职权。",
@@ -66,7 +66,7 @@ def test_model_and_fused_round_trips(minilm_path):
 
 
 def test_roundtrip_model_missing_is_one_line_error(tmp_path):
-    from offline_embft.errors import UserError
+    from offline_embft.core.errors import UserError
 
     with pytest.raises(UserError, match="roundtrip"):
         roundtrip.apply(GenerateConfig(roundtrip="both", roundtrip_model=""), _dataset())
@@ -102,8 +102,8 @@ def test_questions_of_one_chunk_never_share_a_batch(tmp_path):
     from sentence_transformers import SentenceTransformer, models
     from tiny_encoders import build_tiny_bert
 
-    from offline_embft import train
-    from offline_embft.config import TrainConfig
+    from offline_embft.core.config import TrainConfig
+    from offline_embft.train import embedder as train
 
     path = build_tiny_bert(tmp_path / "bert")
     model = SentenceTransformer(modules=[models.Transformer(str(path)), models.Pooling(32, "mean")], device="cpu")
@@ -119,7 +119,7 @@ def test_questions_of_one_chunk_never_share_a_batch(tmp_path):
 
 def test_the_validation_set_is_never_round_trip_filtered(tmp_path):
     """Filtered by BM25, validation questions would make BM25 look perfect when train picks checkpoint and fusion."""
-    from offline_embft.generate import run_many
+    from offline_embft.generate.run import run_many
 
     chunks = tmp_path / "chunks.jsonl"
     chunks.write_text(

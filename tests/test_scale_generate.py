@@ -17,13 +17,13 @@ from scale_engines import dying_question_engine, question_engine
 from tiny_qwen import build_tiny_qwen
 from typer.testing import CliRunner
 
-from offline_embft.answer_cache import AnswerCache
-from offline_embft.config import GenerateConfig, load_config
-from offline_embft.dataset import QADataset
-from offline_embft.errors import UserError
-from offline_embft.generate import cache_path, load_template, run, stats_path
-from offline_embft.scale import ReplicaPool, replicas
-from offline_embft.scale.replicas import plan_replicas
+from offline_embft.core.config import GenerateConfig, load_config
+from offline_embft.core.dataset import QADataset
+from offline_embft.core.errors import UserError
+from offline_embft.generate.answer_cache import AnswerCache
+from offline_embft.generate.run import cache_path, load_template, run, stats_path
+from offline_embft.generate.scale import ReplicaPool, replicas
+from offline_embft.generate.scale.replicas import plan_replicas
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

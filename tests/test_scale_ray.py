@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from offline_embft.config import GenerateConfig
-from offline_embft.errors import UserError
-from offline_embft.generate import run, stats_path
+from offline_embft.core.config import GenerateConfig
+from offline_embft.core.errors import UserError
+from offline_embft.generate.run import run, stats_path
 
 ray = pytest.importorskip("ray")
 

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 from tiny_encoders import build_tiny_bert
 
-from offline_embft.dataset import QADataset
-from offline_embft.scale.torchrun import distributed_batching
+from offline_embft.core.dataset import QADataset
+from offline_embft.train.distributed import distributed_batching
 
 REPO = Path(__file__).resolve().parents[1]
 

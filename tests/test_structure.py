@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from offline_embft import ingest
-from offline_embft.clean import clean_pages
-from offline_embft.config import IngestConfig
-from offline_embft.io import read_jsonl
-from offline_embft.loaders import markdown_to_text
-from offline_embft.structure import UnitSplitter, find_outline, heading_level, is_article
+from offline_embft.core.config import IngestConfig
+from offline_embft.core.io import read_jsonl
+from offline_embft.ingest import run as ingest
+from offline_embft.ingest.clean import clean_pages
+from offline_embft.ingest.loaders import markdown_to_text
+from offline_embft.ingest.structure import UnitSplitter, find_outline, heading_level, is_article
 
 ARTICLE_START = re.compile(r"^第[一二三四五六七八九十百千零]+条")
 
@@ -233,7 +233,7 @@ def test_numbered_headings_in_plain_text():
 
 @pytest.mark.parametrize("chunking", ["units", "each-unit", "sentences"])
 def test_ingest_writes_heading_paths_and_never_exceeds_the_token_size(chunking, laws_dir, minilm_path, tmp_path):
-    from offline_embft.tokenizer_check import load_tokenizer
+    from offline_embft.core.tokenizer_check import load_tokenizer
 
     docs = tmp_path / "docs"
     docs.mkdir()

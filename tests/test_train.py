@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 import yaml
 
-from offline_embft import train
-from offline_embft.config import TrainConfig
-from offline_embft.dataset import QADataset
-from offline_embft.errors import UserError
+from offline_embft.core.config import TrainConfig
+from offline_embft.core.dataset import QADataset
+from offline_embft.core.errors import UserError
+from offline_embft.train import embedder as train
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
 
@@ -162,7 +162,7 @@ def test_the_default_recipe_uses_batch_32_without_duplicates(trained, spy):
     from sentence_transformers.base.sampler import NoDuplicatesBatchSampler
     from sentence_transformers.sentence_transformer.training_args import BatchSamplers
 
-    from offline_embft.config import load_config
+    from offline_embft.core.config import load_config
 
     defaults = TrainConfig()
     assert defaults.batch_size == 32 and defaults.loss == "mnrl" and defaults.hard_negatives == 0
@@ -338,7 +338,7 @@ def test_cli_trains_without_val(data, minilm_path, tmp_path, monkeypatch, caplog
 
 
 def test_hard_negatives_skip_positives_copies_and_near_duplicates(data):
-    from offline_embft import negatives
+    from offline_embft.train import negatives
 
     dataset = data["train_set"]
     qid = next(iter(dataset.queries))

@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from offline_embft import train_reranker
-from offline_embft.config import EvaluateConfig, TrainRerankerConfig, load_config
-from offline_embft.dataset import QADataset
-from offline_embft.errors import UserError
+from offline_embft.core.config import EvaluateConfig, TrainRerankerConfig, load_config
+from offline_embft.core.dataset import QADataset
+from offline_embft.core.errors import UserError
+from offline_embft.train import reranker as train_reranker
 from tests.tiny_encoders import build_tiny_bert
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -79,7 +79,7 @@ def _config(data, models, out: Path, **overrides) -> TrainRerankerConfig:
 
 @pytest.mark.parametrize("source", ["model", "both"])
 def test_examples_have_the_positives_and_clean_unique_negatives(data, models, source, tmp_path):
-    from offline_embft.model_files import load_sentence_transformer
+    from offline_embft.core.model_files import load_sentence_transformer
 
     dataset = data["train_set"]
     cfg = _config(data, models, tmp_path / "out", negative_source=source)
@@ -212,7 +212,8 @@ def test_the_other_losses_train(data, models, loss, tmp_path):
 
 
 def test_evaluate_adds_retriever_to_reranker_rows(trained, data, models, tmp_path):
-    from offline_embft import evaluate, rerank
+    from offline_embft.evaluate import run as evaluate
+    from offline_embft.retrieval import rerank
 
     cfg = EvaluateConfig(
         dataset=str(data["val"]),
@@ -276,8 +277,8 @@ def test_cli_train_reranker_without_val_asks_for_no_validation(data, tmp_path, m
     """As `train`: a standalone TRAIN.json without --val must not pick up the pipeline's val_dataset.json."""
     from typer.testing import CliRunner
 
-    from offline_embft import train_reranker
     from offline_embft.cli import app
+    from offline_embft.train import reranker as train_reranker
 
     seen = []
     monkeypatch.setattr(train_reranker, "run", lambda cfg, callbacks=None: seen.append(cfg) or Path(cfg.out_dir))
@@ -312,7 +313,8 @@ def test_the_pipeline_has_the_stage_only_with_a_reranker(tmp_path):
 
 
 def test_download_and_doctor_treat_the_reranker_like_the_other_models(tmp_path, no_caches):
-    from offline_embft import doctor, download
+    from offline_embft import doctor
+    from offline_embft.convert import download
 
     gpu = load_config(REPO / "configs" / "default.yaml", [f"models_dir={tmp_path / 'Models'}"]).resolve()
     assert ("reranker", "maidalun1020/bce-reranker-base_v1") in download.required_models(gpu)
@@ -326,8 +328,8 @@ def test_download_and_doctor_treat_the_reranker_like_the_other_models(tmp_path, 
 
 
 def test_the_blend_chosen_on_validation_is_never_worse_than_either_order(trained, data, models):
-    from offline_embft import fusion, rerank
-    from offline_embft.model_files import load_sentence_transformer
+    from offline_embft.core.model_files import load_sentence_transformer
+    from offline_embft.retrieval import fusion, rerank
 
     blend = rerank.load_blend(trained)
     assert blend is not None and (trained / rerank.BLEND_FILE).is_file()
@@ -347,7 +349,7 @@ def test_the_blend_chosen_on_validation_is_never_worse_than_either_order(trained
 
 
 def test_one_epoch_still_chooses_the_blend_and_blend_off_writes_none(data, models, tmp_path):
-    from offline_embft import rerank
+    from offline_embft.retrieval import rerank
 
     one = train_reranker.run(_config(data, models, tmp_path / "one", epochs=1))
     assert rerank.load_blend(one) is not None
@@ -358,7 +360,7 @@ def test_one_epoch_still_chooses_the_blend_and_blend_off_writes_none(data, model
 def test_a_fresh_head_starts_as_identity_and_a_trained_head_is_kept(trained, models):
     import torch
 
-    from offline_embft import rerank
+    from offline_embft.retrieval import rerank
 
     assert not train_reranker.has_trained_head(models["retriever"])  # an embedding model: no score head
     assert not train_reranker.has_trained_head(models["reranker"])  # a bare encoder

@@ -9,12 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from offline_embft import evaluate, fusion, user_questions
-from offline_embft.config import EvaluateConfig
-from offline_embft.dataset import QADataset
-from offline_embft.errors import UserError
-from offline_embft.eval_rankings import cross_fit_label
-from offline_embft.fusion import Fusion
+from offline_embft.core.config import EvaluateConfig
+from offline_embft.core.dataset import QADataset
+from offline_embft.core.errors import UserError
+from offline_embft.evaluate import run as evaluate
+from offline_embft.evaluate import user_questions
+from offline_embft.evaluate.rankings import cross_fit_label
+from offline_embft.retrieval import fusion
+from offline_embft.retrieval.fusion import Fusion
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -111,7 +113,7 @@ def test_the_demo_questions_all_match_the_held_out_statute(laws_dir):
         json.loads(line) for line in (laws_dir / "articles" / "futures_law.jsonl").read_text("utf-8").splitlines()
     ]
     index = user_questions.ChunkIndex([])
-    from offline_embft.chunks import Chunk
+    from offline_embft.core.chunks import Chunk
 
     index = user_questions.ChunkIndex([Chunk(text=a["text"], id=a["id"]) for a in articles])
     rows = user_questions.read_csv(laws_dir.parent / "demo" / "questions_futures_law.csv")
@@ -198,7 +200,7 @@ def test_evaluate_with_real_questions_distractors_and_tuned_fusion(tmp_path, law
 def test_the_cross_fitted_row_needs_two_questions_and_uses_at_most_cross_fit_folds(caplog):
     import numpy as np
 
-    from offline_embft.eval_rankings import EvalData, Ranking, rank_cross_fitted
+    from offline_embft.evaluate.rankings import EvalData, Ranking, rank_cross_fitted
 
     def rankings(n: int):
         data = EvalData.from_dataset(

@@ -9,8 +9,8 @@ import json
 import numpy as np
 import pytest
 
-from offline_embft.tokenizer_check import measure
-from offline_embft.vocab import AUTO_MIN_UNK_RATE, choose_draw, extend_vocabulary
+from offline_embft.core.tokenizer_check import measure
+from offline_embft.train.vocab import AUTO_MIN_UNK_RATE, choose_draw, extend_vocabulary
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

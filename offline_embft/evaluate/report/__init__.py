@@ -1,0 +1,418 @@
+"""Metrics → the files people read: metrics.csv, metrics.json, report.md and report.png.
+
+Everything is rendered in memory first (:func:`render`) so that the caller can write all files at once, after the
+last number is known: a failure halfway leaves the previous results untouched instead of a mix of old and new.
+
+The chart is drawn by :mod:`offline_embft.evaluate.report.chart`.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import math
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from offline_embft.evaluate.report.chart import chart_png
+
+logger = logging.getLogger(__name__)
+
+# metrics.csv column order, which scripts rely on (README, "The outputs and how to read the report"): model, then
+# these, all fractions in [0, 1].
+METRIC_COLUMNS = (
+    "accuracy@1",
+    "accuracy@3",
+    "accuracy@5",
+    "accuracy@10",
+    "precision@1",
+    "precision@3",
+    "precision@5",
+    "precision@10",
+    "recall@1",
+    "recall@3",
+    "recall@5",
+    "recall@10",
+    "ndcg@10",
+    "mrr@10",
+    "map@100",
+    "hit_rate@5",
+)
+# What the report table and the chart show; the rest is in metrics.csv and the "All metrics" table.
+MAIN_METRICS = ("hit_rate@5", "accuracy@1", "recall@10", "mrr@10", "ndcg@10", "map@100")
+KIND_LABELS = {
+    "model": "embedding model",
+    "bm25": "BM25 (lexical)",
+    "hybrid": "hybrid (with BM25)",
+    "rerank": "retriever → reranker",
+}
+# Differences a sign test cannot tell from chance at this level are called "no clear difference".
+SIGNIFICANCE = 0.05
+
+
+@dataclass
+class Row:
+    """One ranked list of results: an embedding model, BM25, or a hybrid of both.
+
+    Attributes:
+        label: Short readable name (a model's directory name, ``BM25``, ``<model>+BM25``).
+        kind: ``model``, ``bm25``, ``hybrid`` or ``rerank`` (a retriever's top re-ordered by a cross-encoder).
+        source: The model path, or how the row was made.
+        metrics: Metric name → fraction in [0, 1] (keys of :data:`METRIC_COLUMNS`).
+        gold_ranks: Per query, the 1-based rank of the first relevant passage (None: not in the top 100).
+        info: Extra facts shown in the report (max_seq_length, truncated passages, encode seconds, ...).
+        parent: For a hybrid row, the label of its model row; for a rerank row, the row it re-orders.
+    """
+
+    label: str
+    kind: str
+    source: str
+    metrics: dict[str, float]
+    gold_ranks: list[int | None] = field(default_factory=list)
+    info: dict[str, Any] = field(default_factory=dict)
+    parent: str = ""
+
+
+@dataclass
+class Report:
+    """Everything the report shows about one evaluation run."""
+
+    dataset: str
+    n_queries: int
+    n_corpus: int
+    rows: list[Row]
+    relevant_per_query: float = 1.0
+    settings: dict[str, Any] = field(default_factory=dict)
+    created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
+
+    @property
+    def reference(self) -> Row:
+        """The first row: deltas in the report are against it."""
+        return self.rows[0]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Tables
+
+
+def metrics_csv(rows: list[Row]) -> str:
+    """metrics.csv: column ``model`` then :data:`METRIC_COLUMNS`, one row per model/baseline, full precision."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["model", *METRIC_COLUMNS])
+    for row in rows:
+        writer.writerow([row.label, *(repr(float(row.metrics[m])) for m in METRIC_COLUMNS)])
+    return buffer.getvalue()
+
+
+def metrics_json(report: Report) -> dict[str, Any]:
+    """metrics.json: the CSV's numbers (same keys) plus the dataset, each row's kind and path, and the settings."""
+    return {
+        "dataset": report.dataset,
+        "queries": report.n_queries,
+        "corpus": report.n_corpus,
+        "created": report.created,
+        "reference": report.reference.label,
+        "settings": report.settings,
+        "results": [
+            {
+                "model": row.label,
+                "kind": row.kind,
+                "source": row.source,
+                **{m: float(row.metrics[m]) for m in METRIC_COLUMNS},
+                "info": row.info,
+            }
+            for row in report.rows
+        ],
+    }
+
+
+def _fmt(value: float) -> str:
+    return f"{value:.3f}"
+
+
+def _pct(value: float) -> str:
+    return f"{100 * value:.1f}%"
+
+
+def _delta(value: float, reference: float) -> str:
+    diff = value - reference
+    if abs(diff) < 0.0005:
+        return "±0"
+    return f"{diff:+.3f}"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Verdict
+
+
+def sign_test(wins: int, losses: int) -> float:
+    """Two-sided exact sign test: how likely a split at least this uneven is if both sides were equally good."""
+    n = wins + losses
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, i) for i in range(min(wins, losses) + 1))
+    return min(1.0, 2 * tail / 2**n)
+
+
+def compare_ranks(a: Row, b: Row) -> tuple[int, int]:
+    """(questions where ``a`` ranks the right passage higher than ``b``, questions where lower)."""
+    worst = math.inf
+    wins = losses = 0
+    for rank_a, rank_b in zip(a.gold_ranks, b.gold_ranks, strict=True):
+        ra, rb = rank_a or worst, rank_b or worst
+        wins += ra < rb
+        losses += ra > rb
+    return wins, losses
+
+
+def _p_text(p: float) -> str:
+    return "p < 0.001" if p < 0.001 else f"p = {p:.3f}"
+
+
+def _comparison(a: Row, b: Row) -> tuple[str, str]:
+    """(outcome word, one plain sentence) comparing row ``a`` with row ``b``."""
+    wins, losses = compare_ranks(a, b)
+    p = sign_test(wins, losses)
+    hit_a, hit_b = a.metrics["hit_rate@5"], b.metrics["hit_rate@5"]
+    ndcg_a, ndcg_b = a.metrics["ndcg@10"], b.metrics["ndcg@10"]
+    facts = (
+        f"`{a.label}` puts the right passage in its top 5 for {_pct(hit_a)} of questions against {_pct(hit_b)} "
+        f"for `{b.label}` ({100 * (hit_a - hit_b):+.1f} points); ndcg@10 {_fmt(ndcg_a)} vs {_fmt(ndcg_b)} "
+        f"({ndcg_a - ndcg_b:+.3f})."
+    )
+    if wins == losses == 0:
+        return "no clear difference", f"{facts} Both rank the right passage the same on every question."
+    facts = f"{facts} It ranks the right passage higher on {wins} questions and lower on {losses}"
+    if p < SIGNIFICANCE and wins > losses:
+        return "better", f"{facts} (sign test {_p_text(p)}: not chance)."
+    if p < SIGNIFICANCE and losses > wins:
+        return "worse", f"{facts} (sign test {_p_text(p)}: not chance)."
+    return "no clear difference", f"{facts} (sign test {_p_text(p)}: could be chance)."
+
+
+def verdict(report: Report) -> list[str]:
+    """Plain-language findings: did the other models beat the first, does the best beat BM25, does hybrid help."""
+    rows = report.rows
+    models = [r for r in rows if r.kind == "model"]
+    bm25 = next((r for r in rows if r.kind == "bm25"), None)
+    hybrids = [r for r in rows if r.kind == "hybrid"]
+    lines: list[str] = []
+    if models:
+        reference = models[0]
+        for row in models[1:]:
+            outcome, sentence = _comparison(row, reference)
+            headline = {
+                "better": "better than the reference",
+                "worse": "worse than the reference",
+                "no clear difference": "no clear difference from the reference",
+            }[outcome]
+            lines.append(f"**`{row.label}` vs `{reference.label}` (first model): {headline}.** {sentence}")
+        if len(models) == 1:
+            lines.append(
+                "Only one model was evaluated: pass the base model first and the fine-tuned one second "
+                "(`--model BASE --model FINETUNED`) to see what fine-tuning changed."
+            )
+    best_model = max(models, key=lambda r: r.metrics["ndcg@10"]) if models else None
+    if bm25 and best_model:
+        outcome, sentence = _comparison(best_model, bm25)
+        headline = {
+            "better": "beats BM25",
+            "worse": "loses to BM25",
+            "no clear difference": "is not clearly better than BM25",
+        }[outcome]
+        lines.append(f"**Best model `{best_model.label}` {headline}.** {sentence}")
+    if hybrids:
+        best_hybrid = max(hybrids, key=lambda r: r.metrics["ndcg@10"])
+        rivals = [r for r in (best_model, bm25) if r is not None]
+        best_single = max(rivals, key=lambda r: r.metrics["ndcg@10"])
+        outcome, sentence = _comparison(best_hybrid, best_single)
+        headline = {
+            "better": f"**Hybrid `{best_hybrid.label}` is the best retriever here:** combining BM25 with the model "
+            "in your RAG pipeline is worth it.",
+            "worse": f"**Hybrid `{best_hybrid.label}` is worse than `{best_single.label}` alone:** don't mix them.",
+            "no clear difference": f"**Hybrid `{best_hybrid.label}` does not clearly beat `{best_single.label}`:** "
+            "adding BM25 to the pipeline buys little on this data.",
+        }[outcome]
+        lines.append(f"{headline} {sentence}")
+    by_label = {r.label: r for r in rows}
+    for row in (r for r in rows if r.kind == "rerank" and r.parent in by_label):
+        outcome, sentence = _comparison(row, by_label[row.parent])
+        role = row.info.get("reranker_role", "")
+        headline = {
+            "better": "improves the ranking",
+            "worse": "makes the ranking worse",
+            "no clear difference": "changes little",
+        }[outcome]
+        latency = f" It costs {row.info['ms_per_query']:.0f} ms per question." if "ms_per_query" in row.info else ""
+        lines.append(f"**Second stage `{row.label}` ({role} reranker) {headline}.** {sentence}{latency}")
+    if report.n_queries < 100:
+        lines.append(
+            f"Only {report.n_queries} questions: differences of a few points can be noise; evaluate on more "
+            "questions before deciding."
+        )
+    return lines
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Markdown
+
+
+def _table(header: list[str], body: list[list[str]], text_columns: int = 1) -> list[str]:
+    """A markdown table: the first ``text_columns`` columns left-aligned, the (numeric) rest right-aligned."""
+    align = ["---" if i < text_columns else "---:" for i in range(len(header))]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(align) + "|"]
+    lines.extend("| " + " | ".join(cells) + " |" for cells in body)
+    return lines
+
+
+def _row_source(row: Row) -> str:
+    return f"`{row.source}`" if row.kind == "model" else row.source
+
+
+def markdown(report: Report, chart_name: str = "report.png") -> str:
+    """report.md: verdict, main table with deltas against the first row, chart, dataset, models, all metrics."""
+    ref = report.reference
+    out = [f"# Retrieval evaluation: {Path(report.dataset).name}", ""]
+    out += [f"- {line}" for line in verdict(report)]
+    out += ["", "## Main metrics", ""]
+    body = []
+    for row in report.rows:
+        cells = [f"`{row.label}`" + (" (reference)" if row is ref else "")]
+        for metric in MAIN_METRICS:
+            value = row.metrics[metric]
+            cells.append(_fmt(value) if row is ref else f"{_fmt(value)} ({_delta(value, ref.metrics[metric])})")
+        body.append(cells)
+    out += _table(["model", *MAIN_METRICS], body)
+    out += [
+        "",
+        f"All numbers are fractions in [0, 1]; higher is better. In parentheses: the difference from `{ref.label}`.",
+        "",
+        f"![Main metrics per model]({chart_name})",
+        "",
+        "## Dataset",
+        "",
+        f"- file: `{report.dataset}`",
+        f"- {report.n_queries} questions, {report.n_corpus} passages, "
+        f"{report.relevant_per_query:.2f} relevant passage(s) per question on average",
+        "",
+        "## Models and baselines",
+        "",
+    ]
+    body = []
+    for row in report.rows:
+        info = row.info
+        truncated = info.get("truncated_passages")
+        body.append(
+            [
+                f"`{row.label}`",
+                KIND_LABELS.get(row.kind, row.kind),
+                _row_source(row),
+                str(info.get("max_seq_length", "")),
+                "" if truncated is None else f"{truncated} / {report.n_corpus}",
+                f"{info['seconds']:.1f}" if "seconds" in info else "",
+                f"{info['ms_per_query']:.0f}" if "ms_per_query" in info else "",
+            ]
+        )
+    header = ["model", "kind", "path / method", "max_seq_length", "passages truncated", "seconds", "rerank ms/query"]
+    out += _table(header, body, text_columns=3)
+    settings = ", ".join(f"{k}={v!r}" for k, v in report.settings.items())
+    out += ["", f"Settings: {settings}." if settings else "", "", "## All metrics", ""]
+    body = [[f"`{row.label}`", *(f"{row.metrics[m]:.4f}" for m in METRIC_COLUMNS)] for row in report.rows]
+    out += _table(["model", *METRIC_COLUMNS], body)
+    out += [
+        "",
+        "## How to read this",
+        "",
+        "- **hit_rate@5**: share of questions whose right passage is among the 5 passages retrieved first — what a "
+        "RAG pipeline with top_k=5 hands to the LLM (the number LlamaIndex's fine-tuning guide reports; equal to "
+        "accuracy@5).",
+        "- **accuracy@k**: share of questions with at least one right passage in the top k.",
+        "- **precision@k / recall@k**: share of the top k that is right / share of the right passages found in the "
+        "top k.",
+        "- **mrr@10**: average of 1/rank of the first right passage (1 = always first, 0.5 = typically second), 0 "
+        "if not in the top 10.",
+        "- **ndcg@10**: like mrr@10 but counts every right passage, discounted by position; the single number to "
+        "compare models by.",
+        "- **map@100**: mean average precision over the top 100.",
+        "- Per-question results (top 10 of every model and the right ids) are in `predictions.jsonl`: look at "
+        "questions every model misses to find bad questions or chunking problems.",
+        "",
+        f"Generated {report.created} by `offline-embft evaluate`.",
+        "",
+    ]
+    return "\n".join(out)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Row labels
+
+BM25_LABEL = "BM25"
+# Directory names that say nothing about the model: its parent is added to the label.
+GENERIC_DIR_NAMES = frozenset({"model", "models", "output", "outputs", "final", "best", "best_model", "last", "st"})
+
+
+def model_labels(paths: Sequence[str]) -> list[str]:
+    """Short readable row names: each directory's name, with parent directories added where two collide or where
+    the name alone says nothing (``model``, ``checkpoint-500``)."""
+    # abspath, not resolve: a symlinked run directory keeps the name the user gave it.
+    parts = [Path(os.path.abspath(os.path.expanduser(p))).parts or (str(p),) for p in paths]
+    depth = [2 if len(p) > 1 and _generic(p[-1]) else 1 for p in parts]
+    while True:
+        labels = ["/".join(p[-d:]) for p, d in zip(parts, depth, strict=True)]
+        grow = [
+            i
+            for i, label in enumerate(labels)
+            if depth[i] < len(parts[i]) and any(o == label and parts[j] != parts[i] for j, o in enumerate(labels))
+        ]
+        if not grow:
+            break
+        for i in grow:
+            depth[i] += 1
+    seen: dict[str, int] = {}
+    unique = []
+    for label in labels:  # the same directory given twice
+        seen[label] = seen.get(label, 0) + 1
+        unique.append(label if seen[label] == 1 else f"{label}#{seen[label]}")
+    # A model directory named like the BM25 row must not be mistaken for it.
+    return [f"{label} (model)" if label == BM25_LABEL else label for label in unique]
+
+
+def _generic(name: str) -> bool:
+    return name.lower() in GENERIC_DIR_NAMES or bool(re.fullmatch(r"(checkpoint|step|epoch)[-_]?\d+", name.lower()))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# All files
+
+
+def render(report: Report) -> dict[str, str | bytes]:
+    """Every report file's content by name: metrics.csv, metrics.json, report.md, report.png."""
+    if not report.rows:
+        raise ValueError("a report needs at least one row")
+    return {
+        "metrics.csv": metrics_csv(report.rows),
+        "metrics.json": json.dumps(metrics_json(report), ensure_ascii=False, indent=2) + "\n",
+        "report.md": markdown(report),
+        "report.png": chart_png(report, MAIN_METRICS),
+    }
+
+
+def write_files(out_dir: str | Path, files: dict[str, str | bytes]) -> dict[str, Path]:
+    """Write rendered files into ``out_dir``, each atomically (a temporary name, then a rename)."""
+    from offline_embft.core.io import atomic_open
+
+    written = {}
+    for name, content in files.items():
+        path = Path(out_dir) / name
+        with atomic_open(path, "wb" if isinstance(content, bytes) else "w") as handle:
+            handle.write(content)
+        written[name] = path
+    return written

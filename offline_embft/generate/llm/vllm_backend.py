@@ -1,0 +1,291 @@
+"""vLLM: the fast path on GPU servers. One ``vllm.LLM`` per run, every batch of prompts in ONE ``chat`` call.
+
+vLLM is imported only when this backend is built: it is a GPU-server dependency (``pip install 'offline-embft[vllm]'``)
+and pins its own torch/CUDA build, so CPU machines and CI never install it; which pair runs on which driver is in
+:mod:`offline_embft.core.gpu_compat`. Prompts over the context are kept away by the shared token budget
+(:mod:`offline_embft.generate.llm.prompt_budget`), and a batch vLLM refuses all the same is split until the prompt it
+refuses
+stands alone; start-up failures (quantization, KV cache memory, out of memory) become one line naming the setting.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import gc
+import logging
+import os
+import sys
+import threading
+from typing import Any
+
+from llama_index.core.bridge.pydantic import PrivateAttr
+
+from offline_embft.core.errors import UserError
+from offline_embft.generate.llm.base import CHAT_TEMPLATE_KWARGS, PROMPT_TOO_LONG, BatchLLM, Refused, Sampling
+from offline_embft.generate.llm.presets import DEFAULT_GPU_MEMORY, DEFAULT_MAX_MODEL_LEN, ResolvedModel
+from offline_embft.generate.llm.prompt_budget import PromptBudget, is_too_long_error
+
+logger = logging.getLogger(__name__)
+
+INSTALL_HINT = (
+    "backend vllm needs vLLM, which is not installed in this environment; on the GPU server run "
+    "`pip install 'offline-embft[vllm]'` pinned to the torch/vLLM pair its NVIDIA driver runs (`python "
+    "scripts/bundle.py --driver <driver> --resolve-only` prints it), or use --backend transformers, or --backend "
+    "openai against a `vllm serve`"
+)
+
+
+def import_vllm() -> Any:
+    """Import vLLM or fail with one line saying how to install it."""
+    try:
+        import vllm
+    except ImportError:
+        raise UserError(INSTALL_HINT) from None
+    return vllm
+
+
+# What vLLM says when its engine cannot start, and the one setting to change. vLLM's engine core runs in a child
+# process: the parent only gets RuntimeError("Engine core initialization failed. See root cause above. ...")
+# (vllm 0.33 vllm/v1/engine/utils.py:1473) while the root cause goes to the child's log (stdout by default,
+# vllm/envs.py VLLM_LOGGING_STREAM); the quantization check runs in the parent, inside pydantic's ModelConfig, and
+# arrives as a ValidationError (a ValueError) holding vLLM's message (vllm/config/model.py:1456-1462).
+_START_FAILURES = (
+    (
+        ("does not match the quantization method",),
+        "the checkpoint's quantization differs from generate.quantization={quantization!r}; leave "
+        "generate.quantization empty so vLLM reads the checkpoint's own (or pick the matching preset)",
+    ),
+    (
+        ("Unknown quantization method",),
+        "vLLM does not know generate.quantization={quantization!r}; leave it empty so vLLM reads the checkpoint's own",
+    ),
+    (
+        ("No available memory for the cache blocks", "KV cache is needed, which is larger than the available"),
+        "no GPU memory left for vLLM's KV cache after loading the model (gpu_memory_utilization "
+        "{gpu_memory_utilization}, max_model_len {max_model_len}); raise generate.gpu_memory_utilization (e.g. 0.95), "
+        "lower generate.max_model_len (e.g. 2048), or use a smaller or quantized preset (e.g. Qwen3-8B-AWQ)",
+    ),
+    (
+        ("CUDA out of memory", "OutOfMemoryError", "out of memory"),
+        "the model does not fit in GPU memory at tensor_parallel_size {tensor_parallel_size}; use a smaller or "
+        "quantized preset (e.g. Qwen3-8B-AWQ), raise generate.tensor_parallel_size to split it over more GPUs, or "
+        "free the GPU (another process holds memory: nvidia-smi)",
+    ),
+)
+
+
+def explain_start_failure(text: str, engine_args: dict[str, Any]) -> str | None:
+    """One line naming the setting to change for a vLLM start-up failure (None when the cause is unknown)."""
+    for markers, advice in _START_FAILURES:
+        if any(marker in text for marker in markers):
+            return "vLLM could not start: " + advice.format(**engine_args)
+    return None
+
+
+class _OutputTee:
+    """Copies what this process AND its children write to stdout/stderr into a bounded tail, still showing it all.
+
+    vLLM's engine core is a child process that inherits file descriptors 1 and 2, so the tee works at that level: a
+    pipe replaces each descriptor while the engine starts, and a daemon thread passes every byte on to the original
+    descriptor as it comes (progress bars included). The children keep writing into the pipe for their whole life,
+    so the pump threads and the saved descriptors stay alive after :meth:`restore`; they end when the last writer
+    (the last engine process) exits.
+    """
+
+    def __init__(self, max_chars: int = 64_000) -> None:
+        self._chunks: collections.deque[str] = collections.deque()
+        self._size = 0
+        self._max_chars = max_chars
+        self._lock = threading.Lock()
+        self._saved: list[tuple[int, int]] = []
+        self._threads: list[threading.Thread] = []
+
+    def start(self) -> None:
+        for fd in (1, 2):
+            try:
+                os.fstat(fd)
+            except OSError:
+                continue
+            with contextlib.suppress(Exception):
+                (sys.stdout if fd == 1 else sys.stderr).flush()
+            read_end, write_end = os.pipe()
+            original = os.dup(fd)
+            os.dup2(write_end, fd)
+            os.close(write_end)
+            self._saved.append((fd, original))
+            thread = threading.Thread(target=self._pump, args=(read_end, original), name=f"vllm-tee-{fd}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def _pump(self, read_end: int, original: int) -> None:
+        while True:
+            try:
+                data = os.read(read_end, 65536)
+            except OSError:
+                break
+            if not data:
+                break
+            with contextlib.suppress(OSError):
+                os.write(original, data)
+            with self._lock:
+                self._chunks.append(data.decode("utf-8", "replace"))
+                self._size += len(data)
+                while self._size > self._max_chars and len(self._chunks) > 1:
+                    self._size -= len(self._chunks.popleft())
+        os.close(read_end)
+
+    def restore(self) -> None:
+        """Put the original descriptors back (children started meanwhile keep writing through the pump)."""
+        with contextlib.suppress(Exception):
+            sys.stdout.flush()
+            sys.stderr.flush()
+        for fd, original in self._saved:
+            os.dup2(original, fd)
+
+    def drain(self, timeout: float = 5.0) -> None:
+        """Wait until every writer has gone (engine processes that died), so the tail holds their last words."""
+        for thread in self._threads:
+            thread.join(timeout=timeout)
+
+    def text(self) -> str:
+        with self._lock:
+            return "".join(self._chunks)
+
+
+def start_engine(vllm: Any, engine_args: dict[str, Any]) -> Any:
+    """``vllm.LLM(**engine_args)``, with a known start-up failure turned into one line that names the fix.
+
+    Raises:
+        UserError: bad quantization for the checkpoint, no memory for the KV cache, CUDA out of memory at load.
+    """
+    tee = _OutputTee()
+    tee.start()
+    try:
+        engine = vllm.LLM(**engine_args)
+    except Exception as exc:
+        tee.restore()
+        tee.drain()  # the engine core has died: its root cause is (nearly) all in the pipe by now
+        advice = explain_start_failure(f"{exc}\n{tee.text()}", engine_args)
+        if advice is None:
+            raise
+        raise UserError(advice) from None
+    tee.restore()
+    return engine
+
+
+def _visible_gpus() -> int:
+    try:
+        import torch
+
+        return torch.cuda.device_count()
+    except Exception:  # a broken CUDA setup is vLLM's to report, with its own message
+        return 0
+
+
+class VllmLLM(BatchLLM):
+    """Qwen3 (or any chat model) through ``vllm.LLM.chat`` with thinking disabled and max_tokens set."""
+
+    backend = "vllm"
+
+    _engine: Any = PrivateAttr(default=None)
+    _vllm: Any = PrivateAttr(default=None)
+    _engine_args: dict[str, Any] = PrivateAttr(default_factory=dict)
+
+    def __init__(
+        self,
+        model: ResolvedModel,
+        sampling: Sampling,
+        *,
+        tensor_parallel_size: int = 0,
+        gpu_memory_utilization: float = 0.0,
+        max_model_len: int = 0,
+        dtype: str = "auto",
+        quantization: str = "",
+        seed: int = 42,
+    ) -> None:
+        vllm = import_vllm()
+        preset = model.preset
+        tp = tensor_parallel_size or (preset.tensor_parallel_size if preset else 1)
+        gpus = _visible_gpus()
+        if gpus and tp > gpus:
+            logger.warning("tensor_parallel_size %d > %d visible GPUs; using %d", tp, gpus, gpus)
+            tp = gpus
+        max_len = max_model_len or (preset.max_model_len if preset else DEFAULT_MAX_MODEL_LEN)
+        super().__init__(
+            model_name=model.name, sampling=sampling, fingerprint=model.fingerprint(), context_window=max_len
+        )
+        self._vllm = vllm
+        self._engine_args = {
+            "model": str(model.path),
+            "tensor_parallel_size": tp,
+            "gpu_memory_utilization": gpu_memory_utilization
+            or (preset.gpu_memory_utilization if preset else DEFAULT_GPU_MEMORY),
+            "max_model_len": max_len,
+            "dtype": dtype,
+            # Only what the user asks for: vLLM reads the checkpoint's quantization_config itself and picks the
+            # fastest kernel for it (awq → the Marlin-based AutoAWQ kernel when the GPU has it; vllm 0.33
+            # quantization/auto_awq.py:263-286). A preset's "awq" passed explicitly would force the slow kernel on
+            # releases whose awq_marlin override only accepts no setting, and is wrong for a re-quantized folder.
+            "quantization": quantization or None,
+            "seed": seed,
+        }
+        logger.info("starting vLLM: %s", self._engine_args)
+        self._engine = start_engine(vllm, self._engine_args)
+        tokenizer = self._engine.get_tokenizer()  # None with skip_tokenizer_init: vLLM's own check stays
+        self._budget = PromptBudget(tokenizer, max_len, sampling.max_tokens) if tokenizer is not None else None
+
+    def settings(self) -> dict[str, Any]:
+        return {"backend": self.backend, "model": self.model_name, **self._engine_args}
+
+    def _generate(self, prompts: list[str], sampling: Sampling) -> list[str | Refused | None]:
+        return self._chat(prompts, self._sampling_params(sampling))
+
+    def _chat(self, prompts: list[str], params: Any) -> list[str | Refused | None]:
+        """One ``chat`` call; on a too-long rejection, the batch is split until the offending prompt stands alone.
+
+        The budget keeps over-long prompts away, so this is the last defence (a tokenizer that counts differently
+        from the engine's). The rejection comes while vLLM adds the requests, before any is generated, and vLLM
+        aborts those already added: a split costs a few calls, not repeated generation.
+        """
+        conversations = [[{"role": "user", "content": prompt}] for prompt in prompts]
+        try:
+            outputs = self._engine.chat(
+                conversations,
+                sampling_params=params,
+                use_tqdm=False,
+                chat_template_kwargs=dict(CHAT_TEMPLATE_KWARGS),
+            )
+        except Exception as exc:
+            if not is_too_long_error(exc):
+                raise
+            if len(prompts) == 1:
+                message = str(exc).splitlines()[0][:300]
+                logger.warning("vLLM refused a prompt: %s", message)
+                return [Refused(f"{PROMPT_TOO_LONG}: {message}")]
+            middle = len(prompts) // 2
+            return self._chat(prompts[:middle], params) + self._chat(prompts[middle:], params)
+        return [output.outputs[0].text if output.outputs else "" for output in outputs]
+
+    def _sampling_params(self, sampling: Sampling) -> Any:
+        return self._vllm.SamplingParams(
+            n=1,
+            max_tokens=sampling.max_tokens,  # vLLM's default is 16 tokens: half a question
+            temperature=sampling.temperature,
+            top_p=sampling.top_p,
+            top_k=sampling.top_k if sampling.top_k > 0 else -1,
+            min_p=sampling.min_p,
+            presence_penalty=sampling.presence_penalty,
+            seed=sampling.seed,
+        )
+
+    def close(self) -> None:
+        self._engine = None
+        gc.collect()
+        try:
+            import torch
+
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        except ImportError:
+            pass
