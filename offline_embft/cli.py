@@ -33,7 +33,7 @@ from offline_embft.core.config import (
     TrainConfig,
     TrainRerankerConfig,
 )
-from offline_embft.core.config_help import field_help
+from offline_embft.core.config.help import field_help
 from offline_embft.core.errors import UserError
 
 offline.enable()
@@ -481,7 +481,7 @@ def show_config(
         import yaml
 
         from offline_embft.core.config import to_dict
-        from offline_embft.core.config_help import keys_markdown
+        from offline_embft.core.config.help import keys_markdown
 
         if keys:
             typer.echo(keys_markdown(), nl=False)

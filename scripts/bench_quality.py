@@ -77,7 +77,7 @@ def load_average() -> str:
 def ingest(work: Path, base: str, chunker_sets: list[str]) -> tuple[Path, Path, float]:
     """Each PDF ingested alone (a contiguous ~20% held out), then the chunks merged: (train.jsonl, val.jsonl, s)."""
     from offline_embft.core.config import IngestConfig
-    from offline_embft.core.config_values import build
+    from offline_embft.core.config.values import build
     from offline_embft.ingest import run as ingest_stage
 
     out = work / "chunks"
@@ -164,7 +164,7 @@ def generate(work: Path, row: str, chunks: tuple[Path, Path], server_url: str, a
 
 def train(work: Path, row: str, train_file: Path, val_file: Path, args) -> tuple[Path, float]:
     from offline_embft.core.config import TrainConfig
-    from offline_embft.core.config_values import build
+    from offline_embft.core.config.values import build
     from offline_embft.train import embedder as train_stage
 
     out = work / "models" / row

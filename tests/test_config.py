@@ -96,7 +96,7 @@ def test_every_key_is_documented_with_its_help():
     from typer.testing import CliRunner
 
     from offline_embft.cli import app
-    from offline_embft.core.config_help import describe, keys_markdown
+    from offline_embft.core.config.help import describe, keys_markdown
 
     listed = CliRunner().invoke(app, ["config", "--keys"])
     assert listed.exit_code == 0, listed.output
@@ -113,7 +113,7 @@ def test_cli_flags_take_help_and_choices_from_the_config_fields():
 
     from offline_embft.cli import app
     from offline_embft.core import config
-    from offline_embft.core.config_help import field_help
+    from offline_embft.core.config.help import field_help
 
     commands = typer.main.get_command(app).commands
     sections = {

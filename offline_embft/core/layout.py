@@ -14,12 +14,24 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from offline_embft.core.model_files import RERANKER_FROM_EMBEDDING, locate
 
-if TYPE_CHECKING:
-    from offline_embft.core.config import PipelineConfig
+
+class RunSettings(Protocol):
+    """The run-wide keys a layout is drawn from (:class:`offline_embft.core.config.PipelineConfig` has them).
+
+    A protocol, not an import: the config fills its paths from the layout, so the layout must not import the config.
+    """
+
+    dataset_dir: str
+    models_dir: str
+    results_dir: str
+    embedding_model: str
+    llm: str
+    run_name: str
+    reranker_model: str
 
 
 def model_dir(ref: str, models_dir: str | Path = "Models") -> Path:
@@ -57,11 +69,11 @@ class Layout:
     run_name: str
     # Where the embedding model belongs under models_dir; differs from embedding_src when found in a download cache.
     embedding_home: Path | None = None
-    # The base reranker (None: no reranker stage); see config.RERANKER_FROM_EMBEDDING for the demo's.
+    # The base reranker (empty: no reranker stage); model_files.RERANKER_FROM_EMBEDDING names the demo's.
     reranker_model: str = ""
 
     @classmethod
-    def from_config(cls, cfg: PipelineConfig) -> Layout:
+    def from_config(cls, cfg: RunSettings) -> Layout:
         models = Path(cfg.models_dir)
         return cls(
             dataset_dir=Path(cfg.dataset_dir),
@@ -133,46 +145,3 @@ class Layout:
     @property
     def report(self) -> Path:
         return self.results_dir / "report.md"
-
-
-def fill_paths(cfg: PipelineConfig) -> None:
-    """Fill every empty path of ``cfg`` from the layout, so a stage run on its own and a stage run by ``all`` read
-    and write the same files (idempotent: ``resolve()`` may run twice)."""
-    layout = Layout.from_config(cfg)
-    cfg.ingest.input_dir = cfg.ingest.input_dir or str(layout.pdf_dir)
-    cfg.ingest.out_dir = cfg.ingest.out_dir or str(layout.chunks_dir)
-    # A tokenizer named by the user must exist; the embedding model's (maybe not yet converted) is a soft default.
-    default_tokenizer = str(layout.embedding_st)
-    named = cfg.ingest.tokenizer not in ("", default_tokenizer)  # resolve() may run twice: stay idempotent
-    cfg.ingest.tokenizer_strict = cfg.ingest.tokenizer_strict or named
-    cfg.ingest.tokenizer = cfg.ingest.tokenizer or default_tokenizer
-    cfg.generate.model = cfg.generate.model or cfg.llm
-    cfg.generate.models_dir = cfg.generate.models_dir or cfg.models_dir
-    cfg.generate.roundtrip_model = cfg.generate.roundtrip_model or str(layout.embedding_st)
-    cfg.convert.model = cfg.convert.model or str(layout.embedding_src)
-    cfg.convert.out_dir = cfg.convert.out_dir or str(layout.embedding_st)
-    cfg.train.train_file = cfg.train.train_file or str(layout.train_dataset)
-    cfg.train.val_file = cfg.train.val_file or str(layout.val_dataset)
-    cfg.train.model = cfg.train.model or str(layout.embedding_st)
-    cfg.train.out_dir = cfg.train.out_dir or str(layout.finetuned)
-    cfg.evaluate.dataset = cfg.evaluate.dataset or str(layout.val_dataset)
-    cfg.evaluate.models = cfg.evaluate.models or [str(layout.embedding_st), str(layout.finetuned)]
-    cfg.evaluate.out_dir = cfg.evaluate.out_dir or str(layout.results_dir)
-    if cfg.evaluate.full_corpus and not cfg.evaluate.distractors:
-        cfg.evaluate.distractors = [str(layout.train_chunks)]
-    cfg.evaluate.chunks = cfg.evaluate.chunks or [str(layout.train_chunks), str(layout.val_chunks)]
-    cfg.evaluate.query_prompt = cfg.evaluate.query_prompt or cfg.train.query_prompt
-    cfg.evaluate.passage_prompt = cfg.evaluate.passage_prompt or cfg.train.passage_prompt
-    if cfg.reranker_model:
-        rerank = cfg.train_reranker
-        rerank.train_file = rerank.train_file or cfg.train.train_file
-        rerank.val_file = rerank.val_file or cfg.train.val_file
-        rerank.model = rerank.model or str(layout.reranker_src)
-        rerank.out_dir = rerank.out_dir or str(layout.finetuned_reranker)
-        rerank.retriever = rerank.retriever or cfg.train.out_dir
-        rerank.query_prompt = rerank.query_prompt or cfg.train.query_prompt
-        rerank.passage_prompt = rerank.passage_prompt or cfg.train.passage_prompt
-        cfg.evaluate.reranker = cfg.evaluate.reranker or rerank.out_dir
-        # A head-less start (the fine-tuned embedding model) has no "before" reranker worth a row.
-        if cfg.reranker_model != RERANKER_FROM_EMBEDDING:
-            cfg.evaluate.base_reranker = cfg.evaluate.base_reranker or str(layout.reranker_src)

@@ -1,5 +1,5 @@
 """Turning YAML and command-line values into the typed fields of the config dataclasses, or one line saying why
-a value does not fit (used by :mod:`offline_embft.core.config`)."""
+a value does not fit (used by :mod:`offline_embft.core.config.files`)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """The config fields' help text, shown where users look: a CLI flag's help (:func:`field_help`),
 ``offline-embft config --keys`` and docs/config.md (:func:`keys_markdown`). The text itself is written once, on the
-field in :mod:`offline_embft.core.config`."""
+field in the section modules of :mod:`offline_embft.core.config`."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import dataclasses
 import typing
 from typing import Any
 
-from offline_embft.core.config import PipelineConfig
+from offline_embft.core.config.pipeline import PipelineConfig
 
 
 def _default(f: dataclasses.Field) -> Any:
