@@ -128,3 +128,43 @@ def test_write_files_is_atomic_and_complete(tmp_path):
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(files)
     assert written["report.png"].read_bytes() == files["report.png"]
     assert written["report.md"].read_text(encoding="utf-8") == files["report.md"]
+
+
+def test_a_new_row_kind_is_one_registration(monkeypatch):
+    """A toy kind registered once shows in the kind column, the chart's colours, the verdict and metrics.json; an
+    unregistered name is refused, naming the known kinds."""
+    from offline_embft.evaluate.report import rows as rows_mod
+
+    monkeypatch.setattr(rows_mod, "ROW_KINDS", dict(rows_mod.ROW_KINDS))
+    toy = rows_mod.register_row_kind(
+        rows_mod.RowKind(
+            "toy",
+            "toy set (general)",
+            color="parent",
+            hatch=lambda row: "++",
+            verdict=lambda rep: [f"{len(rep.of_kind(rows_mod.row_kind('toy')))} toy row(s) scored."],
+        )
+    )
+    rep = _report()
+    ranks = [4] * rep.n_queries
+    rep.rows.append(Row("微调模型 on toy", "toy", "toy questions", _metrics(0.3), ranks, parent="微调模型"))
+    assert rep.rows[-1].kind is toy and toy == "toy"
+    md = report.markdown(rep)
+    assert "| `微调模型 on toy` | toy set (general) | toy questions |" in md
+    assert "- 1 toy row(s) scored." in md
+    colors = report_chart._colors(rep)
+    assert colors[-1] == (colors[1][0], "++")  # the parent model's colour, the kind's hatch
+    assert json.loads(report.render(rep)["metrics.json"])["results"][-1]["kind"] == "toy"
+    with pytest.raises(ValueError, match="unknown report row kind 'nope'; known: model, bm25, hybrid, rerank, toy"):
+        Row("x", "nope", "", _metrics(0.1))
+
+
+def test_row_kinds_survive_copies_and_pickles():
+    import copy
+    import dataclasses
+    import pickle
+
+    row = _report().rows[2]
+    assert pickle.loads(pickle.dumps(row)).kind is report.BM25
+    assert copy.deepcopy(row).kind is report.BM25
+    assert dataclasses.asdict(row)["kind"] is report.BM25

@@ -22,6 +22,7 @@ from offline_embft.core.dataset import QADataset
 from offline_embft.core.errors import UserError
 from offline_embft.core.model_files import load_sentence_transformer
 from offline_embft.evaluate import report as report_mod
+from offline_embft.evaluate.report.rows import BM25, HYBRID, MODEL, RERANK, RowKind
 from offline_embft.retrieval import fusion
 from offline_embft.retrieval.bm25 import BM25Index
 from offline_embft.retrieval.ranking import id_ranks, reciprocal_rank_fusion, top_k
@@ -37,7 +38,7 @@ class Ranking:
     """The top passages of every query for one retriever, best first (ties by ascending corpus id)."""
 
     label: str
-    kind: str  # model, bm25 or hybrid
+    kind: RowKind  # the report row it becomes: MODEL, BM25, HYBRID or RERANK
     source: str
     ids: np.ndarray  # (queries, depth): positions in the corpus list
     scores: np.ndarray  # (queries, depth)
@@ -211,7 +212,7 @@ def rank_model(encoded: Encoded, data: EvalData) -> Ranking:
         "truncated_passages": truncated,
         "seconds": round(encoded.info["encode_seconds"] + time.perf_counter() - started, 2),
     }
-    return Ranking(encoded.label, "model", encoded.path, np.concatenate(ids), np.concatenate(scores), info)
+    return Ranking(encoded.label, MODEL, encoded.path, np.concatenate(ids), np.concatenate(scores), info)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -229,7 +230,7 @@ def rank_bm25(data: EvalData, show_progress: bool) -> Ranking:
         scores.append(block_scores)
     info = {"seconds": round(time.perf_counter() - started, 2)}
     source = "BM25 (jieba search-mode words, bm25s k1=1.5 b=0.75)"
-    return Ranking(report_mod.BM25_LABEL, "bm25", source, np.concatenate(ids), np.concatenate(scores), info)
+    return Ranking(report_mod.BM25_LABEL, BM25, source, np.concatenate(ids), np.concatenate(scores), info)
 
 
 def rank_hybrid(model: Ranking, bm25: Ranking, data: EvalData, rrf_k: int) -> Ranking:
@@ -238,7 +239,7 @@ def rank_hybrid(model: Ranking, bm25: Ranking, data: EvalData, rrf_k: int) -> Ra
         [model.ids, bm25.ids], len(data.passages), data.depth, data.id_rank, rrf_k, SCORE_BLOCK
     )
     source = f"reciprocal-rank fusion (k={rrf_k}) of `{model.label}` and BM25"
-    return Ranking(f"{model.label}+BM25", "hybrid", source, ids, scores, parent=model.label)
+    return Ranking(f"{model.label}+BM25", HYBRID, source, ids, scores, parent=model.label)
 
 
 def rank_tuned_hybrid(model: Ranking, bm25: Ranking, data: EvalData, model_dir: Path) -> Ranking | None:
@@ -251,7 +252,7 @@ def rank_tuned_hybrid(model: Ranking, bm25: Ranking, data: EvalData, model_dir: 
     )
     source = f"`{model.label}` with BM25, tuned on validation ({fusion.FUSION_FILE}): {choice.describe()}"
     info = {"fusion": choice.method, "model_weight": choice.weight}
-    return Ranking(f"{model.label}+BM25 tuned", "hybrid", source, ids, scores, info, parent=model.label)
+    return Ranking(f"{model.label}+BM25 tuned", HYBRID, source, ids, scores, info, parent=model.label)
 
 
 def cross_fit_label(model_label: str, n_folds: int) -> str:
@@ -287,7 +288,7 @@ def rank_cross_fitted(model: Ranking, bm25: Ranking, data: EvalData) -> tuple[Ra
         "model_dir": model.source,
     }
     label = cross_fit_label(model.label, n_folds)
-    ranking = Ranking(label, "hybrid", source, crossed.ids, crossed.scores, info, parent=model.label)
+    ranking = Ranking(label, HYBRID, source, crossed.ids, crossed.scores, info, parent=model.label)
     return ranking, crossed.overall
 
 
@@ -307,12 +308,12 @@ def rank_reranked(
     dataset of the run (path → model)."""
     from offline_embft.retrieval.rerank import PairScores, describe_blend, load_blend, load_cross_encoder, rerank
 
-    models = [r for r in rankings if r.kind == "model"]
+    models = [r for r in rankings if r.kind == MODEL]
     if not models:
         raise UserError("--reranker needs a retriever to re-order; pass --model MODEL_DIR")
     last = models[-1]
     # The model and one hybrid of it: the tuned one where train saved a fusion.json (listed after the RRF one).
-    parents = [last, *[r for r in rankings if r.kind == "hybrid" and r.parent == last.label][-1:]]
+    parents = [last, *[r for r in rankings if r.kind == HYBRID and r.parent == last.label][-1:]]
     rerankers = [path for path in (cfg.reranker, cfg.base_reranker) if path]
     labels = report_mod.model_labels(rerankers)
     rows = []
@@ -337,7 +338,7 @@ def rank_reranked(
             rows.append(
                 Ranking(
                     f"{parent.label} → {label}",
-                    "rerank",
+                    RERANK,
                     f"`{path}` re-orders the top {top} of `{parent.label}`",
                     result.ids,
                     result.scores,

@@ -254,11 +254,11 @@ def evaluate_dataset(
     if reranked:
         rankings += rank_reranked(rankings, data, cfg, show_progress, rerankers)
     files: dict[str, str | bytes] = {}
-    models = [r for r in rankings if r.kind == "model"]
+    models = [r for r in rankings if r.kind == report_mod.MODEL]
     if job.tune_fusion and cfg.hybrid and models:  # after the reranker: it re-orders the validation-tuned hybrid
         crossed = rank_cross_fitted(models[-1], bm25, data)
         if crossed is not None:
-            last_hybrid = max(i for i, r in enumerate(rankings) if r.kind == "hybrid")
+            last_hybrid = max(i for i, r in enumerate(rankings) if r.kind == report_mod.HYBRID)
             rankings.insert(last_hybrid + 1, crossed[0])
             files[REAL_FUSION_FILE] = json.dumps(asdict(crossed[1]), ensure_ascii=False, indent=2) + "\n"
 

@@ -3,7 +3,8 @@
 Everything is rendered in memory first (:func:`render`) so that the caller can write all files at once, after the
 last number is known: a failure halfway leaves the previous results untouched instead of a mix of old and new.
 
-The chart is drawn by :mod:`offline_embft.evaluate.report.chart`.
+The chart is drawn by :mod:`offline_embft.evaluate.report.chart`; the typed rows, the row kinds (each with its label,
+chart style and findings) and the verdict are in :mod:`offline_embft.evaluate.report.rows`.
 """
 
 from __future__ import annotations
@@ -12,16 +13,28 @@ import csv
 import io
 import json
 import logging
-import math
 import os
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from offline_embft.evaluate.report.chart import chart_png
+from offline_embft.evaluate.report.rows import (  # noqa: F401  (re-exported: the report's public names)
+    BM25,
+    HYBRID,
+    MODEL,
+    RERANK,
+    ROW_KINDS,
+    Report,
+    Row,
+    RowKind,
+    compare_ranks,
+    register_row_kind,
+    row_kind,
+    sign_test,
+    verdict,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -47,55 +60,6 @@ METRIC_COLUMNS = (
 )
 # What the report table and the chart show; the rest is in metrics.csv and the "All metrics" table.
 MAIN_METRICS = ("hit_rate@5", "accuracy@1", "recall@10", "mrr@10", "ndcg@10", "map@100")
-KIND_LABELS = {
-    "model": "embedding model",
-    "bm25": "BM25 (lexical)",
-    "hybrid": "hybrid (with BM25)",
-    "rerank": "retriever → reranker",
-}
-# Differences a sign test cannot tell from chance at this level are called "no clear difference".
-SIGNIFICANCE = 0.05
-
-
-@dataclass
-class Row:
-    """One ranked list of results: an embedding model, BM25, or a hybrid of both.
-
-    Attributes:
-        label: Short readable name (a model's directory name, ``BM25``, ``<model>+BM25``).
-        kind: ``model``, ``bm25``, ``hybrid`` or ``rerank`` (a retriever's top re-ordered by a cross-encoder).
-        source: The model path, or how the row was made.
-        metrics: Metric name → fraction in [0, 1] (keys of :data:`METRIC_COLUMNS`).
-        gold_ranks: Per query, the 1-based rank of the first relevant passage (None: not in the top 100).
-        info: Extra facts shown in the report (max_seq_length, truncated passages, encode seconds, ...).
-        parent: For a hybrid row, the label of its model row; for a rerank row, the row it re-orders.
-    """
-
-    label: str
-    kind: str
-    source: str
-    metrics: dict[str, float]
-    gold_ranks: list[int | None] = field(default_factory=list)
-    info: dict[str, Any] = field(default_factory=dict)
-    parent: str = ""
-
-
-@dataclass
-class Report:
-    """Everything the report shows about one evaluation run."""
-
-    dataset: str
-    n_queries: int
-    n_corpus: int
-    rows: list[Row]
-    relevant_per_query: float = 1.0
-    settings: dict[str, Any] = field(default_factory=dict)
-    created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
-
-    @property
-    def reference(self) -> Row:
-        """The first row: deltas in the report are against it."""
-        return self.rows[0]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -124,7 +88,7 @@ def metrics_json(report: Report) -> dict[str, Any]:
         "results": [
             {
                 "model": row.label,
-                "kind": row.kind,
+                "kind": row.kind.name,
                 "source": row.source,
                 **{m: float(row.metrics[m]) for m in METRIC_COLUMNS},
                 "info": row.info,
@@ -138,127 +102,11 @@ def _fmt(value: float) -> str:
     return f"{value:.3f}"
 
 
-def _pct(value: float) -> str:
-    return f"{100 * value:.1f}%"
-
-
 def _delta(value: float, reference: float) -> str:
     diff = value - reference
     if abs(diff) < 0.0005:
         return "±0"
     return f"{diff:+.3f}"
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Verdict
-
-
-def sign_test(wins: int, losses: int) -> float:
-    """Two-sided exact sign test: how likely a split at least this uneven is if both sides were equally good."""
-    n = wins + losses
-    if n == 0:
-        return 1.0
-    tail = sum(math.comb(n, i) for i in range(min(wins, losses) + 1))
-    return min(1.0, 2 * tail / 2**n)
-
-
-def compare_ranks(a: Row, b: Row) -> tuple[int, int]:
-    """(questions where ``a`` ranks the right passage higher than ``b``, questions where lower)."""
-    worst = math.inf
-    wins = losses = 0
-    for rank_a, rank_b in zip(a.gold_ranks, b.gold_ranks, strict=True):
-        ra, rb = rank_a or worst, rank_b or worst
-        wins += ra < rb
-        losses += ra > rb
-    return wins, losses
-
-
-def _p_text(p: float) -> str:
-    return "p < 0.001" if p < 0.001 else f"p = {p:.3f}"
-
-
-def _comparison(a: Row, b: Row) -> tuple[str, str]:
-    """(outcome word, one plain sentence) comparing row ``a`` with row ``b``."""
-    wins, losses = compare_ranks(a, b)
-    p = sign_test(wins, losses)
-    hit_a, hit_b = a.metrics["hit_rate@5"], b.metrics["hit_rate@5"]
-    ndcg_a, ndcg_b = a.metrics["ndcg@10"], b.metrics["ndcg@10"]
-    facts = (
-        f"`{a.label}` puts the right passage in its top 5 for {_pct(hit_a)} of questions against {_pct(hit_b)} "
-        f"for `{b.label}` ({100 * (hit_a - hit_b):+.1f} points); ndcg@10 {_fmt(ndcg_a)} vs {_fmt(ndcg_b)} "
-        f"({ndcg_a - ndcg_b:+.3f})."
-    )
-    if wins == losses == 0:
-        return "no clear difference", f"{facts} Both rank the right passage the same on every question."
-    facts = f"{facts} It ranks the right passage higher on {wins} questions and lower on {losses}"
-    if p < SIGNIFICANCE and wins > losses:
-        return "better", f"{facts} (sign test {_p_text(p)}: not chance)."
-    if p < SIGNIFICANCE and losses > wins:
-        return "worse", f"{facts} (sign test {_p_text(p)}: not chance)."
-    return "no clear difference", f"{facts} (sign test {_p_text(p)}: could be chance)."
-
-
-def verdict(report: Report) -> list[str]:
-    """Plain-language findings: did the other models beat the first, does the best beat BM25, does hybrid help."""
-    rows = report.rows
-    models = [r for r in rows if r.kind == "model"]
-    bm25 = next((r for r in rows if r.kind == "bm25"), None)
-    hybrids = [r for r in rows if r.kind == "hybrid"]
-    lines: list[str] = []
-    if models:
-        reference = models[0]
-        for row in models[1:]:
-            outcome, sentence = _comparison(row, reference)
-            headline = {
-                "better": "better than the reference",
-                "worse": "worse than the reference",
-                "no clear difference": "no clear difference from the reference",
-            }[outcome]
-            lines.append(f"**`{row.label}` vs `{reference.label}` (first model): {headline}.** {sentence}")
-        if len(models) == 1:
-            lines.append(
-                "Only one model was evaluated: pass the base model first and the fine-tuned one second "
-                "(`--model BASE --model FINETUNED`) to see what fine-tuning changed."
-            )
-    best_model = max(models, key=lambda r: r.metrics["ndcg@10"]) if models else None
-    if bm25 and best_model:
-        outcome, sentence = _comparison(best_model, bm25)
-        headline = {
-            "better": "beats BM25",
-            "worse": "loses to BM25",
-            "no clear difference": "is not clearly better than BM25",
-        }[outcome]
-        lines.append(f"**Best model `{best_model.label}` {headline}.** {sentence}")
-    if hybrids:
-        best_hybrid = max(hybrids, key=lambda r: r.metrics["ndcg@10"])
-        rivals = [r for r in (best_model, bm25) if r is not None]
-        best_single = max(rivals, key=lambda r: r.metrics["ndcg@10"])
-        outcome, sentence = _comparison(best_hybrid, best_single)
-        headline = {
-            "better": f"**Hybrid `{best_hybrid.label}` is the best retriever here:** combining BM25 with the model "
-            "in your RAG pipeline is worth it.",
-            "worse": f"**Hybrid `{best_hybrid.label}` is worse than `{best_single.label}` alone:** don't mix them.",
-            "no clear difference": f"**Hybrid `{best_hybrid.label}` does not clearly beat `{best_single.label}`:** "
-            "adding BM25 to the pipeline buys little on this data.",
-        }[outcome]
-        lines.append(f"{headline} {sentence}")
-    by_label = {r.label: r for r in rows}
-    for row in (r for r in rows if r.kind == "rerank" and r.parent in by_label):
-        outcome, sentence = _comparison(row, by_label[row.parent])
-        role = row.info.get("reranker_role", "")
-        headline = {
-            "better": "improves the ranking",
-            "worse": "makes the ranking worse",
-            "no clear difference": "changes little",
-        }[outcome]
-        latency = f" It costs {row.info['ms_per_query']:.0f} ms per question." if "ms_per_query" in row.info else ""
-        lines.append(f"**Second stage `{row.label}` ({role} reranker) {headline}.** {sentence}{latency}")
-    if report.n_queries < 100:
-        lines.append(
-            f"Only {report.n_queries} questions: differences of a few points can be noise; evaluate on more "
-            "questions before deciding."
-        )
-    return lines
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -274,7 +122,7 @@ def _table(header: list[str], body: list[list[str]], text_columns: int = 1) -> l
 
 
 def _row_source(row: Row) -> str:
-    return f"`{row.source}`" if row.kind == "model" else row.source
+    return f"`{row.source}`" if row.kind.source_is_path else row.source
 
 
 def markdown(report: Report, chart_name: str = "report.png") -> str:
@@ -313,7 +161,7 @@ def markdown(report: Report, chart_name: str = "report.png") -> str:
         body.append(
             [
                 f"`{row.label}`",
-                KIND_LABELS.get(row.kind, row.kind),
+                row.kind.label,
                 _row_source(row),
                 str(info.get("max_seq_length", "")),
                 "" if truncated is None else f"{truncated} / {report.n_corpus}",

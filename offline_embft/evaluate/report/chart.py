@@ -12,10 +12,8 @@ import logging
 from collections.abc import Sequence
 from functools import cache
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from offline_embft.evaluate.report import Report
+from offline_embft.evaluate.report.rows import BM25_COLOR, Report
 
 logger = logging.getLogger(__name__)
 
@@ -27,8 +25,6 @@ MAIN_HELP = {  # second line of the chart's x labels: short, they sit side by si
     "ndcg@10": "rank-weighted",
     "map@100": "avg. precision",
 }
-# Hatches of reranked rows (drawn in their retriever's colour): fine-tuned reranker, base reranker.
-RERANK_HATCHES = {"fine-tuned": "xx", "base": ".."}
 
 FONT_DIR = Path(__file__).resolve().parent / "fonts"
 BUNDLED_CJK_FONT = FONT_DIR / "NotoSansCJKsc-subset.otf"
@@ -50,7 +46,6 @@ SYSTEM_CJK_FAMILIES = (
 )
 BASE_FONT = "DejaVu Sans"
 PALETTE = ("#4C72B0", "#DD8452", "#55A868", "#C44E52", "#8172B3", "#937860", "#DA8BC3", "#CCB974", "#64B5CD")
-BM25_COLOR = "#8C8C8C"
 
 
 @cache
@@ -112,24 +107,18 @@ def chart_labels(report: Report) -> tuple[list[str], str, list[str] | None]:
 
 
 def _colors(report: Report) -> list[tuple[str, str]]:
-    """(colour, hatch) per row: one colour per model, grey for BM25, the model's colour hatched for its hybrid and
-    cross-hatched (fine-tuned reranker) or dotted (base reranker) for the rows that rerank them."""
-    by_label: dict[str, str] = {}
+    """(colour, hatch) per row, as its kind says: one colour per model, grey for BM25, the model's colour hatched
+    for its hybrid and cross-hatched (fine-tuned reranker) or dotted (base reranker) for the rows that rerank them."""
+    own = [r for r in report.rows if r.kind.color == "own"]
+    by_label = {row.label: PALETTE[i % len(PALETTE)] for i, row in enumerate(own)}
     styles = []
-    models = [r for r in report.rows if r.kind == "model"]
-    for i, row in enumerate(models):
-        by_label[row.label] = PALETTE[i % len(PALETTE)]
     for row in report.rows:
-        if row.kind == "bm25":
-            styles.append((BM25_COLOR, ""))
-        elif row.kind == "hybrid":
-            styles.append((by_label.get(row.parent, BM25_COLOR), "///"))
-            by_label.setdefault(row.label, by_label.get(row.parent, BM25_COLOR))
-        elif row.kind == "rerank":
-            hatch = RERANK_HATCHES.get(row.info.get("reranker_role", ""), "xx")
-            styles.append((by_label.get(row.parent, BM25_COLOR), hatch))
-        else:
-            styles.append((by_label[row.label], ""))
+        color = row.kind.color
+        if color == "parent":  # a row drawn in its parent's colour passes it on to the rows made from it
+            color = by_label.setdefault(row.label, by_label.get(row.parent, BM25_COLOR))
+        elif color == "own":
+            color = by_label[row.label]
+        styles.append((color, row.kind.hatch(row)))
     return styles
 
 
