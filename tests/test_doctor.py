@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 
 from offline_embft import doctor
 from offline_embft.core.config import PipelineConfig
+from offline_embft.core.errors import UserError
 
 CHINESE = "公司的股东会由全体股东组成，是公司的权力机构，依照本法行使职权。"
 ENGLISH = "The shareholders' meeting consists of all shareholders and is the organ of authority of the company."
@@ -94,7 +95,7 @@ def test_high_unk_without_vocabulary_extension_fails(tmp_path, minilm_path, no_c
 
 
 def test_broken_gpu_setup_fails_on_every_missing_piece(tmp_path, monkeypatch, no_caches):
-    monkeypatch.setattr(doctor, "_import_vllm", lambda: (None, "not installed"))
+    monkeypatch.setattr(doctor.gpu, "_import_vllm", lambda: (None, "not installed"))
     cfg = PipelineConfig(
         llm="Qwen/Qwen3-8B",
         embedding_model="maidalun1020/bce-embedding-base_v1",
@@ -115,7 +116,7 @@ def test_broken_gpu_setup_fails_on_every_missing_piece(tmp_path, monkeypatch, no
 
 
 def test_incomplete_llm_names_the_missing_shard(tmp_path, monkeypatch, no_caches):
-    monkeypatch.setattr(doctor, "_import_vllm", lambda: ("0.11.0", ""))
+    monkeypatch.setattr(doctor.gpu, "_import_vllm", lambda: ("0.11.0", ""))
     llm = tmp_path / "Models" / "Qwen" / "Qwen3-8B"
     llm.mkdir(parents=True)
     (llm / "config.json").write_text("{}", encoding="utf-8")
@@ -194,7 +195,7 @@ def test_each_check_runs_only_for_the_stages_that_need_it(tmp_path, minilm_path,
     import torch
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # the same verdicts on a GPU CI machine
-    monkeypatch.setattr(doctor, "_import_vllm", lambda: (None, "not installed"))
+    monkeypatch.setattr(doctor.gpu, "_import_vllm", lambda: (None, "not installed"))
     cfg = healthy_config(tmp_path, minilm_path, [ENGLISH] * 3)
     cfg.llm, cfg.reranker_model = "Qwen/Qwen3-8B", "maidalun1020/bce-reranker-base_v1"  # neither on disk
     cfg.generate.backend = "vllm"
@@ -224,7 +225,7 @@ def test_each_check_runs_only_for_the_stages_that_need_it(tmp_path, minilm_path,
     assert doctor.run(cfg, out=screen) is False
     assert screen.getvalue().splitlines()[1].startswith("checked for every stage (convert, ingest, generate, train,")
 
-    with pytest.raises(doctor.UserError, match="report is not a stage; use one of convert, ingest"):
+    with pytest.raises(UserError, match="report is not a stage; use one of convert, ingest"):
         doctor.diagnose(cfg, ["ingest", "report"])
 
 

@@ -383,9 +383,9 @@ def test_doctor_compiler_line(monkeypatch, tmp_path):
     import sysconfig
 
     monkeypatch.delenv("CC", raising=False)
-    monkeypatch.setattr(doctor.shutil, "which", lambda name: None)
+    monkeypatch.setattr(doctor.gpu.shutil, "which", lambda name: None)
     real = sysconfig.get_paths
-    monkeypatch.setattr(doctor.sysconfig, "get_paths", lambda: {**real(), "include": str(tmp_path)})
+    monkeypatch.setattr(doctor.gpu.sysconfig, "get_paths", lambda: {**real(), "include": str(tmp_path)})
     cfg = PipelineConfig()
     line = doctor.check_compiler(cfg)
     assert line.verdict == doctor.FAIL and "Triton" in line.detail
