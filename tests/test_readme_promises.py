@@ -1,9 +1,9 @@
-"""README's promises, each guarded by a test that fails when the promise breaks.
+"""README's promises, each guarded by a test that fails when the promise breaks, wherever the promise now lives.
 
-Every row of the "the blog script | offline_embft" table names the tests that hold it to its word (most live beside
-the feature; the few that had none are here). A row added to the README without a test, or a test renamed away,
-fails ``test_every_blog_script_row_is_guarded``. The Troubleshooting rows quote messages users will search for: the
-code must print exactly those.
+Every row of README's "the blog script | offline_embft" table names the tests that hold it to its word (most live
+beside the feature; the few that had none are here). A row added to the README without a test, or a test renamed
+away, fails ``test_every_blog_script_row_is_guarded``. The Troubleshooting rows (docs/troubleshooting.md) quote
+messages users will search for: the code must print exactly those.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 README = (REPO / "README.md").read_text(encoding="utf-8")
+TROUBLESHOOTING = (REPO / "docs" / "troubleshooting.md").read_text(encoding="utf-8")
 
 # README row (a phrase of its offline_embft column) → the tests that fail if that promise breaks.
 GUARDS: dict[str, list[str]] = {
@@ -148,12 +149,13 @@ def test_nothing_imports_llamaindex_finetuning_but_its_own_engine(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Troubleshooting: the truncation row quotes what doctor and evaluate print
+# Troubleshooting (docs/troubleshooting.md, linked from README): the truncation row quotes what doctor and evaluate
+# print
 
 
 def _troubleshooting_row(symptom_phrase: str) -> str:
-    section = README[README.index("## Troubleshooting") :].split("\n## ")[0]
-    (row,) = [line for line in section.splitlines() if line.startswith("|") and symptom_phrase in line]
+    assert "(docs/troubleshooting.md)" in README, "README no longer links the troubleshooting page"
+    (row,) = [line for line in TROUBLESHOOTING.splitlines() if line.startswith("|") and symptom_phrase in line]
     return row
 
 
@@ -191,3 +193,81 @@ def test_troubleshooting_truncation_row_quotes_evaluate(tmp_path, minilm_path, c
     with caplog.at_level(logging.WARNING, logger="offline_embft.evaluate.run"):
         evaluate.run(cfg)
     assert "1 of 3 passages are longer than max_seq_length 256 and are cut when encoded" in caplog.text
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The docs: every relative link lands; every benchmark says how to reproduce it; the README stays a user guide
+
+DOCS = REPO / "docs"
+_LINK = re.compile(r"\]\(([^)\s]+)\)")
+
+
+def _outside_code(text: str) -> str:
+    """The text with fenced code blocks and inline code removed (a `](x)` inside code is not a link)."""
+    text = re.sub(r"^```.*?^```", "", text, flags=re.S | re.M)
+    return re.sub(r"`[^`\n]*`", "", text)
+
+
+def _anchor(heading: str) -> str:
+    """GitHub's anchor for a heading: lower case, punctuation dropped (CJK kept), spaces to hyphens."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def _anchors(page: Path) -> set[str]:
+    text = re.sub(r"^```.*?^```", "", page.read_text(encoding="utf-8"), flags=re.S | re.M)
+    return {_anchor(line.lstrip("#")) for line in text.splitlines() if re.match(r"#{1,6} ", line)}
+
+
+def test_anchor_follows_github():
+    assert _anchor("Vocabulary (`--extend-vocab auto|on|off`)") == "vocabulary---extend-vocab-autoonoff"
+    assert _anchor("One article per chunk: the largest gain, and where the 0.75 target stands") == (
+        "one-article-per-chunk-the-largest-gain-and-where-the-075-target-stands"
+    )
+    assert _anchor("Ingest: statute PDFs") == "ingest-statute-pdfs"
+
+
+def test_every_relative_link_in_readme_and_docs_lands_on_a_file_and_heading():
+    pages = [REPO / "README.md", *sorted(DOCS.glob("*.md"))]
+    broken = []
+    for page in pages:
+        for target in _LINK.findall(_outside_code(page.read_text(encoding="utf-8"))):
+            if re.match(r"[a-z]+:", target):  # http:, https:, mailto:
+                continue
+            path, _, anchor = target.partition("#")
+            dest = (page.parent / path).resolve() if path else page
+            if not dest.exists():
+                broken.append(f"{page.relative_to(REPO)}: {target} (no such file)")
+            elif anchor and dest.suffix == ".md" and anchor not in _anchors(dest):
+                broken.append(f"{page.relative_to(REPO)}: {target} (no such heading)")
+    assert not broken, "broken links:\n" + "\n".join(broken)
+
+
+def test_readme_is_a_user_guide_and_links_every_doc():
+    assert len(README.splitlines()) <= 300, "README is a user guide: measurements go to docs/benchmarks.md"
+    unlinked = [page.name for page in DOCS.glob("*.md") if f"(docs/{page.name})" not in README]
+    assert not unlinked, f"README's 'Where each doc is' misses {unlinked}"
+
+
+def _benchmark_sections() -> dict[str, str]:
+    text = (DOCS / "benchmarks.md").read_text(encoding="utf-8")
+    parts = re.split(r"^## ", text, flags=re.M)[1:]
+    return {part.splitlines()[0]: part for part in parts}
+
+
+def test_every_benchmark_names_its_command_machine_and_commit():
+    sections = _benchmark_sections()
+    assert len(sections) >= 10
+    for title, body in sections.items():
+        assert re.search(r"`[^`]*(scripts/|make |offline-embft|\.ci/run|python )[^`]*`", body), f"{title}: no command"
+        assert re.search(r"machine|dev box|GPU server", body, re.I), f"{title}: no machine"
+        assert re.search(r"\b(?=[0-9a-f]*[a-f])(?=[0-9a-f]*[0-9])[0-9a-f]{7,40}\b", body), f"{title}: no commit"
+
+
+def test_readme_measurements_live_in_benchmarks():
+    """The README's headline numbers are the benchmarks page's, not a second copy that drifts."""
+    summary = README[README.index("## How good is it") :].split("\n## ")[0]
+    assert "(docs/benchmarks.md)" in summary and len(summary.strip().splitlines()) <= 8
+    benchmarks = (DOCS / "benchmarks.md").read_text(encoding="utf-8")
+    for number in re.findall(r"\*\*(\d+\.\d+)x?\*\*", summary):
+        assert number in benchmarks, f"README's {number} is not in docs/benchmarks.md"
+    assert "| wall s" not in README and "load average" not in README, "a measured table crept back into README"
