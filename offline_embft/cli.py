@@ -1,30 +1,39 @@
 """The ``offline-embft`` command line: one command per stage, plus ``all``, ``download`` and ``doctor``.
 
 No logic lives here: each command builds the stage config (defaults < ``--config`` YAML < ``--set`` < flags) and
-calls the stage's ``run``. Heavy libraries are imported inside the commands so ``--help`` is instant, and the
-offline environment is set (by importing the package) before any of them.
+calls the stage's ``run``; the flags' shared parts are in :mod:`offline_embft.cli_options`. Heavy libraries are
+imported inside the commands so ``--help`` is instant, and the offline environment is set (by importing the package)
+before any of them.
 """
 
 from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Callable
-from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Optional
 
 import typer
 
+from offline_embft.cli_options import (
+    Backend,
+    Chunking,
+    ConfigOpt,
+    Engine,
+    ExtendVocab,
+    Loss,
+    Pooling,
+    RerankerLoss,
+    SetOpt,
+    StageName,
+)
+from offline_embft.cli_options import arg as _arg
+from offline_embft.cli_options import guard as _guard
+from offline_embft.cli_options import load as _load
+from offline_embft.cli_options import opt as _opt
+from offline_embft.cli_options import value as _value
 from offline_embft.core import offline
 from offline_embft.core.config import (
-    BACKENDS,
-    CHUNKINGS,
-    ENGINES,
-    EXTEND_VOCAB,
-    LOSSES,
-    POOLINGS,
-    RERANKER_LOSSES,
     STAGES,
     ConvertConfig,
     EvaluateConfig,
@@ -33,7 +42,6 @@ from offline_embft.core.config import (
     TrainConfig,
     TrainRerankerConfig,
 )
-from offline_embft.core.config.help import field_help
 from offline_embft.core.errors import UserError
 
 offline.enable()
@@ -53,63 +61,6 @@ app = typer.Typer(
 )
 
 logger = logging.getLogger("offline_embft")
-
-
-def _choices(name: str, values: tuple[str, ...]) -> Any:
-    """A str Enum of a config field's allowed values (typer shows and checks them; config.py lists them once)."""
-    return Enum(name, [(value.replace("-", "_"), value) for value in values], type=str)
-
-
-Backend = _choices("Backend", BACKENDS)
-Chunking = _choices("Chunking", CHUNKINGS)
-Engine = _choices("Engine", ENGINES)
-Pooling = _choices("Pooling", POOLINGS)
-Loss = _choices("Loss", LOSSES)
-ExtendVocab = _choices("ExtendVocab", EXTEND_VOCAB)
-RerankerLoss = _choices("RerankerLoss", RERANKER_LOSSES)
-StageName = _choices("StageName", STAGES)
-
-
-def _opt(section: type, name: str, *decls: str) -> Any:
-    """A flag whose help is the config field's own help text (written once, in config.py)."""
-    return typer.Option(*decls, help=field_help(section, name))
-
-
-def _arg(section: type, name: str) -> Any:
-    """An argument whose help is the config field's own help text."""
-    return typer.Argument(help=field_help(section, name))
-
-
-ConfigOpt = Annotated[
-    Optional[Path], typer.Option("--config", "-c", help="YAML config (configs/default.yaml, configs/cpu.yaml).")
-]
-SetOpt = Annotated[
-    Optional[list[str]],
-    typer.Option("--set", help="Override any config key, e.g. --set train.lr=2e-5 (repeatable)."),
-]
-
-
-def _value(option: Any) -> Any:
-    """Enum members to their plain values; everything else unchanged."""
-    return option.value if isinstance(option, Enum) else option
-
-
-def _load(config: Path | None, overrides: list[str] | None):
-    from offline_embft.core.config import load_config
-
-    return load_config(config, overrides).resolve()
-
-
-def _guard(action: Callable[[], Any]) -> Any:
-    """Run a command body; a user error becomes one line on stderr and exit code 2."""
-    try:
-        return action()
-    except UserError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
-    except KeyboardInterrupt:
-        typer.echo("interrupted: finished work is kept; run the same command again to resume", err=True)
-        raise typer.Exit(130) from None
 
 
 @app.callback()
@@ -200,18 +151,11 @@ def generate(
             ray_address=ray_address,
         )
         if chunks is not None:
-            target = out or chunks.with_name(chunks.stem + "_dataset.json")
-            stage.run(cfg, chunks, target)
+            stage.run(cfg, chunks, out or stage.dataset_path_for(chunks))
             return
         if out is not None:
             raise UserError("--out needs a CHUNKS file; without one, generate writes the config's train and val sets")
-        layout = Layout.from_config(pipeline)
-        # One engine for both splits: a second vLLM engine in the same process would not get its GPU memory back.
-        stage.run_many(
-            cfg,
-            [(layout.train_chunks, layout.train_dataset), (layout.val_chunks, layout.val_dataset)],
-            validation=[layout.val_dataset],
-        )
+        stage.run_splits(cfg, Layout.from_config(pipeline))
 
     _guard(body)
 

@@ -32,6 +32,7 @@ from offline_embft.core.config import GenerateConfig, save_config
 from offline_embft.core.dataset import QADataset
 from offline_embft.core.errors import UserError
 from offline_embft.core.io import write_json
+from offline_embft.core.layout import Layout
 from offline_embft.generate import roundtrip
 from offline_embft.generate.answer_cache import AnswerCache
 from offline_embft.generate.llamaindex_engine import run_llamaindex
@@ -193,6 +194,27 @@ def run_many(cfg: GenerateConfig, jobs: list[tuple[Path, Path]], validation: Seq
         ]
     finally:
         llm.close()
+
+
+def dataset_path_for(chunks_path: str | Path) -> Path:
+    """Where a chunks file's questions go when no output is named: ``train.jsonl`` → ``train_dataset.json``."""
+    chunks_path = Path(chunks_path)
+    return chunks_path.with_name(chunks_path.stem + "_dataset.json")
+
+
+def run_splits(cfg: GenerateConfig, layout: Layout) -> list[Path]:
+    """The pipeline's generate: the layout's train and val chunks into its train and val datasets, the val set as a
+    validation set (no round-trip filter). One engine for both: a second vLLM engine in the same process would not
+    get its GPU memory back.
+
+    Returns:
+        The train and val dataset files.
+    """
+    return run_many(
+        cfg,
+        [(layout.train_chunks, layout.train_dataset), (layout.val_chunks, layout.val_dataset)],
+        validation=[layout.val_dataset],
+    )
 
 
 @dataclass
