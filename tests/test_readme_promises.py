@@ -242,6 +242,16 @@ def test_every_relative_link_in_readme_and_docs_lands_on_a_file_and_heading():
     assert not broken, "broken links:\n" + "\n".join(broken)
 
 
+def test_every_repository_file_the_docs_name_exists():
+    """A module moved (offline_embft/clean.py → offline_embft/ingest/clean.py) leaves no stale path in the docs."""
+    named = re.compile(r"\b(?:offline_embft|scripts|tests|configs|data)/[\w./-]+\.(?:py|yaml|md|sh|csv|json)\b")
+    missing = []
+    for page in [REPO / "README.md", *sorted(DOCS.glob("*.md"))]:
+        prose = re.sub(r"^```.*?^```", "", page.read_text(encoding="utf-8"), flags=re.S | re.M)  # examples may invent
+        missing += [f"{page.relative_to(REPO)}: {path}" for path in named.findall(prose) if not (REPO / path).exists()]
+    assert not missing, "the docs name files that do not exist:\n" + "\n".join(missing)
+
+
 def test_readme_is_a_user_guide_and_links_every_doc():
     assert len(README.splitlines()) <= 300, "README is a user guide: measurements go to docs/benchmarks.md"
     unlinked = [page.name for page in DOCS.glob("*.md") if f"(docs/{page.name})" not in README]
