@@ -258,6 +258,18 @@ def test_readme_is_a_user_guide_and_links_every_doc():
     assert not unlinked, f"README's 'Where each doc is' misses {unlinked}"
 
 
+def test_readme_test_command_is_what_ci_runs():
+    """README says its test command is what .ci/run runs: CI runs each of its make targets, in that order (and may
+    run more, such as `make check`)."""
+    ci = [line.strip() for line in (REPO / ".ci" / "run").read_text(encoding="utf-8").splitlines()]
+    ci_targets = iter(line for line in ci if line.startswith("make "))
+    block = README[README.index("## Two commands") :].split("```")[1]
+    (readme_command,) = [line.split("#")[0].strip() for line in block.splitlines() if "what .ci/run runs" in line]
+    readme_targets = [part.strip() for part in readme_command.split("&&")]
+    assert readme_targets[-1] == "make test"
+    assert all(target in ci_targets for target in readme_targets), f"{readme_command!r} is not what .ci/run runs"
+
+
 def _benchmark_sections() -> dict[str, str]:
     text = (DOCS / "benchmarks.md").read_text(encoding="utf-8")
     parts = re.split(r"^## ", text, flags=re.M)[1:]
