@@ -307,7 +307,7 @@ def wise_ft(model_dir: Path, base: str, val_file: Path, test: TestSet) -> dict[s
 
 
 def print_table(summary: dict) -> None:
-    """The README table from a run's summary (also: --table-only FILE)."""
+    """The docs/benchmarks.md table from a run's summary (also: --table-only FILE)."""
     bm25, base = summary["bm25"], summary["base"]
     test = summary["test"]
     print(f"Machine: {summary['machine']}; base all-MiniLM-L6-v2; {summary['epochs']} epoch(s)")

@@ -10,8 +10,8 @@ Three measurements, each through the real stage code:
 * train with ``train.nproc`` 1 and 2 (torchrun, gloo on CPU) on a tiny random BERT: it runs and writes a model that
   loads; speed on 2 shared cores is not the point.
 
-``python scripts/bench_scale.py`` (defaults as in the README table); ``--skip-ray``/``--skip-train`` to leave parts
-out. Run it on a quiet machine: replicas compete with every other process for the same cores.
+``python scripts/bench_scale.py`` (defaults as in docs/benchmarks.md's table); ``--skip-ray``/``--skip-train`` to
+leave parts out. Run it on a quiet machine: replicas compete with every other process for the same cores.
 """
 
 from __future__ import annotations
