@@ -104,8 +104,8 @@ def test_unk_init_keeps_the_base_models_function(base_model, model, texts):
 
 
 def test_sample_init_draws_rows_from_the_existing_rows_distribution(model, texts):
-    """README: new rows are "sampled from the existing rows' distribution": same mean, same spread per dimension, and
-    the same correlations between dimensions (a per-dimension normal would have none of them)."""
+    """docs/benchmarks.md (Train): new rows are "sampled from the existing rows' distribution": same mean, same
+    spread per dimension, and the same correlations between dimensions (a per-dimension normal would have none)."""
     import torch
 
     known = len(model.tokenizer)
