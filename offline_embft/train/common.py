@@ -1,8 +1,17 @@
-"""Trainer settings shared by the train and train-reranker stages: the same schedule, precision, checkpointing
-(best by validation, plus the last one to resume from), seeds and logging, whichever trainer runs them."""
+"""The one run skeleton of the train and train-reranker stages, and the trainer settings they share.
+
+:class:`TrainRun` takes the steps every training run takes, once: check the inputs, load the datasets, resolve the
+precision, prepare (or resume) the checkpoints, seed, extend the vocabulary, build the trainer, train, summarise,
+save the model directory atomically, remove the checkpoints and log. The embedding stage
+(:mod:`offline_embft.train.embedder`) and the reranker stage (:mod:`offline_embft.train.reranker`) fill in only
+their own steps: model loading, training rows (negatives), evaluator, loss and trainer — the layout of
+FlagEmbedding's ``AbsRunner`` and of sentence-transformers' trainers. The same schedule, precision, checkpointing
+(best by validation, plus the last one to resume from), seeds and logging hold whichever trainer runs them.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -13,8 +22,9 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from offline_embft.core.config import save_config
 from offline_embft.core.errors import UserError
-from offline_embft.core.io import read_json, write_json
+from offline_embft.core.io import atomic_dir, read_json, write_json
 
 if TYPE_CHECKING:
     from offline_embft.core.dataset import QADataset
@@ -22,6 +32,168 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 FINGERPRINT_FILE = "run_fingerprint.json"
+EVAL_NAME = "val"  # the evaluator's name: its metrics are logged as eval_val_*
+
+
+class TrainRun:
+    """One training run: :meth:`run` takes the shared steps, the stage's subclass fills in its own.
+
+    A subclass sets the class attributes and overrides the hooks below :meth:`run`; state the steps share lives on
+    the instance (``cfg``, ``train_data``, ``val_data``, ``model``, ``vocab``, ``evaluator``, ``rows``).
+
+    Attributes:
+        not_fingerprinted: Config fields that do not change what a run computes: changing them must not block a
+            resume.
+        weighed: Model paths in the config (besides ``model``) whose weights are fingerprinted too, by size and time.
+        distributed: The stage runs under torchrun: the world size is fingerprinted and rank 0 goes first.
+    """
+
+    not_fingerprinted: tuple[str, ...] = ("out_dir", "resume", "keep_checkpoints")
+    weighed: tuple[str, ...] = ()
+    distributed: bool = False
+
+    def __init__(self, cfg: Any, callbacks: list[Any] | None = None) -> None:
+        self.cfg = cfg
+        self.callbacks = callbacks or []
+        self.train_data: QADataset | None = None
+        self.val_data: QADataset | None = None
+        self.model: Any = None
+        self.vocab: Any = None
+        self.evaluator: Any = None
+        self.rows: Any = None
+
+    def run(self) -> Path:
+        """Train ``cfg.model`` on ``cfg.train_file`` and write the best model to ``cfg.out_dir``.
+
+        Returns:
+            The output model directory.
+
+        Raises:
+            UserError: bad dataset, model directory, or settings; checkpoints from a different run.
+        """
+        import transformers
+
+        from offline_embft.train.distributed import main_process_first
+        from offline_embft.train.vocab import extend_vocabulary
+
+        started = time.time()
+        self.load_inputs()
+        precision = resolve_precision(self.cfg.precision)
+        out_dir = Path(self.cfg.out_dir)
+        ckpt_dir = checkpoints_dir(out_dir)
+        self.before_checkpoints()
+        # Under torchrun, rank 0 decides about (and cleans) the checkpoint folder before the others look at it.
+        with main_process_first():
+            resume_from = prepare_checkpoints(ckpt_dir, self.fingerprint(), self.cfg.resume)
+        transformers.set_seed(self.cfg.seed)
+        self.model = self.load_model()
+        texts = corpus_texts(self.train_data, self.val_data)
+        self.vocab = extend_vocabulary(self.model, texts, self.cfg.extend_vocab)
+        self.evaluator = self.build_evaluator()
+        self.rows = self.training_rows(ckpt_dir, resume_from)
+        trainer = quiet_progress(self.build_trainer(ckpt_dir, precision))
+        resuming = f"; resuming from {resume_from}" if resume_from else ""
+        logger.info("%s%s", self.describe(precision), resuming)
+        result = trainer.train(resume_from_checkpoint=resume_from)
+        state = trainer.state
+        base = run_summary(self.cfg, state, result.metrics, precision, resume_from, started)
+        val_metrics = best_step_metrics(state, base["best_step"], f"eval_{EVAL_NAME}_")
+        summary = self.summary(base, val_metrics, trainer)
+        self.finish(summary)
+        if not trainer.is_world_process_zero():
+            return out_dir  # under torchrun/accelerate only the first process writes
+        with atomic_dir(out_dir) as tmp:
+            self.model.save(str(tmp))
+            self.save_extra(tmp)
+            save_config(self.cfg, tmp / "train_config.yaml")
+            write_json(tmp / "train_log.json", state.log_history)
+            write_json(tmp / "train_metrics.json", summary)
+            write_json(tmp / "vocab_extension.json", self.vocab.to_dict())
+        if not self.cfg.keep_checkpoints:
+            shutil.rmtree(ckpt_dir, ignore_errors=True)
+        logger.info("saved %s (%s) in %.0fs", out_dir, self.saved_note(summary), summary["wall_seconds"])
+        return out_dir
+
+    def load_inputs(self) -> None:
+        """Check the settings and read the datasets, before any model loads (cheap: the CLI calls it before it
+        launches torchrun, so bad input is one line, not the same error from every process).
+
+        Raises:
+            UserError: no dataset or output directory, a dataset missing or malformed, the stage's own checks.
+        """
+        if not self.cfg.train_file:
+            raise UserError("no training dataset given; pass TRAIN.json (written by `offline-embft generate`)")
+        if not self.cfg.out_dir:
+            raise UserError("no output directory given; pass --out OUT_DIR")
+        self.check_settings()
+        self.train_data, self.val_data = load_datasets(self.cfg)
+        self.check_datasets()
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What a checkpoint must match to be resumed: the settings that shape training, the input files' content
+        and, for the :attr:`weighed` models, their weights."""
+        cfg = self.cfg
+        settings = {key: value for key, value in dataclasses.asdict(cfg).items() if key not in self.not_fingerprinted}
+        files: dict[str, Any] = dict(dataset_hashes(cfg))
+        for key in dict.fromkeys(("model", *self.weighed)):
+            path = getattr(cfg, key)
+            if not path:
+                continue
+            settings[key] = str(Path(path).resolve())
+            if key in self.weighed:
+                # A retrained retriever mines other negatives: its weights' size and time tell them apart cheaply.
+                weights = sorted(Path(path).glob("*.safetensors")) + sorted(Path(path).glob("*.bin"))
+                files[f"{key}_weights"] = [(w.name, w.stat().st_size, w.stat().st_mtime_ns) for w in weights]
+        if self.distributed:
+            # Another number of processes changes the global batch and the schedule: not the same run to resume.
+            settings["world_size"] = int(os.environ.get("WORLD_SIZE", "1"))
+        return {"settings": settings, "files": files}
+
+    # -- the stage's own steps, in the order run() takes them ----------------------------------------------------
+
+    def check_settings(self) -> None:
+        """Settings checks of the stage, before the datasets are read."""
+
+    def check_datasets(self) -> None:
+        """Dataset checks of the stage (``train_data``/``val_data`` are loaded)."""
+
+    def before_checkpoints(self) -> None:
+        """What must happen before the checkpoint fingerprint is taken (e.g. settings read from the model)."""
+
+    def load_model(self) -> Any:
+        """The model to train (after the seed is set: a new head draws its weights)."""
+        raise NotImplementedError
+
+    def build_evaluator(self) -> Any:
+        """The validation evaluator that picks the best checkpoint, or None."""
+        return None
+
+    def training_rows(self, ckpt_dir: Path, resume_from: str | None) -> Any:
+        """The training rows (mined negatives included), after vocabulary extension."""
+        raise NotImplementedError
+
+    def build_trainer(self, ckpt_dir: Path, precision: str) -> Any:
+        """The stage's trainer with its loss, over :func:`common_arguments`."""
+        raise NotImplementedError
+
+    def describe(self, precision: str) -> str:
+        """The log line that starts training."""
+        raise NotImplementedError
+
+    def summary(self, base: dict[str, Any], val_metrics: dict[str, float], trainer: Any) -> dict[str, Any]:
+        """``train_metrics.json``: the stage's keys around :func:`run_summary`'s ``base``."""
+        return {**base, "val_metrics": val_metrics}
+
+    def finish(self, summary: dict[str, Any]) -> None:
+        """Steps after training on the validation set (on every process), adding to ``summary``."""
+
+    def save_extra(self, out_dir: Path) -> None:
+        """The stage's own files in the (temporary) output directory."""
+
+    def saved_note(self, summary: dict[str, Any]) -> str:
+        """What the last log line says about the saved model."""
+        best = summary["val_metrics"].get("ndcg@10")
+        return f"best val ndcg@10 {best:.4f} at step {summary['best_step']}" if best is not None else "no validation"
 
 
 def common_arguments(cfg: Any, ckpt_dir: Path, precision: str, best_metric: str | None) -> dict[str, Any]:

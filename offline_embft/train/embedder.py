@@ -22,32 +22,26 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import shutil
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from offline_embft.core.config import TrainConfig, save_config
+from offline_embft.core.config import TrainConfig
 from offline_embft.core.dataset import QADataset
 from offline_embft.core.errors import UserError
-from offline_embft.core.io import atomic_dir, read_json, write_json
+from offline_embft.core.io import read_json, write_json
 from offline_embft.core.model_files import load_sentence_transformer
-from offline_embft.train.common import (
+from offline_embft.train.common import (  # noqa: F401  (checkpoints_dir, resolve_precision: this stage's public names)
+    EVAL_NAME,
+    TrainRun,
     checkpoints_dir,
-    corpus_texts,
+    common_arguments,
     log_callback,
-    prepare_checkpoints,
     resolve_precision,
 )
 
 logger = logging.getLogger(__name__)
 
-EVAL_NAME = "val"
-# Settings that do not change what a run computes, so changing them must not block a resume.
-# Steps after training (weight ensemble, fusion) do not change the checkpoints either.
-# (nproc: the world size it resolves to is fingerprinted instead.)
-_NOT_FINGERPRINTED = ("out_dir", "resume", "keep_checkpoints", "nproc", "weight_ensemble", "fusion")
 HARD_NEGATIVES_FILE = "hard_negatives.json"
 # Pseudo-queries are sentences of their passages: against the real chunks BM25 finds every one of them, against the
 # masked passages (ict's training device) it finds far fewer than real questions — the weight follows the masking rate
@@ -99,6 +93,101 @@ def build_evaluator(val: QADataset, cfg: TrainConfig, model: Any) -> Any:
     )
 
 
+class EmbedderRun(TrainRun):
+    """The embedding model's steps in :class:`~offline_embft.train.common.TrainRun`: a sentence-transformers model
+    with its own prompts, (anchor, positive[, negatives]) rows, MNRL, the IR evaluator, then WiSE-FT and the BM25
+    fusion weight chosen on validation."""
+
+    # Steps after training (weight ensemble, fusion) do not change the checkpoints; nproc: the world size it
+    # resolves to is fingerprinted instead.
+    not_fingerprinted = (
+        *TrainRun.not_fingerprinted,
+        "nproc",
+        "weight_ensemble",
+        "fusion",
+        "general",
+        "retention_margin",
+    )
+    distributed = True
+
+    def check_datasets(self) -> None:
+        self.pairs = self.train_data.pairs()
+        if len(self.pairs) < 2:
+            raise UserError(
+                f"{self.cfg.train_file} has {len(self.pairs)} (query, passage) pair; MNRL needs at least 2"
+            )
+
+    def before_checkpoints(self) -> None:
+        # The prompts the model declares are part of the settings the checkpoints are fingerprinted with.
+        self.model = load_sentence_transformer(self.cfg.model)
+        self.cfg = _with_model_prompts(self.cfg, self.model)
+
+    def load_model(self) -> Any:
+        if self.cfg.max_seq_length:
+            self.model.max_seq_length = self.cfg.max_seq_length
+        return self.model
+
+    def build_evaluator(self) -> Any:
+        return build_evaluator(self.val_data, self.cfg, self.model) if self.val_data else None
+
+    def training_rows(self, ckpt_dir: Path, resume_from: str | None) -> list[dict]:
+        from offline_embft.train.distributed import main_process_first
+        from offline_embft.train.vocab import choose_draw
+
+        cfg, model = self.cfg, self.model
+        if self.evaluator is not None and resume_from is None:  # a resumed run's rows come from its checkpoint
+            choose_draw(model, self.vocab, _val_ndcg(self.evaluator, model), cfg.vocab_draws, cfg.seed)
+        # Mine with the model training starts from: after vocabulary extension it can already tell the corpus's
+        # characters apart, which the base model (all [UNK]) could not.
+        with main_process_first():  # rank 0 mines the hard negatives once; the other ranks read its file
+            rows = _training_rows(self.train_data, self.pairs, cfg, model, ckpt_dir)
+        if cfg.query_prompt or cfg.passage_prompt:
+            # Saved in config_sentence_transformers.json: encode_query/encode_document (and evaluate) use them.
+            model.prompts = {**model.prompts, "query": cfg.query_prompt, "document": cfg.passage_prompt}
+        return rows
+
+    def build_trainer(self, ckpt_dir: Path, precision: str) -> Any:
+        return _build_trainer(self.model, self.rows, self.cfg, self.evaluator, ckpt_dir, precision, self.callbacks)
+
+    def describe(self, precision: str) -> str:
+        cfg = self.cfg
+        negatives = f" with {cfg.hard_negatives} hard negatives each" if cfg.hard_negatives else ""
+        return (
+            f"training {cfg.model} on {len(self.rows)} pairs{negatives} for {cfg.epochs} epochs "
+            f"(batch {cfg.batch_size}, lr {cfg.lr:g}, {cfg.loss}, {precision})"
+        )
+
+    def summary(self, base: dict[str, Any], val_metrics: dict[str, float], trainer: Any) -> dict[str, Any]:
+        # cosine_ndcg@10 → ndcg@10 (the score function is the model's own)
+        val_metrics = {key.split("_", 1)[-1]: value for key, value in val_metrics.items()}
+        vocab = {k: v for k, v in self.vocab.to_dict().items() if k != "added"}
+        summary = {"train_pairs": len(self.rows), **base, "val_metrics": val_metrics, "vocab": vocab}
+        return {**summary, "device": str(self.model.device), "world_size": trainer.args.world_size}
+
+    def finish(self, summary: dict[str, Any]) -> None:
+        """After training, on the validation set: WiSE-FT's α, then the BM25 fusion weight of the model saved."""
+        cfg, model, val_data = self.cfg, self.model, self.val_data
+        if cfg.weight_ensemble and self.evaluator is not None:
+            summary["weight_ensemble"] = _weight_ensemble(model, cfg, self.evaluator)
+        self.fusion_choice = None
+        if cfg.fusion and val_data is not None:
+            from offline_embft.core.dataset import made_of_pseudo_queries
+
+            if made_of_pseudo_queries(cfg.val_file):
+                logger.warning(PSEUDO_QUERIES_FUSION)
+                summary["fusion"] = {"skipped": PSEUDO_QUERIES_FUSION}
+            else:
+                from offline_embft.retrieval import fusion
+
+                choice = fusion.tune_for_model(model, val_data, (cfg.query_prompt, cfg.passage_prompt))
+                summary["fusion"] = {"method": choice.method, "weight": choice.weight}
+                self.fusion_choice = choice
+
+    def save_extra(self, out_dir: Path) -> None:
+        if self.fusion_choice is not None:
+            self.fusion_choice.save(out_dir)
+
+
 def run(cfg: TrainConfig, callbacks: list[Any] | None = None) -> Path:
     """Fine-tune ``cfg.model`` on ``cfg.train_file`` and write the best model to ``cfg.out_dir``.
 
@@ -112,104 +201,27 @@ def run(cfg: TrainConfig, callbacks: list[Any] | None = None) -> Path:
     Raises:
         UserError: bad dataset, model directory, or settings; checkpoints from a different run.
     """
-    started = time.time()
-    train_data, val_data, pairs = load_inputs(cfg)
-
-    import transformers
-
-    from offline_embft.train.distributed import main_process_first
-
-    precision = resolve_precision(cfg.precision)
-    out_dir = Path(cfg.out_dir)
-    ckpt_dir = checkpoints_dir(out_dir)
-    model = load_sentence_transformer(cfg.model)
-    cfg = _with_model_prompts(cfg, model)
-    # Under torchrun, rank 0 decides about (and cleans) the checkpoint folder before the others look at it.
-    with main_process_first():
-        resume_from = prepare_checkpoints(ckpt_dir, _fingerprint(cfg), cfg.resume)
-    transformers.set_seed(cfg.seed)
-    if cfg.max_seq_length:
-        model.max_seq_length = cfg.max_seq_length
-
-    from offline_embft.train.vocab import choose_draw, extend_vocabulary
-
-    vocab = extend_vocabulary(model, corpus_texts(train_data, val_data), cfg.extend_vocab)
-    evaluator = build_evaluator(val_data, cfg, model) if val_data else None
-    if evaluator is not None and resume_from is None:  # a resumed run's rows come from its checkpoint
-        choose_draw(model, vocab, _val_ndcg(evaluator, model), cfg.vocab_draws, cfg.seed)
-    # Mine with the model training starts from: after vocabulary extension it can already tell the corpus's
-    # characters apart, which the base model (all [UNK]) could not.
-    with main_process_first():  # rank 0 mines the hard negatives once; the other ranks read its file
-        rows = _training_rows(train_data, pairs, cfg, model, ckpt_dir)
-    if cfg.query_prompt or cfg.passage_prompt:
-        # Saved in config_sentence_transformers.json: encode_query/encode_document (and evaluate) use them.
-        model.prompts = {**model.prompts, "query": cfg.query_prompt, "document": cfg.passage_prompt}
-
-    trainer = _build_trainer(model, rows, cfg, evaluator, ckpt_dir, precision, callbacks or [])
-    logger.info(
-        "training %s on %d pairs%s for %d epochs (batch %d, lr %g, %s, %s)%s",
-        cfg.model,
-        len(rows),
-        f" with {cfg.hard_negatives} hard negatives each" if cfg.hard_negatives else "",
-        cfg.epochs,
-        cfg.batch_size,
-        cfg.lr,
-        cfg.loss,
-        precision,
-        f"; resuming from {resume_from}" if resume_from else "",
-    )
-    result = trainer.train(resume_from_checkpoint=resume_from)
-    state = trainer.state
-    summary = _summary(cfg, state, result.metrics, vocab.to_dict(), precision, resume_from, started, len(rows))
-    summary["device"] = str(model.device)
-    summary["world_size"] = trainer.args.world_size
-    del summary["vocab"]["added"]
-    # After training, on the validation set: WiSE-FT's α, then the BM25 fusion weight of the model that is saved.
-    if cfg.weight_ensemble and evaluator is not None:
-        summary["weight_ensemble"] = _weight_ensemble(model, cfg, evaluator)
-    fusion_choice = None
-    if cfg.fusion and val_data is not None:
-        from offline_embft.generate.run import made_of_pseudo_queries
-
-        if made_of_pseudo_queries(cfg.val_file):
-            logger.warning(PSEUDO_QUERIES_FUSION)
-            summary["fusion"] = {"skipped": PSEUDO_QUERIES_FUSION}
-        else:
-            from offline_embft.retrieval import fusion
-
-            fusion_choice = fusion.tune_for_model(model, val_data, (cfg.query_prompt, cfg.passage_prompt))
-            summary["fusion"] = {"method": fusion_choice.method, "weight": fusion_choice.weight}
-
-    if not trainer.is_world_process_zero():
-        return out_dir  # under torchrun/accelerate only the first process writes
-    with atomic_dir(out_dir) as tmp:
-        model.save(str(tmp))
-        save_config(cfg, tmp / "train_config.yaml")
-        write_json(tmp / "train_log.json", state.log_history)
-        write_json(tmp / "train_metrics.json", summary)
-        write_json(tmp / "vocab_extension.json", vocab.to_dict())
-        if fusion_choice is not None:
-            fusion_choice.save(tmp)
-    if not cfg.keep_checkpoints:
-        shutil.rmtree(ckpt_dir, ignore_errors=True)
-    best = summary.get("val_metrics", {}).get("ndcg@10")
-    logger.info(
-        "saved %s (%s) in %.0fs",
-        out_dir,
-        f"best val ndcg@10 {best:.4f} at step {summary['best_step']}" if best is not None else "no validation",
-        summary["wall_seconds"],
-    )
-    return out_dir
+    return EmbedderRun(cfg, callbacks).run()
 
 
 def _weight_ensemble(model: Any, cfg: TrainConfig, evaluator: Any) -> dict[str, Any]:
-    """Mix the trained weights with the base model's (WiSE-FT), α chosen by validation ndcg@10; ``model`` changes."""
+    """Mix the trained weights with the base model's (WiSE-FT), α chosen by validation ndcg@10 — with general sets
+    (``cfg.general``), among the αs losing at most ``cfg.retention_margin`` of their mean ndcg@10; ``model``
+    changes."""
+    from offline_embft.core.beir import load_set
     from offline_embft.train import ensemble
 
     base_state = load_sentence_transformer(cfg.model, device=str(model.device)).state_dict()
-    alpha, scores = ensemble.choose_alpha(model, base_state, _val_ndcg(evaluator, model))
-    logger.info("weight ensemble: α=%.2f (val ndcg@10 %.4f; fine-tuned alone %.4f)", alpha, scores[alpha], scores[1.0])
-    return {"alpha": alpha, "val_ndcg@10_by_alpha": {f"{a:g}": round(v, 6) for a, v in scores.items()}}
+    general = [_val_ndcg(build_evaluator(load_set(path), cfg, model), model) for path in cfg.general]
+
+    def general_score(scored: Any) -> float:
+        return sum(score(scored) for score in general) / len(general)
+
+    choice = ensemble.choose_merge(
+        model, base_state, _val_ndcg(evaluator, model), general_score if general else None, cfg.retention_margin
+    )
+    logger.info("%s", choice.describe())
+    return choice.to_dict()
 
 
 def _with_model_prompts(cfg: TrainConfig, model: Any) -> TrainConfig:
@@ -232,17 +244,9 @@ def load_inputs(cfg: TrainConfig) -> tuple[QADataset, QADataset | None, list[tup
     Raises:
         UserError: a dataset is missing or unreadable, no output directory, fewer than 2 pairs.
     """
-    if not cfg.train_file:
-        raise UserError("no training dataset given; pass TRAIN.json (written by `offline-embft generate`)")
-    if not cfg.out_dir:
-        raise UserError("no output directory given; pass --out OUT_DIR")
-    from offline_embft.train.common import load_datasets
-
-    train_data, val_data = load_datasets(cfg)
-    pairs = train_data.pairs()
-    if len(pairs) < 2:
-        raise UserError(f"{cfg.train_file} has {len(pairs)} (query, passage) pair; MNRL needs at least 2")
-    return train_data, val_data, pairs
+    checked = EmbedderRun(cfg)
+    checked.load_inputs()
+    return checked.train_data, checked.val_data, checked.pairs
 
 
 def _training_rows(
@@ -288,7 +292,6 @@ def _build_trainer(
     from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
     from sentence_transformers.sentence_transformer.training_args import BatchSamplers
 
-    from offline_embft.train.common import common_arguments, quiet_progress
     from offline_embft.train.distributed import distributed_batching, world_size
 
     columns = list(rows[0])
@@ -306,7 +309,7 @@ def _build_trainer(
         # Without CUDA, accelerate treats several torchrun processes as one each unless told it is a CPU run (gloo).
         use_cpu=not torch.cuda.is_available(),
     )
-    trainer = SentenceTransformerTrainer(
+    return SentenceTransformerTrainer(
         model=model,
         args=args,
         train_dataset=dataset,
@@ -314,7 +317,6 @@ def _build_trainer(
         evaluator=evaluator,
         callbacks=[log_callback(), *callbacks],
     )
-    return quiet_progress(trainer)
 
 
 def _val_ndcg(evaluator: Any, model: Any) -> Callable[[Any], float]:
@@ -328,35 +330,3 @@ def _best_metric(evaluator: Any, model: Any) -> str | None:
     if evaluator is None:
         return None
     return f"eval_{EVAL_NAME}_{model.similarity_fn_name or 'cosine'}_ndcg@10"
-
-
-def _summary(
-    cfg: TrainConfig,
-    state: Any,
-    train_metrics: dict[str, Any],
-    vocab: dict[str, Any],
-    precision: str,
-    resume_from: str | None,
-    started: float,
-    rows: int,
-) -> dict[str, Any]:
-    """Final metrics and timings for ``train_metrics.json``."""
-    from offline_embft.train.common import best_step_metrics, run_summary
-
-    summary = run_summary(cfg, state, train_metrics, precision, resume_from, started)
-    best = best_step_metrics(state, summary["best_step"], f"eval_{EVAL_NAME}_")
-    # cosine_ndcg@10 → ndcg@10 (the score function is the model's own)
-    val_metrics = {key.split("_", 1)[-1]: value for key, value in best.items()}
-    return {"train_pairs": rows, **summary, "val_metrics": val_metrics, "vocab": vocab}
-
-
-def _fingerprint(cfg: TrainConfig) -> dict[str, Any]:
-    """What a checkpoint must match to be resumed: the settings that shape training and the input files' content."""
-    settings = {key: value for key, value in dataclasses.asdict(cfg).items() if key not in _NOT_FINGERPRINTED}
-    from offline_embft.train.common import dataset_hashes
-
-    files = dataset_hashes(cfg)
-    settings["model"] = str(Path(cfg.model).resolve())
-    # Another number of processes changes the global batch and the schedule: not the same run to resume.
-    settings["world_size"] = int(os.environ.get("WORLD_SIZE", "1"))
-    return {"settings": settings, "files": files}

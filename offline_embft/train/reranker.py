@@ -23,34 +23,28 @@ with
 
 from __future__ import annotations
 
-import dataclasses
 import gc
 import json
 import logging
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from offline_embft.core.config import TrainRerankerConfig, save_config
+from offline_embft.core.config import TrainRerankerConfig
 from offline_embft.core.dataset import QADataset
 from offline_embft.core.errors import UserError
-from offline_embft.core.io import atomic_dir, write_json
-from offline_embft.train.common import (
+from offline_embft.train.common import (  # noqa: F401  (checkpoints_dir: this stage's public name)
+    EVAL_NAME,
+    TrainRun,
     checkpoints_dir,
-    corpus_texts,
+    common_arguments,
     log_callback,
-    prepare_checkpoints,
-    resolve_precision,
 )
 
 logger = logging.getLogger(__name__)
 
-EVAL_NAME = "val"
 BEST_METRIC = f"eval_{EVAL_NAME}_ndcg@10"
-# Settings that do not change what a run computes, so changing them must not block a resume.
-_NOT_FINGERPRINTED = ("out_dir", "resume", "keep_checkpoints")
 # In-batch passages MultipleNegativesRankingLoss adds to each question's own hard negatives.
 MNRL_IN_BATCH_NEGATIVES = 4
 
@@ -272,6 +266,101 @@ def build_loss(model: Any, cfg: TrainRerankerConfig) -> Any:
     return losses.ListNetLoss(model)
 
 
+class RerankerRun(TrainRun):
+    """The reranker's steps in :class:`~offline_embft.train.common.TrainRun`: negatives mined by the retriever (which
+    is then freed), a cross-encoder with a fresh one-score head, the reranking evaluator, then the blend with the
+    retriever's order chosen on validation."""
+
+    # A retrained retriever mines other negatives: both models' weights are part of the run.
+    weighed = ("model", "retriever")
+
+    def check_settings(self) -> None:
+        if not self.cfg.model:
+            raise UserError("no reranker given; pass --model RERANKER_DIR or set reranker_model in the config")
+        from offline_embft.retrieval import rerank
+
+        rerank.check_reranker_dir(self.cfg.model)
+
+    def check_datasets(self) -> None:
+        cfg, corpus = self.cfg, self.train_data.corpus
+        if len(corpus) <= cfg.negatives:
+            raise UserError(
+                f"{cfg.train_file} has {len(corpus)} passages, too few for {cfg.negatives} negatives per "
+                "question; lower --set train_reranker.negatives"
+            )
+
+    def load_model(self) -> Any:
+        """Mine the negatives and the validation candidates with the retriever, free it, load the cross-encoder."""
+        from offline_embft.retrieval import rerank
+
+        cfg, val_data = self.cfg, self.val_data
+        # One epoch has no checkpoint to choose from: validation only chooses the blend, after training.
+        self.choose_checkpoint = val_data is not None and (cfg.epochs > 1 or cfg.eval_steps > 0)
+        validating = self.choose_checkpoint or (val_data is not None and cfg.blend)
+        mine_started = time.perf_counter()
+        retriever = _load_retriever(cfg, validating=validating)
+        self.examples = build_examples(self.train_data, cfg, retriever)
+        self.candidates = validation_candidates(val_data, retriever, cfg) if validating else None
+        self.mine_seconds = time.perf_counter() - mine_started
+        del retriever
+        gc.collect()
+        model = rerank.load_cross_encoder(cfg.model, cfg.max_length or None)
+        self.fresh_head = not has_trained_head(cfg.model) and start_fresh_head(model)
+        return model
+
+    def build_evaluator(self) -> Any:
+        return _evaluator(self.candidates.samples(), self.cfg) if self.choose_checkpoint else None
+
+    def training_rows(self, ckpt_dir: Path, resume_from: str | None) -> Any:
+        return training_dataset(self.examples, self.cfg.loss)
+
+    def build_trainer(self, ckpt_dir: Path, precision: str) -> Any:
+        return _build_trainer(self.model, self.rows, self.cfg, self.evaluator, ckpt_dir, precision, self.callbacks)
+
+    def describe(self, precision: str) -> str:
+        cfg = self.cfg
+        return (
+            f"training reranker {cfg.model} on {len(self.examples)} questions ({len(self.rows)} training rows, "
+            f"{cfg.negatives} negatives each, loss {cfg.loss}) for {cfg.epochs} epochs "
+            f"(batch {cfg.batch_size}, lr {cfg.lr:g}, {precision})"
+        )
+
+    def summary(self, base: dict[str, Any], val_metrics: dict[str, float], trainer: Any) -> dict[str, Any]:
+        cfg = self.cfg
+        extra = {"train_questions": len(self.examples), "train_rows": len(self.rows), "loss": cfg.loss}
+        return {
+            **extra,
+            "negatives": cfg.negatives,
+            **base,
+            "val_metrics": val_metrics,
+            "mining_seconds": round(self.mine_seconds, 2),
+            "device": str(self.model.device),
+            "fresh_head": self.fresh_head,
+            "vocab": {k: v for k, v in self.vocab.to_dict().items() if k != "added"},
+        }
+
+    def finish(self, summary: dict[str, Any]) -> None:
+        """The blend of the reranker's order with the retriever's, chosen on the validation candidates."""
+        from offline_embft.retrieval import rerank
+
+        self.blend = None
+        if self.candidates is not None and self.cfg.blend:
+            self.blend = choose_blend(self.model, self.candidates, self.cfg)
+            summary["blend"] = {"chosen": rerank.describe_blend(self.blend), **self.blend.chosen_on}
+
+    def save_extra(self, out_dir: Path) -> None:
+        from offline_embft.retrieval import rerank
+
+        if self.blend is not None:
+            self.blend.save(out_dir, rerank.BLEND_FILE)
+
+    def saved_note(self, summary: dict[str, Any]) -> str:
+        best = summary["val_metrics"].get("ndcg@10")
+        chosen = [f"best val rerank ndcg@10 {best:.4f} at step {summary['best_step']}"] if best is not None else []
+        chosen += [f"blend: {summary['blend']['chosen']}"] if "blend" in summary else []
+        return "; ".join(chosen) or "no validation"
+
+
 def run(cfg: TrainRerankerConfig, callbacks: list[Any] | None = None) -> Path:
     """Fine-tune ``cfg.model`` as a reranker on ``cfg.train_file``; write the best model to ``cfg.out_dir``.
 
@@ -285,106 +374,7 @@ def run(cfg: TrainRerankerConfig, callbacks: list[Any] | None = None) -> Path:
     Raises:
         UserError: bad dataset, model directory, or settings; checkpoints from a different run.
     """
-    started = time.time()
-    if not cfg.train_file:
-        raise UserError("no training dataset given; pass TRAIN.json (written by `offline-embft generate`)")
-    if not cfg.out_dir:
-        raise UserError("no output directory given; pass --out OUT_DIR")
-    if not cfg.model:
-        raise UserError("no reranker given; pass --model RERANKER_DIR or set reranker_model in the config")
-    from offline_embft.retrieval import rerank
-
-    rerank.check_reranker_dir(cfg.model)
-    train_data, val_data = _load_datasets(cfg)
-
-    import transformers
-
-    from offline_embft.train.vocab import extend_vocabulary
-
-    precision = resolve_precision(cfg.precision)
-    out_dir = Path(cfg.out_dir)
-    ckpt_dir = checkpoints_dir(out_dir)
-    resume_from = prepare_checkpoints(ckpt_dir, _fingerprint(cfg), cfg.resume)
-    transformers.set_seed(cfg.seed)
-
-    texts = corpus_texts(train_data, val_data)  # every text the model will read (characters only, as train does)
-    # One epoch has no checkpoint to choose from: validation only chooses the blend, after training.
-    choose_checkpoint = val_data is not None and (cfg.epochs > 1 or cfg.eval_steps > 0)
-    validating = choose_checkpoint or (val_data is not None and cfg.blend)
-    mine_started = time.perf_counter()
-    retriever = _load_retriever(cfg, validating=validating)
-    examples = build_examples(train_data, cfg, retriever)
-    candidates = validation_candidates(val_data, retriever, cfg) if validating else None
-    mine_seconds = time.perf_counter() - mine_started
-    del retriever
-    gc.collect()
-
-    model = rerank.load_cross_encoder(cfg.model, cfg.max_length or None)
-    fresh_head = not has_trained_head(cfg.model) and start_fresh_head(model)
-    vocab = extend_vocabulary(model, texts, cfg.extend_vocab)
-    dataset = training_dataset(examples, cfg.loss)
-    evaluator = _evaluator(candidates.samples(), cfg) if choose_checkpoint else None
-    trainer = _build_trainer(model, dataset, cfg, evaluator, ckpt_dir, precision, callbacks or [])
-    logger.info(
-        "training reranker %s on %d questions (%d training rows, %d negatives each, loss %s) for %d epochs "
-        "(batch %d, lr %g, %s)%s",
-        cfg.model,
-        len(examples),
-        len(dataset),
-        cfg.negatives,
-        cfg.loss,
-        cfg.epochs,
-        cfg.batch_size,
-        cfg.lr,
-        precision,
-        f"; resuming from {resume_from}" if resume_from else "",
-    )
-    result = trainer.train(resume_from_checkpoint=resume_from)
-    state = trainer.state
-    summary = _summary(cfg, state, result.metrics, precision, resume_from, started, len(examples), len(dataset))
-    summary["mining_seconds"] = round(mine_seconds, 2)
-    summary["device"] = str(model.device)
-    summary["fresh_head"] = fresh_head
-    vocab_info = vocab.to_dict()
-    summary["vocab"] = {k: v for k, v in vocab_info.items() if k != "added"}
-
-    if not trainer.is_world_process_zero():
-        return out_dir
-    blend = choose_blend(model, candidates, cfg) if candidates is not None and cfg.blend else None
-    if blend is not None:
-        summary["blend"] = {"chosen": rerank.describe_blend(blend), **blend.chosen_on}
-    with atomic_dir(out_dir) as tmp:
-        model.save(str(tmp))
-        if blend is not None:
-            blend.save(tmp, rerank.BLEND_FILE)
-        save_config(cfg, tmp / "train_config.yaml")
-        write_json(tmp / "train_log.json", state.log_history)
-        write_json(tmp / "train_metrics.json", summary)
-        write_json(tmp / "vocab_extension.json", vocab_info)
-    if not cfg.keep_checkpoints:
-        shutil.rmtree(ckpt_dir, ignore_errors=True)
-    best = summary["val_metrics"].get("ndcg@10")
-    chosen = [f"best val rerank ndcg@10 {best:.4f} at step {summary['best_step']}"] if best is not None else []
-    chosen += [f"blend: {summary['blend']['chosen']}"] if blend is not None else []
-    logger.info("saved %s (%s) in %.0fs", out_dir, "; ".join(chosen) or "no validation", summary["wall_seconds"])
-    return out_dir
-
-
-def _load_datasets(cfg: TrainRerankerConfig) -> tuple[QADataset, QADataset | None]:
-    """The training set and the validation set (None without one), checked before any model loads.
-
-    Raises:
-        UserError: a dataset is missing or malformed, or has too few passages for the negatives asked for.
-    """
-    from offline_embft.train.common import load_datasets
-
-    train_data, val_data = load_datasets(cfg)
-    if len(train_data.corpus) <= cfg.negatives:
-        raise UserError(
-            f"{cfg.train_file} has {len(train_data.corpus)} passages, too few for {cfg.negatives} negatives per "
-            "question; lower --set train_reranker.negatives"
-        )
-    return train_data, val_data
+    return RerankerRun(cfg, callbacks).run()
 
 
 def _load_retriever(cfg: TrainRerankerConfig, validating: bool) -> Any:
@@ -429,8 +419,6 @@ def _build_trainer(
     from sentence_transformers.cross_encoder import CrossEncoderTrainer, CrossEncoderTrainingArguments
     from sentence_transformers.sentence_transformer.training_args import BatchSamplers
 
-    from offline_embft.train.common import common_arguments, quiet_progress
-
     args = CrossEncoderTrainingArguments(
         **common_arguments(cfg, ckpt_dir, precision, BEST_METRIC if evaluator is not None else None),
         per_device_train_batch_size=cfg.batch_size,
@@ -438,7 +426,7 @@ def _build_trainer(
         batch_sampler=BatchSamplers.NO_DUPLICATES if cfg.loss == "mnrl" else BatchSamplers.BATCH_SAMPLER,
         dataloader_drop_last=False,
     )
-    trainer = CrossEncoderTrainer(
+    return CrossEncoderTrainer(
         model=model,
         args=args,
         train_dataset=dataset,
@@ -446,39 +434,3 @@ def _build_trainer(
         evaluator=evaluator,
         callbacks=[log_callback(), *callbacks],
     )
-    return quiet_progress(trainer)
-
-
-def _summary(
-    cfg: TrainRerankerConfig,
-    state: Any,
-    train_metrics: dict[str, Any],
-    precision: str,
-    resume_from: str | None,
-    started: float,
-    questions: int,
-    rows: int,
-) -> dict[str, Any]:
-    """Final metrics and timings for ``train_metrics.json`` (the same keys as the embedding stage's)."""
-    from offline_embft.train.common import best_step_metrics, run_summary
-
-    summary = run_summary(cfg, state, train_metrics, precision, resume_from, started)
-    val_metrics = best_step_metrics(state, summary["best_step"], f"eval_{EVAL_NAME}_")
-    extra = {"train_questions": questions, "train_rows": rows, "loss": cfg.loss, "negatives": cfg.negatives}
-    return {**extra, **summary, "val_metrics": val_metrics}
-
-
-def _fingerprint(cfg: TrainRerankerConfig) -> dict[str, Any]:
-    """What a checkpoint must match to be resumed: settings, input files' content, and the models' weights."""
-    settings = {key: value for key, value in dataclasses.asdict(cfg).items() if key not in _NOT_FINGERPRINTED}
-    from offline_embft.train.common import dataset_hashes
-
-    files: dict[str, Any] = dict(dataset_hashes(cfg))
-    for key in ("model", "retriever"):
-        path = getattr(cfg, key)
-        if path:
-            settings[key] = str(Path(path).resolve())
-            # A retrained retriever mines other negatives: its weights' size and time tell them apart cheaply.
-            weights = sorted(Path(path).glob("*.safetensors")) + sorted(Path(path).glob("*.bin"))
-            files[f"{key}_weights"] = [(w.name, w.stat().st_size, w.stat().st_mtime_ns) for w in weights]
-    return {"settings": settings, "files": files}
