@@ -32,9 +32,10 @@ install: ## Create .venv and install the toolkit with test tools (no GPU: CPU to
 test: ## Run the test suite (offline, CPU)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
-check: ## Lint with ruff
+check: ## Lint with ruff, and hold imports to the layers (import-linter: pyproject.toml's [tool.importlinter])
 	$(BIN)/ruff check offline_embft tests scripts
 	$(BIN)/ruff format --check offline_embft tests scripts
+	$(BIN)/lint-imports --no-cache
 
 format: ## Format with ruff
 	$(BIN)/ruff check --fix offline_embft tests scripts

@@ -121,7 +121,7 @@ def test_train_chooses_no_fusion_on_ict_pseudo_queries(laws_dir, minilm_path, tm
     import json
 
     from offline_embft.core.config import GenerateConfig, TrainConfig
-    from offline_embft.core.dataset import QADataset
+    from offline_embft.core.dataset import QADataset, made_of_pseudo_queries
     from offline_embft.generate import run as generate
     from offline_embft.retrieval import fusion
     from offline_embft.train import embedder as train
@@ -132,7 +132,7 @@ def test_train_chooses_no_fusion_on_ict_pseudo_queries(laws_dir, minilm_path, tm
         for doc_id, text in list(articles.corpus.items())[20:30]:
             handle.write(json.dumps({"id": doc_id, "text": text, "source": "futures_law", "pages": [1]}) + "\n")
     val_file = generate.run(GenerateConfig(backend="ict"), chunks, tmp_path / "val.json", validation=True)
-    assert generate.made_of_pseudo_queries(val_file)
+    assert made_of_pseudo_queries(val_file)
     company = QADataset.load(laws_dir / "qa" / "company_law.json")
     cfg = TrainConfig(
         train_file=str(company.subset(list(company.queries)[10:26]).save(tmp_path / "train.json")),
@@ -150,4 +150,4 @@ def test_train_chooses_no_fusion_on_ict_pseudo_queries(laws_dir, minilm_path, tm
     assert "evaluate --questions" in caplog.text and "pseudo-queries" in caplog.text
     # The same questions written by anything but generate (no stats file saying so) are tuned on as before.
     plain = QADataset.load(val_file).save(tmp_path / "elsewhere" / "val.json")
-    assert not generate.made_of_pseudo_queries(plain)
+    assert not made_of_pseudo_queries(plain)

@@ -19,6 +19,8 @@ from offline_embft.core.io import write_json
 logger = logging.getLogger(__name__)
 
 REQUIRED_KEYS = ("queries", "corpus", "relevant_docs")
+# The key of the stats file (beside a dataset generate wrote) saying its questions are pseudo-queries (backend ict).
+PSEUDO_QUERIES = "pseudo_queries"
 
 
 @dataclass
@@ -144,3 +146,25 @@ class QADataset:
 
     def __len__(self) -> int:
         return len(self.queries)
+
+
+def stats_path(dataset_path: str | Path) -> Path:
+    """Where generate's stats summary of ``dataset_path`` goes: ``<stem>.stats.json`` beside it."""
+    dataset_path = Path(dataset_path)
+    return dataset_path.with_name(dataset_path.stem + ".stats.json")
+
+
+def made_of_pseudo_queries(dataset_path: str | Path) -> bool:
+    """Whether generate wrote ``dataset_path`` with pseudo-queries (``ict``: sentences of the passages), by its stats
+    file; False for a dataset that generate did not write.
+
+    Here, not in generate, because train reads it (such questions cannot choose a BM25 fusion weight) and a stage
+    never imports another: the dataset's sidecar is where the two meet.
+    """
+    path = stats_path(dataset_path)
+    if not path.is_file():
+        return False
+    try:
+        return bool(json.loads(path.read_text(encoding="utf-8")).get(PSEUDO_QUERIES, False))
+    except (OSError, ValueError, AttributeError):
+        return False

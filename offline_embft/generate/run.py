@@ -15,7 +15,6 @@ Beside ``DATASET.json`` the stage writes ``DATASET.stats.json`` (counts, reasons
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import time
 from collections import Counter
@@ -29,7 +28,7 @@ from tqdm.auto import tqdm
 from offline_embft.core.chunks import Chunk
 from offline_embft.core.chunks import read as read_chunks
 from offline_embft.core.config import GenerateConfig, save_config
-from offline_embft.core.dataset import QADataset
+from offline_embft.core.dataset import PSEUDO_QUERIES, QADataset, stats_path
 from offline_embft.core.errors import UserError
 from offline_embft.core.io import write_json
 from offline_embft.core.layout import Layout
@@ -48,24 +47,6 @@ from offline_embft.generate.questions import (
 from offline_embft.generate.scale import ReplicaUsage, create_engine
 
 logger = logging.getLogger(__name__)
-
-
-def stats_path(out_path: str | Path) -> Path:
-    """Where the stats summary of ``out_path`` goes: ``<stem>.stats.json`` beside it."""
-    out_path = Path(out_path)
-    return out_path.with_name(out_path.stem + ".stats.json")
-
-
-def made_of_pseudo_queries(dataset_path: str | Path) -> bool:
-    """Whether generate wrote ``dataset_path`` with pseudo-queries (``ict``: sentences of the passages), by its stats
-    file; False for a dataset that generate did not write."""
-    path = stats_path(dataset_path)
-    if not path.is_file():
-        return False
-    try:
-        return bool(json.loads(path.read_text(encoding="utf-8")).get("pseudo_queries", False))
-    except (OSError, ValueError, AttributeError):
-        return False
 
 
 def config_path(out_path: str | Path) -> Path:
@@ -135,8 +116,8 @@ def run(
         "chunks": len(chunks),
         "chunks_skipped_empty": skipped,
         "questions_per_chunk": cfg.questions_per_chunk,
-        # Read back by train (made_of_pseudo_queries): such questions cannot choose a BM25 fusion weight.
-        "pseudo_queries": llm.pseudo_queries,
+        # Read back by train (core.dataset.made_of_pseudo_queries): such questions cannot choose a BM25 fusion weight.
+        PSEUDO_QUERIES: llm.pseudo_queries,
         **stats,
         "roundtrip": roundtrip_stats,
         "questions_after_roundtrip": len(dataset.queries),
