@@ -9,7 +9,9 @@ messages users will search for: the code must print exactly those.
 from __future__ import annotations
 
 import ast
+import json
 import logging
+import os
 import re
 import subprocess
 import sys
@@ -293,3 +295,29 @@ def test_readme_measurements_live_in_benchmarks():
     for number in re.findall(r"\*\*(\d+\.\d+)x?\*\*", summary):
         assert number in benchmarks, f"README's {number} is not in docs/benchmarks.md"
     assert "| wall s" not in README and "load average" not in README, "a measured table crept back into README"
+
+
+def test_allow_network_escape_hatch_switches_the_offline_variables_off_and_doctor_says_so(tmp_path, monkeypatch):
+    """README's air-gap section: `OFFLINE_EMBFT_ALLOW_NETWORK=1` switches it all off (doctor then warns)."""
+    from offline_embft.core import offline
+    from offline_embft.doctor import WARN
+    from offline_embft.doctor.system import check_offline
+
+    assert f"`{offline.ALLOW_NETWORK_VAR}=1` switches it all off (doctor then warns)" in README
+    code = "import json, os\nimport offline_embft.cli\nprint(json.dumps({k: os.environ.get(k) for k in %r}))\n"
+    env = {k: v for k, v in os.environ.items() if k not in offline.OFFLINE_ENV}
+    env[offline.ALLOW_NETWORK_VAR] = "1"
+    done = subprocess.run(
+        [sys.executable, "-c", code % sorted(offline.OFFLINE_ENV)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert set(json.loads(done.stdout.strip().splitlines()[-1]).values()) == {None}
+    monkeypatch.setenv(offline.ALLOW_NETWORK_VAR, "1")
+    check = check_offline()
+    assert check.verdict == WARN and offline.ALLOW_NETWORK_VAR in check.detail
