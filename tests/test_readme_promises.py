@@ -321,3 +321,27 @@ def test_allow_network_escape_hatch_switches_the_offline_variables_off_and_docto
     monkeypatch.setenv(offline.ALLOW_NETWORK_VAR, "1")
     check = check_offline()
     assert check.verdict == WARN and offline.ALLOW_NETWORK_VAR in check.detail
+
+
+def test_readme_command_line_names_only_commands_and_options_the_cli_has():
+    """Every `offline-embft COMMAND --option` of README's command-line block exists, and every command is listed."""
+    import typer
+
+    from offline_embft.cli import app
+
+    group = typer.main.get_command(app)
+    block = README[README.index("Every stage is also a\ncommand of its own:") :].split("```")[1]
+    listed: dict[str, set[str]] = {}
+    command = ""
+    for line in block.splitlines():
+        words = line.split("#")[0].split()
+        if not words:
+            continue
+        if words[0] == "offline-embft":
+            command = words[1]
+            listed[command] = set()
+        listed[command] |= {re.sub(r"[\[\]]", "", w).split("=")[0] for w in words if w.lstrip("[").startswith("--")}
+    assert set(listed) == set(group.commands), "README's command list differs from the CLI's"
+    for name, options in listed.items():
+        known = {opt for param in group.commands[name].params for opt in param.opts}
+        assert options <= known, f"offline-embft {name}: README names {sorted(options - known)}"
