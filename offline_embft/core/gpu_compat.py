@@ -173,17 +173,7 @@ def plan_for(
     Raises:
         ValueError: neither driver nor cuda given, or a CUDA version we know nothing about.
     """
-    if driver:
-        version = parse_version(driver)
-        # "535" means the 535 branch: compare as its newest release so "580" passes the 580.65.06 floor.
-        major = driver_cuda_major(driver if len(version) > 1 else f"{version[0]}.999.999")
-        source = f"driver {driver}"
-    elif cuda:
-        major = parse_version(cuda)[0]
-        driver_for_cuda(cuda)  # validates
-        source = f"CUDA {cuda}"
-    else:
-        raise ValueError("give the target's NVIDIA driver (e.g. 535.104.05) or the CUDA version nvidia-smi prints")
+    major, source = _target_cuda(driver, cuda)
     py = parse_version(python) if python else None
     skipped_glibc = []
     for pair in ENGINE_PAIRS:
@@ -214,25 +204,54 @@ def plan_for(
             continue
         if capability is not None and capability < build.min_capability:
             continue
-        why = []
-        if major < min(p.line.major for p in ENGINE_PAIRS):
-            oldest = min(ENGINE_PAIRS, key=lambda p: p.line.major)
-            why.append(f"{source} is older than vLLM {oldest.vllm} needs (driver >= {oldest.line.min_driver})")
-        if capability is not None and capability < min(p.line.min_capability for p in ENGINE_PAIRS):
-            why.append(f"compute capability {capability_text(capability)} is below the 7.5 every vLLM pair needs")
-        if skipped_glibc:
-            pair = skipped_glibc[0]
-            why.append(f"vLLM {pair.vllm}'s wheel needs glibc >= {pair.glibc}, the target has {glibc}")
-        if py is not None and not why:
-            why.append(f"no vLLM pair accepts Python {python}")
         return Plan(
             torch=build.torch,
             torch_cuda=build.cuda,
             torch_index_url=build.index_url,
             vllm="",
-            reason="; ".join(why) or f"{source}: no vLLM pair fits",
+            reason=_why_no_vllm(source, major, capability, python, glibc, skipped_glibc),
         )
     raise ValueError(f"{source} is older than any CUDA build of torch (driver >= {CUDA_LINES[11].min_driver} needed)")
+
+
+def _target_cuda(driver: str, cuda: str) -> tuple[int, str]:
+    """The newest CUDA major the target runs, from its driver (or the "CUDA Version" it prints), and how reasons name
+    the target.
+
+    Raises:
+        ValueError: neither given, or a CUDA version we know nothing about.
+    """
+    if driver:
+        version = parse_version(driver)
+        # "535" means the 535 branch: compare as its newest release so "580" passes the 580.65.06 floor.
+        return driver_cuda_major(driver if len(version) > 1 else f"{version[0]}.999.999"), f"driver {driver}"
+    if cuda:
+        driver_for_cuda(cuda)  # validates
+        return parse_version(cuda)[0], f"CUDA {cuda}"
+    raise ValueError("give the target's NVIDIA driver (e.g. 535.104.05) or the CUDA version nvidia-smi prints")
+
+
+def _why_no_vllm(
+    source: str,
+    major: int,
+    capability: tuple[int, int] | None,
+    python: str,
+    glibc: str,
+    skipped_glibc: list[EnginePair],
+) -> str:
+    """Why no torch/vLLM pair fits the target (a torch-only plan's reason)."""
+    why = []
+    if major < min(p.line.major for p in ENGINE_PAIRS):
+        oldest = min(ENGINE_PAIRS, key=lambda p: p.line.major)
+        why.append(f"{source} is older than vLLM {oldest.vllm} needs (driver >= {oldest.line.min_driver})")
+    if capability is not None and capability < min(p.line.min_capability for p in ENGINE_PAIRS):
+        why.append(f"compute capability {capability_text(capability)} is below the 7.5 every vLLM pair needs")
+    if skipped_glibc:
+        pair = skipped_glibc[0]
+        why.append(f"vLLM {pair.vllm}'s wheel needs glibc >= {pair.glibc}, the target has {glibc}")
+    if python and not why:
+        why.append(f"no vLLM pair accepts Python {python}")
+    return "; ".join(why) or f"{source}: no vLLM pair fits"
 
 
 def _python_ok(version: tuple[int, ...], spec: str) -> bool:
