@@ -345,3 +345,25 @@ def test_readme_command_line_names_only_commands_and_options_the_cli_has():
     for name, options in listed.items():
         known = {opt for param in group.commands[name].params for opt in param.opts}
         assert options <= known, f"offline-embft {name}: README names {sorted(options - known)}"
+
+
+def test_readme_says_what_each_stage_entry_takes():
+    """The issue's finding: README said every stage had `run(cfg) -> Path` while generate's takes files. Now it says
+    which stage takes what; these are those signatures."""
+    import importlib
+    import inspect
+
+    def params(module: str, name: str = "run") -> list[str]:
+        signature = inspect.signature(getattr(importlib.import_module(f"offline_embft.{module}"), name))
+        return [p.name for p in signature.parameters.values() if p.default is inspect.Parameter.empty]
+
+    developers = README[README.index("For developers:") :]
+    assert "`run(cfg) -> Path` for ingest, convert and evaluate" in developers
+    for module in ("ingest.run", "convert.run", "evaluate.run", "train.embedder", "train.reranker", "serve.run"):
+        assert params(module) == ["cfg"], module
+    for module in ("ingest.run", "convert.run", "evaluate.run"):
+        returns = inspect.signature(importlib.import_module(f"offline_embft.{module}").run).return_annotation
+        assert returns in (Path, "Path"), module
+    assert "generate's `run(cfg, chunks, out)`" in developers and "`run_many(cfg, jobs)`" in developers
+    assert params("generate.run") == ["cfg", "chunks_path", "out_path"]
+    assert params("generate.run", "run_many") == ["cfg", "jobs"]
