@@ -21,15 +21,17 @@ from __future__ import annotations
 import logging
 import random
 from collections import defaultdict
+from collections.abc import Iterable
 from typing import Any
 
+from offline_embft.core.config import NEGATIVE_SOURCES
 from offline_embft.core.dataset import QADataset
 from offline_embft.core.errors import UserError
 from offline_embft.retrieval.ranking import fuse_ranked_lists
 
 logger = logging.getLogger(__name__)
 
-SOURCES = ("model", "bm25", "both")
+SOURCES = NEGATIVE_SOURCES  # the config's choices (train.hard_negative_source, train_reranker.negative_source)
 NEAR_DUPLICATE = 0.8  # character-bigram Jaccard at or above which a candidate counts as a copy of a positive
 RELATIVE_MARGIN = 0.05  # NV-Retriever TopK-PercPos: skip candidates scoring above 95% of the positive's score
 CANDIDATE_FACTOR = 4  # candidates ranked per wanted negative, so that filtering still leaves enough
@@ -58,17 +60,8 @@ def mine(
     """
     if source not in SOURCES:
         raise ValueError(f"source must be one of {SOURCES}, got {source!r}")
-    doc_ids = list(dataset.corpus)
     wanted = num_negatives * CANDIDATE_FACTOR + 5
-    rankings: list[dict[str, list[str]]] = []
-    if source in ("bm25", "both"):
-        rankings.append(_bm25_candidates(dataset, wanted))
-    if source in ("model", "both"):
-        if model is None:
-            raise ValueError("source 'model' needs a model")
-        rankings.append(_model_candidates(dataset, model, wanted, query_prompt, passage_prompt))
-    candidates = fuse_ranked_lists(rankings)
-
+    candidates = _candidates(dataset, source, wanted, model, query_prompt, passage_prompt)
     rng = random.Random(seed)
     bigrams = {doc: _bigrams(text) for doc, text in dataset.corpus.items()}
     rows: list[dict[str, str]] = []
@@ -77,27 +70,13 @@ def mine(
         positives = dataset.relevant_docs[qid]
         chosen: list[str] = []
         seen_texts = {dataset.corpus[doc] for doc in positives}
-        for doc in candidates.get(qid, []):
-            if len(chosen) == num_negatives:
-                break
-            text = dataset.corpus[doc]
-            if doc in positives or text in seen_texts or _is_near_duplicate(bigrams[doc], positives, bigrams):
-                excluded += 1
-                continue
-            seen_texts.add(text)
-            chosen.append(doc)
+        _, skipped = _take(candidates.get(qid, []), chosen, num_negatives, positives, seen_texts, dataset, bigrams)
+        excluded += skipped
         if len(chosen) < num_negatives:
-            pool = doc_ids[:]
+            pool = list(dataset.corpus)
             rng.shuffle(pool)
-            for doc in pool:
-                if len(chosen) == num_negatives:
-                    break
-                text = dataset.corpus[doc]
-                if doc in positives or text in seen_texts or _is_near_duplicate(bigrams[doc], positives, bigrams):
-                    continue
-                seen_texts.add(text)
-                chosen.append(doc)
-                topped_up += 1
+            taken, _ = _take(pool, chosen, num_negatives, positives, seen_texts, dataset, bigrams)
+            topped_up += taken
         if len(chosen) < num_negatives:
             raise UserError(
                 f"query {qid!r}: the corpus has only {len(chosen)} passages that can serve as negatives, "
@@ -117,6 +96,45 @@ def mine(
         topped_up,
     )
     return rows
+
+
+def _candidates(
+    dataset: QADataset, source: str, wanted: int, model: Any, query_prompt: str, passage_prompt: str
+) -> dict[str, list[str]]:
+    """Each query's candidate negatives, best first: BM25's, the model's, or both fused by reciprocal rank."""
+    rankings: list[dict[str, list[str]]] = []
+    if source in ("bm25", "both"):
+        rankings.append(_bm25_candidates(dataset, wanted))
+    if source in ("model", "both"):
+        if model is None:
+            raise ValueError("source 'model' needs a model")
+        rankings.append(_model_candidates(dataset, model, wanted, query_prompt, passage_prompt))
+    return fuse_ranked_lists(rankings)
+
+
+def _take(
+    docs: Iterable[str],
+    chosen: list[str],
+    wanted: int,
+    positives: list[str],
+    seen_texts: set[str],
+    dataset: QADataset,
+    bigrams: dict[str, set[str]],
+) -> tuple[int, int]:
+    """Append to ``chosen``, in order, each of ``docs`` that can serve as a negative (not a positive, no text twice,
+    not a near-copy of a positive) until it holds ``wanted``; returns (taken, skipped)."""
+    taken = skipped = 0
+    for doc in docs:
+        if len(chosen) == wanted:
+            break
+        text = dataset.corpus[doc]
+        if doc in positives or text in seen_texts or _is_near_duplicate(bigrams[doc], positives, bigrams):
+            skipped += 1
+            continue
+        seen_texts.add(text)
+        chosen.append(doc)
+        taken += 1
+    return taken, skipped
 
 
 def _model_candidates(
