@@ -94,12 +94,7 @@ def run(
     calls_before = llm.engine_calls
     usage = ReplicaUsage()
     try:
-        with AnswerCache(cache_path(cfg, out_path)) as cache:
-            if cfg.engine == "llamaindex":
-                dataset, stats = run_llamaindex(cfg, chunks, template, llm, cache, out_path)
-            else:
-                dataset, stats = _run_native(cfg, chunks, template, llm, cache, usage)
-            cache_hits = cache.hits
+        dataset, stats, cache_hits = _ask(cfg, chunks, template, llm, out_path, usage)
     finally:
         if owned:
             llm.close()
@@ -130,12 +125,7 @@ def run(
     write_json(stats_path(out_path), stats)
     save_config(cfg, config_path(out_path))
     if not dataset.queries:
-        reasons = ", ".join(f"{k} {v}" for k, v in Counter(stats.get("filtered", {})).most_common(3) if v)
-        raise UserError(
-            f"no valid question for any of the {len(chunks)} chunks of {chunks_path} ({reasons or 'no answers'}); "
-            f"the model's answers are in {stats_path(out_path)}: is {llm.model_name} an instruct model, "
-            f"and is generate.max_new_tokens ({cfg.max_new_tokens}) enough?"
-        )
+        raise _no_question(cfg, chunks_path, out_path, stats, llm.model_name)
     dataset.save(out_path)
     logger.info(
         "%s: %d questions for %d of %d chunks (%d failed), %.1f chunks/s; stats in %s",
@@ -148,6 +138,31 @@ def run(
         stats_path(out_path),
     )
     return out_path
+
+
+def _ask(
+    cfg: GenerateConfig, chunks: list[Chunk], template: str, llm: BatchLLM, out_path: Path, usage: ReplicaUsage
+) -> tuple[QADataset, dict[str, Any], int]:
+    """The questions of ``chunks`` by the configured engine, every answer through the answer cache of ``out_path``:
+    (dataset, the engine's stats, cache hits)."""
+    with AnswerCache(cache_path(cfg, out_path)) as cache:
+        if cfg.engine == "llamaindex":
+            dataset, stats = run_llamaindex(cfg, chunks, template, llm, cache, out_path)
+        else:
+            dataset, stats = _run_native(cfg, chunks, template, llm, cache, usage)
+        return dataset, stats, cache.hits
+
+
+def _no_question(
+    cfg: GenerateConfig, chunks_path: Path, out_path: Path, stats: dict[str, Any], model_name: str
+) -> UserError:
+    """The one-line error when not a single chunk got a valid question: the top filter reasons, and what to check."""
+    reasons = ", ".join(f"{k} {v}" for k, v in Counter(stats.get("filtered", {})).most_common(3) if v)
+    return UserError(
+        f"no valid question for any of the {stats['chunks']} chunks of {chunks_path} ({reasons or 'no answers'}); "
+        f"the model's answers are in {stats_path(out_path)}: is {model_name} an instruct model, "
+        f"and is generate.max_new_tokens ({cfg.max_new_tokens}) enough?"
+    )
 
 
 def run_many(cfg: GenerateConfig, jobs: list[tuple[Path, Path]], validation: Sequence[Path] = ()) -> list[Path]:
