@@ -303,6 +303,7 @@ def evaluate(
     questions: Annotated[Optional[Path], _opt(EvaluateConfig, "questions")] = None,
     chunks: Annotated[Optional[list[Path]], _opt(EvaluateConfig, "chunks", "--chunks")] = None,
     distractors: Annotated[Optional[list[Path]], _opt(EvaluateConfig, "distractors", "--distractors")] = None,
+    general: Annotated[Optional[list[Path]], _opt(EvaluateConfig, "general", "--general")] = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
 ) -> None:
@@ -332,6 +333,7 @@ def evaluate(
             questions=questions and str(questions),
             chunks=chunks and [str(c) for c in chunks],
             distractors=distractors and [str(d) for d in distractors],
+            general=general and [str(g) for g in general],
         )
         stage.run(cfg)
 
@@ -340,7 +342,8 @@ def evaluate(
 
 @app.command()
 def download(config: ConfigOpt = None, set_: SetOpt = None) -> None:
-    """(Connected machine) Fetch the config's LLM and embedding model from ModelScope into Models/."""
+    """(Connected machine) Fetch the config's LLM and embedding model from ModelScope into Models/, and its general
+    retrieval sets (general.sets) into Dataset/general/."""
 
     def body() -> None:
         from offline_embft.convert import download as stage

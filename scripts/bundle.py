@@ -210,6 +210,18 @@ def copy_models(models_dir: Path, target: Path) -> list[str]:
     return [p.relative_to(target).as_posix() for p in found]
 
 
+def copy_general(dataset_dir: Path, target: Path) -> list[str]:
+    """Copy the general retrieval sets (``Dataset/general/<name>/``, written by ``download``) that retention is
+    measured on; hidden staging folders stay behind. Returns the names carried (none: no general set downloaded)."""
+    from offline_embft.core.beir import list_general
+
+    names = []
+    for found in list_general(dataset_dir):
+        shutil.copytree(found.path, target / found.name, dirs_exist_ok=True)
+        names.append(found.name)
+    return names
+
+
 def write_source(out: Path) -> str | None:
     """A tarball of the repository's files (configs, Makefile, docs, scripts) as git sees them."""
     try:
@@ -261,6 +273,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--torch-index-url", default="", help="Extra index for torch (the CPU build's for CPU hosts).")
     parser.add_argument("--models-dir", type=Path, default=Path("Models"), help="Models to carry (default: Models).")
     parser.add_argument("--no-models", action="store_true", help="Leave the models out.")
+    parser.add_argument(
+        "--dataset-dir", type=Path, default=Path("Dataset"), help="Its general/ sets are carried (default: Dataset)."
+    )
     parser.add_argument("--packages", nargs="+", default=[], help="Bundle only these packages (a trial run).")
     parser.add_argument("--tar", action="store_true", help="Also pack the bundle into one OUT.tar.")
     parser.add_argument("--resolve-only", action="store_true", help="Resolve and list the wheels; download none.")
@@ -294,6 +309,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     download_wheels(args, wheels, reqs)
     carried = [] if args.no_models else copy_models(args.models_dir, out / "models")
+    general = copy_general(args.dataset_dir, out / "general")
     source = write_source(out)
     shutil.copy2(INSTALL_SCRIPT, out / "install_offline.sh")
     extras = requirements(None, args.extras, [], args.plan)[0].partition("[")[2].rstrip("]")
@@ -305,6 +321,7 @@ def main(argv: list[str] | None = None) -> int:
         "install": list(args.packages) if args.packages else install,
         "wheels": sorted(p.name for p in wheels.glob("*.whl")),
         "models": carried,
+        "general_sets": general,
         "target": dataclasses.asdict(args.plan) if args.plan is not None else None,
         "source": source,
     }

@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Install offline-embft on an air-gapped machine from a bundle made by scripts/bundle.py (or `make bundle`).
 #
-#   bash install_offline.sh BUNDLE_DIR [VENV_DIR] [MODELS_DIR]      (defaults: .venv, Models)
+#   bash install_offline.sh BUNDLE_DIR [VENV_DIR] [MODELS_DIR] [DATASET_DIR]   (defaults: .venv, Models, Dataset)
 #   bash install_offline.sh --verify-only BUNDLE_DIR                 (checksums only)
 #
 # 1. verifies every file against SHA256SUMS (a bit flipped on a USB stick fails here, not in a GPU job);
 # 2. checks that this Python is the one the wheelhouse was built for;
 # 3. creates the virtual environment and installs with `pip install --no-index --find-links` (no index, no network);
-# 4. copies the models into MODELS_DIR.
+# 4. copies the models into MODELS_DIR, and the general retrieval sets (retention) into DATASET_DIR/general.
 # Needs only bash, coreutils (sha256sum) and the target Python (PYTHON=python3.11 to pick another one).
 set -euo pipefail
 
@@ -20,6 +20,7 @@ if [[ "${1:-}" == "--verify-only" ]]; then verify_only=1; shift; fi
 bundle=$(cd "$1" 2>/dev/null && pwd) || die "bundle directory $1 not found; unpack it first (tar xf bundle.tar)"
 venv=${2:-.venv}
 models=${3:-Models}
+dataset=${4:-Dataset}
 python=${PYTHON:-python3}
 
 [[ -f "$bundle/SHA256SUMS" ]] || die "$bundle/SHA256SUMS missing: this is not a complete bundle"
@@ -49,5 +50,10 @@ if [[ -d "$bundle/models" ]]; then
     mkdir -p "$models"
     say "copying models to $models/"
     cp -a "$bundle/models/." "$models/"
+fi
+if [[ -d "$bundle/general" ]]; then
+    mkdir -p "$dataset/general"
+    say "copying general retrieval sets to $dataset/general/"
+    cp -a "$bundle/general/." "$dataset/general/"
 fi
 say "done. Next: $venv/bin/offline-embft doctor --config configs/default.yaml"

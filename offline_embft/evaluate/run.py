@@ -9,6 +9,11 @@ encoding anything again. Every ranking goes through the same metric code: senten
 ``InformationRetrievalEvaluator.compute_metrics`` (so the numbers are exactly what that evaluator reports when run on
 the model), plus the hit rate@5 that LlamaIndex's fine-tuning guide computes with a VectorStoreIndex.
 
+With ``cfg.general`` every model is also scored on each general retrieval set (retention: what fine-tuning cost
+of the base model's general ability; :mod:`offline_embft.evaluate.report.retention`): ``general/<set>/`` holds each
+set's own report, and the headline report shows the rows under their own heading with the delta against the first
+model.
+
 Outputs (all written at the end, each atomically): metrics.csv, metrics.json, predictions.jsonl, report.md,
 report.png and evaluate_config.yaml in ``cfg.out_dir``.
 """
@@ -18,12 +23,13 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from offline_embft.core import beir
 from offline_embft.core.config import EvaluateConfig, save_config
 from offline_embft.core.dataset import QADataset
 from offline_embft.core.errors import UserError
@@ -52,6 +58,7 @@ HIT_RATE_K = 5
 SMALL_CORPUS_DIR = "small_corpus"  # beside the full-corpus headline: the dataset's own passages only
 REAL_DIR = "real_questions"
 REAL_FUSION_FILE = "fusion_on_real_questions.json"  # in REAL_DIR: the fusion chosen on all the real questions
+GENERAL_DIR = "general"  # general/<set>/: each general set's own report (retention)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -163,6 +170,7 @@ def run(cfg: EvaluateConfig) -> Path:
 
             check_reranker_dir(path)
     real = user_questions.load(cfg.questions, cfg.chunks) if cfg.questions else None  # bad CSV: fail before encoding
+    general = [(beir.set_name(path), path, beir.load_set(path)) for path in cfg.general]  # bad set: fail early too
     out_dir = Path(cfg.out_dir)
     full = dataset.with_distractors(cfg.distractors)
     # The headline first: its distinct passages are encoded in its own order, as a run on it alone would.
@@ -173,19 +181,32 @@ def run(cfg: EvaluateConfig) -> Path:
         jobs.append(Evaluation(EvalData.from_dataset(dataset), out_dir / SMALL_CORPUS_DIR, str(cfg.dataset), False))
     if real is not None and real.matched:
         jobs.append(Evaluation(EvalData.from_dataset(real.dataset), out_dir / REAL_DIR, cfg.questions, True, True))
+    # Retention: every model on each general set too (no reranker: the question is what fine-tuning the embedding
+    # model cost). Encoded with the other datasets, after them.
+    general_jobs = [
+        Evaluation(EvalData.from_dataset(data), out_dir / GENERAL_DIR / name, str(path), rerank=False)
+        for name, path, data in general
+    ]
     show_progress = _show_progress()
     encoded = [
         encode_model(
             str(path),
             label,
-            [p for job in jobs for p in job.data.passages],
-            [job.data.queries for job in jobs],
+            [p for job in jobs + general_jobs for p in job.data.passages],
+            [job.data.queries for job in jobs + general_jobs],
             cfg,
             show_progress,
         )
         for path, label in zip(model_dirs, report_mod.model_labels(cfg.models), strict=True)
     ]
     rerankers: dict[str, Any] = {}  # loaded once, shared by the datasets that are reranked
+    for (name, _, _), job in zip(general, general_jobs, strict=True):
+        set_rows = report_mod.retention_rows(
+            name, evaluate_dataset(cfg, job, encoded, rerankers, show_progress), cfg.retention_margin
+        )
+        for row in set_rows:
+            row.info.update(queries=len(job.data.queries), passages=len(job.data.passages))
+        jobs[0].extra_rows += set_rows  # the headline report shows them under their own heading
     rows = [evaluate_dataset(cfg, job, encoded, rerankers, show_progress) for job in jobs]
     sections = []
     if full is not dataset:
@@ -215,6 +236,7 @@ class Evaluation:
         tune_fusion: Also tune the last model's fusion with BM25 on these questions (the user's real ones): a row
             graded by k-fold cross-fitting (``fusion.CROSS_FIT_FOLDS`` folds), and the choice on all of them in
             ``REAL_FUSION_FILE``.
+        extra_rows: Rows measured elsewhere that its report shows too (retention's general sets).
     """
 
     data: EvalData
@@ -222,6 +244,7 @@ class Evaluation:
     name: str
     rerank: bool = True
     tune_fusion: bool = False
+    extra_rows: list[report_mod.Row] = field(default_factory=list)
 
 
 def evaluate_dataset(
@@ -270,6 +293,7 @@ def evaluate_dataset(
         )
         for r in rankings
     ]
+    rows += job.extra_rows
     for row in rows:
         logger.info(
             "%-30s hit_rate@5 %.3f  ndcg@10 %.3f  mrr@10 %.3f",

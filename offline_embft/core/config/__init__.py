@@ -17,6 +17,7 @@ from offline_embft.core.config.convert import POOLINGS, ConvertConfig
 from offline_embft.core.config.evaluate import EvaluateConfig
 from offline_embft.core.config.fields import EXTEND_VOCAB, NEGATIVE_SOURCES, PRECISIONS
 from offline_embft.core.config.files import apply_overrides, load_config, save_config, to_dict
+from offline_embft.core.config.general import GeneralConfig
 from offline_embft.core.config.generate import BACKENDS, ENGINES, ROUNDTRIP_MODES, GenerateConfig
 from offline_embft.core.config.ingest import CHUNKINGS, IngestConfig
 from offline_embft.core.config.pipeline import STAGES, PipelineConfig
@@ -37,6 +38,7 @@ __all__ = [
     "STAGES",
     "ConvertConfig",
     "EvaluateConfig",
+    "GeneralConfig",
     "GenerateConfig",
     "IngestConfig",
     "PipelineConfig",

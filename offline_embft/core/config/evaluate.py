@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from offline_embft.core.config.fields import check, documented
+from offline_embft.core.config.fields import RETENTION_MARGIN, check, documented
 
 
 @dataclass
@@ -48,9 +48,22 @@ class EvaluateConfig:
         "Chunks JSONL files the real questions are mapped to and searched in (the pipeline: train and val chunks).",
         factory=list,
     )
+    general: list[str] = documented(
+        "General retrieval sets (BEIR directories or dataset JSON; the pipeline: general.sets) each model is also "
+        "scored on: the report's retention rows, the delta against the first model (the base).",
+        factory=list,
+    )
+    retention_margin: float = documented(
+        "ndcg@10 a model may lose against the first model on a general set before the verdict flags it.",
+        RETENTION_MARGIN,
+    )
 
     def __post_init__(self) -> None:
         check(self.batch_size >= 1, "evaluate.batch_size must be at least 1")
         check(self.rerank_top >= 2, f"evaluate.rerank_top must be at least 2, got {self.rerank_top}")
         check(self.rerank_batch_size >= 1, "evaluate.rerank_batch_size must be at least 1")
         check(self.rrf_k >= 1, f"evaluate.rrf_k must be at least 1, got {self.rrf_k}")
+        check(
+            0.0 <= self.retention_margin < 1.0,
+            f"evaluate.retention_margin must be in [0, 1), got {self.retention_margin}",
+        )

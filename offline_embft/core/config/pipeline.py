@@ -8,7 +8,8 @@ from dataclasses import dataclass, field
 
 from offline_embft.core.config.convert import ConvertConfig
 from offline_embft.core.config.evaluate import EvaluateConfig
-from offline_embft.core.config.fields import documented
+from offline_embft.core.config.fields import RETENTION_MARGIN, documented
+from offline_embft.core.config.general import GeneralConfig
 from offline_embft.core.config.generate import GenerateConfig
 from offline_embft.core.config.ingest import IngestConfig
 from offline_embft.core.config.train import TrainConfig
@@ -47,6 +48,7 @@ class PipelineConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     train_reranker: TrainRerankerConfig = field(default_factory=TrainRerankerConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    general: GeneralConfig = field(default_factory=GeneralConfig)
 
     def resolve(self) -> PipelineConfig:
         """Fill every empty path of every section from the artifact layout (:class:`offline_embft.core.layout.Layout`),
@@ -83,6 +85,7 @@ def _fill_paths(cfg: PipelineConfig, layout: Layout) -> None:
     cfg.evaluate.chunks = cfg.evaluate.chunks or [str(layout.train_chunks), str(layout.val_chunks)]
     cfg.evaluate.query_prompt = cfg.evaluate.query_prompt or cfg.train.query_prompt
     cfg.evaluate.passage_prompt = cfg.evaluate.passage_prompt or cfg.train.passage_prompt
+    _fill_general(cfg)
     if cfg.reranker_model:
         rerank = cfg.train_reranker
         rerank.train_file = rerank.train_file or cfg.train.train_file
@@ -96,3 +99,15 @@ def _fill_paths(cfg: PipelineConfig, layout: Layout) -> None:
         # A head-less start (the fine-tuned embedding model) has no "before" reranker worth a row.
         if cfg.reranker_model != RERANKER_FROM_EMBEDDING:
             cfg.evaluate.base_reranker = cfg.evaluate.base_reranker or str(layout.reranker_src)
+
+
+def _fill_general(cfg: PipelineConfig) -> None:
+    """The general sets (names → <dataset_dir>/general/<name>) and their margin, into evaluate and train."""
+    from offline_embft.core.beir import resolve_general
+
+    sets = [str(resolve_general(ref, cfg.dataset_dir)) for ref in cfg.general.sets]
+    cfg.evaluate.general = cfg.evaluate.general or sets
+    cfg.train.general = cfg.train.general or sets
+    for section in (cfg.evaluate, cfg.train):
+        if section.retention_margin == RETENTION_MARGIN:
+            section.retention_margin = cfg.general.margin

@@ -8,6 +8,7 @@ from offline_embft.core.config.fields import (
     EXTEND_VOCAB,
     NEGATIVE_SOURCES,
     PRECISIONS,
+    RETENTION_MARGIN,
     check,
     check_count,
     documented,
@@ -62,8 +63,20 @@ class TrainConfig:
         "auto",
     )
     weight_ensemble: bool = documented(
-        "WiSE-FT: save alpha*fine-tuned + (1-alpha)*base weights, alpha chosen on the validation set.",
+        "WiSE-FT / LM-Cocktail merge: save alpha*fine-tuned + (1-alpha)*base weights. alpha is chosen on the "
+        "validation set; with general sets (train.general), the alpha with the best validation score among those "
+        "losing at most train.retention_margin ndcg@10 on them against the base model (train_metrics.json says "
+        "both numbers).",
         False,
+    )
+    general: list[str] = documented(
+        "General retrieval sets the merge (weight_ensemble) keeps the base model's ability on (BEIR directories or "
+        "dataset JSON; the pipeline: general.sets).",
+        factory=list,
+    )
+    retention_margin: float = documented(
+        "ndcg@10 the merge may give up on the general sets (mean over the sets) against the base model.",
+        RETENTION_MARGIN,
     )
     fusion: bool = documented(
         "Choose the weight of BM25 fusion on the validation set and save it beside the model as fusion.json (not on "
@@ -73,6 +86,10 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         check_count(self.nproc, "train.nproc")
+        check(
+            0.0 <= self.retention_margin < 1.0,
+            f"train.retention_margin must be in [0, 1), got {self.retention_margin}",
+        )
         check(self.loss in LOSSES, f"train.loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
         check(
             self.extend_vocab in EXTEND_VOCAB, f"train.extend_vocab must be auto, on or off, got {self.extend_vocab!r}"

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from offline_embft.evaluate.report.chart import chart_png
+from offline_embft.evaluate.report.retention import RETENTION, retention_rows  # noqa: F401  (registers the kind)
 from offline_embft.evaluate.report.rows import (  # noqa: F401  (re-exported: the report's public names)
     BM25,
     HYBRID,
@@ -132,7 +133,7 @@ def markdown(report: Report, chart_name: str = "report.png") -> str:
     out += [f"- {line}" for line in verdict(report)]
     out += ["", "## Main metrics", ""]
     body = []
-    for row in report.rows:
+    for row in report.main_rows:
         cells = [f"`{row.label}`" + (" (reference)" if row is ref else "")]
         for metric in MAIN_METRICS:
             value = row.metrics[metric]
@@ -155,7 +156,7 @@ def markdown(report: Report, chart_name: str = "report.png") -> str:
         "",
     ]
     body = []
-    for row in report.rows:
+    for row in report.main_rows:
         info = row.info
         truncated = info.get("truncated_passages")
         body.append(
@@ -173,8 +174,11 @@ def markdown(report: Report, chart_name: str = "report.png") -> str:
     out += _table(header, body, text_columns=3)
     settings = ", ".join(f"{k}={v!r}" for k, v in report.settings.items())
     out += ["", f"Settings: {settings}." if settings else "", "", "## All metrics", ""]
-    body = [[f"`{row.label}`", *(f"{row.metrics[m]:.4f}" for m in METRIC_COLUMNS)] for row in report.rows]
+    body = [[f"`{row.label}`", *(f"{row.metrics[m]:.4f}" for m in METRIC_COLUMNS)] for row in report.main_rows]
     out += _table(["model", *METRIC_COLUMNS], body)
+    for kind in ROW_KINDS.values():  # rows measured elsewhere (retention's general sets), under their own heading
+        if kind.section is not None and report.of_kind(kind):
+            out += ["", *kind.section(report)]
     out += [
         "",
         "## How to read this",

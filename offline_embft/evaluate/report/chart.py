@@ -7,13 +7,14 @@ character no font covers is replaced by an ASCII name rather than drawn as empty
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import logging
 from collections.abc import Sequence
 from functools import cache
 from pathlib import Path
 
-from offline_embft.evaluate.report.rows import BM25_COLOR, Report
+from offline_embft.evaluate.report.rows import BM25_COLOR, ROW_KINDS, Report
 
 logger = logging.getLogger(__name__)
 
@@ -129,14 +130,19 @@ def chart_png(report: Report, metrics: Sequence[str], dpi: int = 150) -> bytes:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
+    # Rows measured on other datasets (retention's general sets) get a panel of their own below the main one.
+    panels = [(kind, report.of_kind(kind)) for kind in ROW_KINDS.values() if kind.panel and report.of_kind(kind)]
+    report = dataclasses.replace(report, rows=report.main_rows)
     labels, title, fonts = chart_labels(report)
     n_rows, n_metrics = len(report.rows), len(metrics)
     width = 0.84 / n_rows
     x = np.arange(n_metrics)
     with matplotlib.rc_context({"font.family": fonts or [BASE_FONT], "hatch.linewidth": 0.8}):
-        fig = Figure(figsize=(max(10.0, 1.7 * n_metrics + 0.35 * n_rows * n_metrics / 2), 5.8), dpi=dpi)
+        width_in = max(10.0, 1.7 * n_metrics + 0.35 * n_rows * n_metrics / 2)
+        fig = Figure(figsize=(width_in, 5.8 + 4.2 * len(panels)), dpi=dpi)
         FigureCanvasAgg(fig)
-        ax = fig.add_subplot()
+        grid = fig.add_gridspec(1 + len(panels), 1, height_ratios=[5.8] + [4.2] * len(panels))
+        ax = fig.add_subplot(grid[0])
         for i, (row, label, (color, hatch)) in enumerate(zip(report.rows, labels, _colors(report), strict=True)):
             values = [row.metrics[m] for m in metrics]
             bars = ax.bar(
@@ -161,6 +167,8 @@ def chart_png(report: Report, metrics: Sequence[str], dpi: int = 150) -> bytes:
         for side in ("top", "right"):
             ax.spines[side].set_visible(False)
         ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, title="model", alignment="left")
+        for i, (kind, rows) in enumerate(panels):
+            kind.panel(fig.add_subplot(grid[1 + i]), rows)
         fig.tight_layout()
         buffer = io.BytesIO()
         fig.savefig(buffer, format="png", facecolor="white")

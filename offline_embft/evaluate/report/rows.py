@@ -35,6 +35,9 @@ class RowKind(str):
             ``parent`` (its parent row's colour) or a fixed colour.
         hatch: The chart's hatch for a row of this kind (``""``: solid bars).
         verdict: The report's plain-language findings about rows of this kind (called with the whole report).
+        section: For rows measured on another dataset (retention's general sets): report.md's section of their own
+            (markdown lines, called with the whole report); such rows stay out of the main tables and the main chart.
+        panel: How the chart draws such rows in a panel of their own (called with a matplotlib Axes and the rows).
     """
 
     label: str
@@ -42,6 +45,8 @@ class RowKind(str):
     color: str
     hatch: Callable[[Row], str]
     verdict: Callable[[Report], list[str]]
+    section: Callable[[Report], list[str]] | None
+    panel: Callable[[Any, list[Row]], None] | None
 
     def __new__(
         cls,
@@ -52,6 +57,8 @@ class RowKind(str):
         color: str = "own",
         hatch: Callable[[Row], str] = lambda row: "",
         verdict: Callable[[Report], list[str]] = lambda report: [],
+        section: Callable[[Report], list[str]] | None = None,
+        panel: Callable[[Any, list[Row]], None] | None = None,
     ) -> RowKind:
         kind = super().__new__(cls, name)
         kind.label, kind.source_is_path, kind.color, kind.hatch, kind.verdict = (
@@ -61,6 +68,7 @@ class RowKind(str):
             hatch,
             verdict,
         )
+        kind.section, kind.panel = section, panel
         return kind
 
     @property
@@ -133,6 +141,12 @@ class Report:
     def reference(self) -> Row:
         """The first row: deltas in the report are against it."""
         return self.rows[0]
+
+    @property
+    def main_rows(self) -> list[Row]:
+        """The rows measured on the report's own dataset (the main tables and chart); rows of a kind with a section
+        of its own are shown there instead."""
+        return [r for r in self.rows if r.kind.section is None]
 
     def of_kind(self, kind: RowKind) -> list[Row]:
         """The rows of ``kind``, in report order."""
