@@ -261,3 +261,29 @@ def test_download_cli_needs_no_hub_for_a_path_set(tmp_path):
     ]
     with pytest.raises(UserError, match="not found"):
         general_sets.download_general([str(tmp_path / "missing.json")], tmp_path / "Dataset", 5, 5, 1)
+
+
+def test_doctor_names_each_configured_set_and_a_missing_one(tmp_path):
+    from offline_embft import doctor
+    from offline_embft.core.config import load_config
+
+    data = QADataset(queries={"q": "问"}, corpus={"a": "答", "b": "别的"}, relevant_docs={"q": ["a"]})
+    dataset_dir = tmp_path / "Dataset"
+    beir.write_beir(data, dataset_dir / "general" / "T2Retrieval", {"queries": 1, "corpus": 2, "source": "hub:x"})
+    own = data.save(tmp_path / "own.json")
+
+    def line(sets: list[str]):
+        cfg = load_config(None, [f"dataset_dir={dataset_dir}", f"general.sets={sets!r}"]).resolve()
+        (check,) = [c for c in doctor.diagnose(cfg, ["evaluate"]) if c.name == "general sets"]
+        return check
+
+    ok = line(["T2Retrieval", str(own)])
+    assert (
+        ok.verdict == doctor.OK
+        and ok.detail == "T2Retrieval (1 questions, 2 passages, hub:x); own (1 questions, 2 passages, your own)"
+    )
+    missing = line(["T2Retrieval", "DuRetrieval"])
+    assert missing.verdict == doctor.FAIL and missing.detail.startswith("DuRetrieval: retrieval set")
+    assert "run `offline-embft download` on a connected machine" in missing.detail
+    none = line([])
+    assert none.verdict == doctor.OK and "T2Retrieval in" in none.detail and "unused" in none.detail

@@ -10,7 +10,8 @@ would run but probably not as the user hopes. Every GPU verdict names what to in
 
 The checks live beside this module, by what they look at: :mod:`.system` (Python, packages, disk, offline
 variables), :mod:`.gpu` (CUDA, driver, compute capability, compiler, vLLM), :mod:`.models` (the models and the
-tokenizer's coverage of the corpus); :mod:`.lines` holds the screen line they all return.
+tokenizer's coverage of the corpus), :mod:`.general` (retention's general sets); :mod:`.lines` holds the screen
+line they all return.
 
 ``--stage`` narrows the screen to what the named stages need (:data:`CHECKS` maps each check to them);
 ``offline-embft all --until STAGE`` passes the stages it will run, so ingesting on a CPU workstation with the GPU
@@ -28,6 +29,7 @@ from typing import IO
 from offline_embft.core import gpu_compat
 from offline_embft.core.config import STAGES, PipelineConfig
 from offline_embft.core.layout import Layout
+from offline_embft.doctor.general import check_general
 from offline_embft.doctor.gpu import check_compiler, check_compute_capability, check_driver, check_gpu, check_vllm
 from offline_embft.doctor.lines import FAIL, GIB, OK, RANK, WARN, Check, chosen_stages
 from offline_embft.doctor.models import (
@@ -52,6 +54,7 @@ __all__ = [
     "check_disk",
     "check_driver",
     "check_embedding_model",
+    "check_general",
     "check_gpu",
     "check_llm",
     "check_offline",
@@ -104,6 +107,7 @@ CHECKS: dict[str, tuple[Callable[[_Machine], Check | None], tuple[str, ...]]] = 
     "disk": (lambda m: check_disk(m.cfg), EVERY_STAGE),
     "offline env": (lambda m: check_offline(), EVERY_STAGE),
     "tokenizer coverage": (lambda m: check_tokenizer(m.cfg), EMBEDDING_STAGES),
+    "general sets": (lambda m: check_general(m.cfg), ("train", "evaluate")),  # retention (general.sets)
 }
 
 
