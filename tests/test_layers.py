@@ -22,9 +22,7 @@ def _lint_imports(cwd: Path) -> subprocess.CompletedProcess[str]:
     require("importlinter", "import-linter")
     binary = Path(sys.executable).with_name("lint-imports")
     env = {**os.environ, "PYTHONPATH": str(cwd)}  # the package under cwd, not the installed (editable) one
-    return subprocess.run(
-        [str(binary), "--no-cache", "--no-logo"], cwd=cwd, env=env, capture_output=True, text=True, check=False
-    )
+    return subprocess.run([str(binary), "--no-cache"], cwd=cwd, env=env, capture_output=True, text=True, check=False)
 
 
 def test_the_package_keeps_its_layers():
@@ -89,3 +87,38 @@ def test_a_wrong_way_import_breaks_the_contract_and_is_named(tmp_path, case):
     assert done.returncode == 1, done.stdout + done.stderr
     for pattern in expected:
         assert re.search(pattern, done.stdout), f"{pattern!r} not in:\n{done.stdout}"
+
+
+def _layout_facts(root: Path) -> subprocess.CompletedProcess[str]:
+    """scripts/layout_facts.py on the checkout at ``root``, in a process of its own (grimp imports by name)."""
+    require("grimp", "import-linter")
+    script = REPO / "scripts" / "layout_facts.py"
+    return subprocess.run(
+        [sys.executable, str(script), "--root", str(root)], capture_output=True, text=True, check=False
+    )
+
+
+def test_no_circle_no_module_over_500_lines_no_function_over_80():
+    done = _layout_facts(REPO)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "import circles (module level): 0" in done.stdout and "floors kept" in done.stdout
+
+
+def test_the_count_sees_what_the_linter_leaves_to_it(tmp_path):
+    """A package's __init__ and its own module importing each other is a circle the linter's sibling check passes;
+    sizes are not the linter's job at all. The script names all three."""
+    copy = _copy(tmp_path)
+    base = copy / "offline_embft" / "generate" / "llm" / "base.py"  # generate/llm/__init__ imports base
+    base.write_text(base.read_text(encoding="utf-8") + "\nimport offline_embft.generate.llm  # noqa: E402\n", "utf-8")
+    errors = copy / "offline_embft" / "core" / "errors.py"
+    body = "".join(f"    x{i} = {i}\n" for i in range(79))  # def + 79 lines + return: 81
+    errors.write_text(
+        errors.read_text(encoding="utf-8") + f"\n\ndef long_one():\n{body}    return 0\n" + "# padding\n" * 500,
+        encoding="utf-8",
+    )
+    assert _lint_imports(copy).returncode == 0, "the linter passes all three"
+    done = _layout_facts(copy)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "import circle: offline_embft.generate.llm <-> offline_embft.generate.llm.base" in done.stdout
+    assert "function over 80 lines: offline_embft.core.errors:long_one (81)" in done.stdout
+    assert re.search(r"module over 500 lines: offline_embft\.core\.errors \(\d+\)", done.stdout), done.stdout
