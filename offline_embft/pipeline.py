@@ -146,6 +146,7 @@ def stages(cfg: PipelineConfig, stamps: dict[str, Path], cli_args: list[str]) ->
                 *reranker_outputs,
                 stamps["evaluate"],
                 *([Path(cfg.evaluate.questions)] if cfg.evaluate.questions else []),
+                *(Path(path) for path in cfg.evaluate.general),  # retention's general sets
             ],
             [results / "metrics.csv", results / "report.md"],
         ),

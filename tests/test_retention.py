@@ -196,8 +196,12 @@ def test_general_sets_resolve_from_names_and_paths(tmp_path):
     from offline_embft.core.config import load_config
 
     own = tmp_path / "own.json"
-    cfg = load_config(None, [f"general.sets=[T2Retrieval, {own}]", "general.margin=0.05", "dataset_dir=D"]).resolve()
+    sets = [f"general.sets=[T2Retrieval, {own}]", "general.margin=0.05", "dataset_dir=D"]
+    cfg = load_config(None, [*sets, "train.weight_ensemble=true"]).resolve()
     assert cfg.evaluate.general == cfg.train.general == [str(Path("D/general/T2Retrieval")), str(own)]
     assert cfg.evaluate.retention_margin == cfg.train.retention_margin == 0.05
-    explicit = load_config(None, ["general.margin=0.05", "evaluate.retention_margin=0.01"]).resolve()
+    explicit = load_config(None, [*sets, "evaluate.retention_margin=0.01", "train.weight_ensemble=true"]).resolve()
     assert explicit.evaluate.retention_margin == 0.01 and explicit.train.retention_margin == 0.05
+    # Without the merge, train does not read them: its settings (and so `all`'s freshness) stay as they were.
+    plain = load_config(None, sets).resolve()
+    assert plain.train.general == [] and plain.train.retention_margin == 0.02 and plain.evaluate.general

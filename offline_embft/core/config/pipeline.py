@@ -102,12 +102,13 @@ def _fill_paths(cfg: PipelineConfig, layout: Layout) -> None:
 
 
 def _fill_general(cfg: PipelineConfig) -> None:
-    """The general sets (names → <dataset_dir>/general/<name>) and their margin, into evaluate and train."""
+    """The general sets (names → <dataset_dir>/general/<name>) and their margin, into evaluate and — only when the
+    merge that reads them is on, so that configuring a general set does not make `all` retrain — into train."""
     from offline_embft.core.beir import resolve_general
 
     sets = [str(resolve_general(ref, cfg.dataset_dir)) for ref in cfg.general.sets]
-    cfg.evaluate.general = cfg.evaluate.general or sets
-    cfg.train.general = cfg.train.general or sets
-    for section in (cfg.evaluate, cfg.train):
+    sections = [cfg.evaluate, *([cfg.train] if cfg.train.weight_ensemble else [])]
+    for section in sections:
+        section.general = section.general or sets
         if section.retention_margin == RETENTION_MARGIN:
             section.retention_margin = cfg.general.margin
