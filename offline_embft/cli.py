@@ -42,6 +42,7 @@ from offline_embft.core.config import (
     TrainConfig,
     TrainRerankerConfig,
 )
+from offline_embft.core.config.serve import ServeConfig
 from offline_embft.core.errors import UserError
 
 offline.enable()
@@ -347,8 +348,11 @@ def download(config: ConfigOpt = None, set_: SetOpt = None) -> None:
 
     def body() -> None:
         from offline_embft.convert import download as stage
+        from offline_embft.generate.llm import backend_class
 
-        stage.download(_load(config, set_))
+        cfg = _load(config, set_)
+        # The backend says whether its LLM must be on disk (vllm, transformers) or not (openai: served; ict: none).
+        stage.download(cfg, llm_weights=backend_class(cfg.generate.backend).needs_local_weights)
 
     _guard(body)
 
@@ -434,6 +438,39 @@ def show_config(
             typer.echo(keys_markdown(), nl=False)
             return
         typer.echo(yaml.safe_dump(to_dict(_load(config, set_)), allow_unicode=True, sort_keys=False))
+
+    _guard(body)
+
+
+@app.command()
+def serve(
+    model: Annotated[Optional[Path], _opt(ServeConfig, "model")] = None,
+    reranker: Annotated[Optional[str], _opt(ServeConfig, "reranker")] = None,
+    host: Annotated[Optional[str], _opt(ServeConfig, "host")] = None,
+    port: Annotated[Optional[int], _opt(ServeConfig, "port")] = None,
+    reranker_port: Annotated[Optional[int], _opt(ServeConfig, "reranker_port")] = None,
+    api_key: Annotated[Optional[str], _opt(ServeConfig, "api_key")] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Serve the fine-tuned embedder (and reranker) on vLLM's OpenAI-compatible API, after a parity check; Ctrl-C
+    stops."""
+
+    def body() -> None:
+        from offline_embft.core.config import apply_overrides
+        from offline_embft.serve import run as stage
+
+        cfg = _load(config, set_)
+        apply_overrides(
+            cfg.serve,
+            model=model and str(model),
+            reranker=reranker,
+            host=host,
+            port=port,
+            reranker_port=reranker_port,
+            api_key=api_key,
+        )
+        stage.run(cfg, echo=typer.echo)
 
     _guard(body)
 

@@ -21,6 +21,7 @@ from offline_embft.core.config.general import GeneralConfig
 from offline_embft.core.config.generate import BACKENDS, ENGINES, ROUNDTRIP_MODES, GenerateConfig
 from offline_embft.core.config.ingest import CHUNKINGS, IngestConfig
 from offline_embft.core.config.pipeline import STAGES, PipelineConfig
+from offline_embft.core.config.serve import ServeConfig
 from offline_embft.core.config.train import LOSSES, TrainConfig
 from offline_embft.core.config.train_reranker import RERANKER_LOSSES, TrainRerankerConfig
 
@@ -42,6 +43,7 @@ __all__ = [
     "GenerateConfig",
     "IngestConfig",
     "PipelineConfig",
+    "ServeConfig",
     "TrainConfig",
     "TrainRerankerConfig",
     "apply_overrides",

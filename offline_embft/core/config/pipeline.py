@@ -12,6 +12,7 @@ from offline_embft.core.config.fields import RETENTION_MARGIN, documented
 from offline_embft.core.config.general import GeneralConfig
 from offline_embft.core.config.generate import GenerateConfig
 from offline_embft.core.config.ingest import IngestConfig
+from offline_embft.core.config.serve import ServeConfig
 from offline_embft.core.config.train import TrainConfig
 from offline_embft.core.config.train_reranker import TrainRerankerConfig
 from offline_embft.core.layout import Layout
@@ -49,6 +50,7 @@ class PipelineConfig:
     train_reranker: TrainRerankerConfig = field(default_factory=TrainRerankerConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     general: GeneralConfig = field(default_factory=GeneralConfig)
+    serve: ServeConfig = field(default_factory=ServeConfig)
 
     def resolve(self) -> PipelineConfig:
         """Fill every empty path of every section from the artifact layout (:class:`offline_embft.core.layout.Layout`),
@@ -86,6 +88,7 @@ def _fill_paths(cfg: PipelineConfig, layout: Layout) -> None:
     cfg.evaluate.query_prompt = cfg.evaluate.query_prompt or cfg.train.query_prompt
     cfg.evaluate.passage_prompt = cfg.evaluate.passage_prompt or cfg.train.passage_prompt
     _fill_general(cfg)
+    _fill_serve(cfg, layout)
     if cfg.reranker_model:
         rerank = cfg.train_reranker
         rerank.train_file = rerank.train_file or cfg.train.train_file
@@ -99,6 +102,15 @@ def _fill_paths(cfg: PipelineConfig, layout: Layout) -> None:
         # A head-less start (the fine-tuned embedding model) has no "before" reranker worth a row.
         if cfg.reranker_model != RERANKER_FROM_EMBEDDING:
             cfg.evaluate.base_reranker = cfg.evaluate.base_reranker or str(layout.reranker_src)
+
+
+def _fill_serve(cfg: PipelineConfig, layout: Layout) -> None:
+    """What serve serves by default: the run's fine-tuned model under the run's name (the reranker, which exists only
+    once train-reranker ran, is chosen by the serve stage)."""
+    cfg.serve.model = cfg.serve.model or str(layout.finetuned)
+    cfg.serve.served_name = cfg.serve.served_name or cfg.run_name
+    cfg.serve.reranker_served_name = cfg.serve.reranker_served_name or f"{cfg.run_name}-reranker"
+    cfg.serve.log_dir = cfg.serve.log_dir or str(layout.results_dir / "serve")
 
 
 def _fill_general(cfg: PipelineConfig) -> None:
