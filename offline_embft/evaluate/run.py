@@ -158,17 +158,7 @@ def run(cfg: EvaluateConfig) -> Path:
     Raises:
         UserError: a bad dataset, no model given, or a model directory that is missing or does not load.
     """
-    if not cfg.out_dir:
-        raise UserError("no results directory given; pass --out RESULTS_DIR")
-    dataset = QADataset.load(cfg.dataset)
-    if not cfg.models and not cfg.bm25:
-        raise UserError("nothing to evaluate; pass --model MODEL_DIR (repeatable) and/or --bm25")
-    model_dirs = [check_st_dir(path, allow_raw=True) for path in cfg.models]
-    for path in (cfg.reranker, cfg.base_reranker):
-        if path:
-            from offline_embft.retrieval.rerank import check_reranker_dir
-
-            check_reranker_dir(path)
+    dataset, model_dirs = _checked_inputs(cfg)
     real = user_questions.load(cfg.questions, cfg.chunks) if cfg.questions else None  # bad CSV: fail before encoding
     general = [(beir.set_name(path), path, beir.load_set(path)) for path in cfg.general]  # bad set: fail early too
     out_dir = Path(cfg.out_dir)
@@ -222,6 +212,26 @@ def run(cfg: EvaluateConfig) -> Path:
         write_text(report, report.read_text(encoding="utf-8").rstrip("\n") + "\n\n" + "\n\n".join(sections) + "\n")
     save_config(cfg, out_dir / "evaluate_config.yaml")
     return out_dir / "report.md"
+
+
+def _checked_inputs(cfg: EvaluateConfig) -> tuple[QADataset, list[Path]]:
+    """The dataset and the model directories, every input checked before anything loads.
+
+    Raises:
+        UserError: no results directory, nothing to evaluate, or a bad dataset, model or reranker directory.
+    """
+    if not cfg.out_dir:
+        raise UserError("no results directory given; pass --out RESULTS_DIR")
+    dataset = QADataset.load(cfg.dataset)
+    if not cfg.models and not cfg.bm25:
+        raise UserError("nothing to evaluate; pass --model MODEL_DIR (repeatable) and/or --bm25")
+    model_dirs = [check_st_dir(path, allow_raw=True) for path in cfg.models]
+    for path in (cfg.reranker, cfg.base_reranker):
+        if path:
+            from offline_embft.retrieval.rerank import check_reranker_dir
+
+            check_reranker_dir(path)
+    return dataset, model_dirs
 
 
 @dataclass
