@@ -242,10 +242,10 @@ def test_unreadable_file_is_skipped(tmp_path, monkeypatch):
 
     (tmp_path / "locked.txt").write_text("内容", encoding="utf-8")
 
-    def denied(path, kind):
+    def denied(path):
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(loaders, "load_text", denied)  # root ignores chmod 000, so deny the read itself
+    monkeypatch.setitem(loaders.LOADERS, ".txt", denied)  # root ignores chmod 000, so deny the read itself
     with pytest.raises(loaders.LoadError, match="Permission denied") as info:
         loaders.load(tmp_path / "locked.txt")
     assert info.value.reason is loaders.SkipReason.unreadable

@@ -1,8 +1,7 @@
 """What a loader returns, and how it fails: :class:`RawDocument`, :class:`LoadError` with its :class:`SkipReason`,
-and :func:`decode_text` for bytes of unknown encoding. Shared by :mod:`offline_embft.ingest.loaders` and the format
-loaders it dispatches to (:mod:`offline_embft.ingest.loaders.docx`, :mod:`offline_embft.ingest.loaders.html`), which
-import it
-from here rather than from their dispatcher."""
+:func:`decode_text` for bytes of unknown encoding, and :func:`sniff` / :func:`as_text` for what a misnamed file
+really is. Shared by the registry in :mod:`offline_embft.ingest.loaders` and the format loaders it dispatches to
+(``pdf``, ``text``, ``docx``, ``html`` beside it), which import it from here rather than from their dispatcher."""
 
 from __future__ import annotations
 
@@ -88,3 +87,49 @@ def decode_text(data: bytes) -> tuple[str, str] | None:
         with contextlib.suppress(UnicodeDecodeError):
             return data.decode("gb18030"), "gb18030"
     return str(best), best.encoding
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# What a file's bytes really are (for the loaders' "misnamed" messages)
+
+# File signatures, to name what a misnamed file really is.
+_MAGIC: tuple[tuple[bytes, str], ...] = (
+    (b"PK\x03\x04", "a ZIP archive (DOCX/XLSX/PPTX?)"),
+    (b"\xd0\xcf\x11\xe0", "a legacy Microsoft Office file (DOC/XLS?)"),
+    (b"\x89PNG", "a PNG image"),
+    (b"\xff\xd8\xff", "a JPEG image"),
+    (b"GIF8", "a GIF image"),
+    (b"II*\x00", "a TIFF image"),
+    (b"MM\x00*", "a TIFF image"),
+    (b"{\\rtf", "an RTF document"),
+    (b"\x1f\x8b", "a gzip archive"),
+    (b"Rar!", "a RAR archive"),
+    (b"7z\xbc\xaf", "a 7-Zip archive"),
+)
+
+
+def looks_like_text(text: str) -> bool:
+    """Mostly printable characters (a binary file decoded by luck is full of control characters)."""
+    if not text:
+        return False
+    sample = text[:20000]
+    bad = sum(1 for c in sample if ord(c) < 32 and c not in "\n\r\t\f")
+    return bad / len(sample) < 0.01
+
+
+def sniff(head: bytes) -> str | None:
+    """What a file's first bytes say it is: 'PDF', a name from _MAGIC, or None (no known signature)."""
+    if b"%PDF-" in head[:1024]:
+        return "PDF"
+    for magic, name in _MAGIC:
+        if head.startswith(magic):
+            return name
+    return None
+
+
+def as_text(data: bytes) -> tuple[str, str] | None:
+    """The decoded text and its encoding when ``data`` is text, else None."""
+    if b"\x00" in data[:4096] and not data.startswith((b"\xff\xfe", b"\xfe\xff", b"\x00\x00\xfe\xff")):
+        return None  # NUL bytes: binary (UTF-16 text without a BOM is too rare to guess at)
+    decoded = decode_text(data)
+    return decoded if decoded and looks_like_text(decoded[0]) else None
