@@ -367,8 +367,11 @@ def test_download_of_a_config_fetches_what_its_backend_needs(tmp_path, hub, no_c
     paths = download.download(cfg)
     assert paths == [tmp_path / "Models" / BGE, tmp_path / "Models" / "Qwen" / "Qwen3-8B"]
 
-    cfg.generate.backend = "ict"
-    assert [role for role, _ in download.required_models(cfg)] == ["embedding model"]
+    from offline_embft.generate.llm import backend_class
+
+    for backend, roles in (("ict", []), ("openai", []), ("transformers", ["LLM"])):
+        weights = backend_class(backend).needs_local_weights  # what `offline-embft download` asks the backend
+        assert [role for role, _ in download.required_models(cfg, weights)] == ["embedding model", *roles]
 
 
 def test_download_copies_a_package_model_with_no_network(tmp_path, hub, no_network):

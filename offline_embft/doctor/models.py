@@ -19,7 +19,7 @@ from offline_embft.core.model_files import (
     st_max_seq_length,
     st_pooling,
 )
-from offline_embft.doctor.lines import FAIL, OK, RANK, WARN, Check
+from offline_embft.doctor.lines import FAIL, OK, RANK, WARN, Check, backend_of
 from offline_embft.ingest.documents import sample_texts
 
 SAMPLE_TEXTS = 400  # chunks (or document paragraphs) measured for UNK and truncation
@@ -58,14 +58,15 @@ def check_reranker(cfg: PipelineConfig) -> Check | None:
 def check_llm(cfg: PipelineConfig) -> Check:
     """The LLM that writes the questions, only for the backends that load one (openai needs its URL, ict nothing)."""
     backend = cfg.generate.backend
+    facts = backend_of(cfg)
     llm = cfg.generate.model or cfg.llm
-    if backend in ("vllm", "transformers"):
+    if facts.needs_local_weights:
         if not llm:
             return Check("llm", FAIL, f"backend {backend} needs an LLM: set `llm` in the config")
         return _model_line("llm", llm, cfg.models_dir)
-    if backend == "openai":
+    if facts.needs_base_url:
         url = cfg.generate.base_url
-        detail = f"served by {url} (not contacted)" if url else "backend openai needs generate.base_url"
+        detail = f"served by {url} (not contacted)" if url else f"backend {backend} needs generate.base_url"
         return Check("llm", OK if url else FAIL, detail)
     return Check("llm", OK, f"not needed (backend {backend})")
 

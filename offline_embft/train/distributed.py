@@ -81,7 +81,7 @@ def resolve_nproc(cfg: TrainConfig, visible: int | None = None) -> int:
     if cfg.nproc != "auto":
         return int(cfg.nproc)
     if visible is None:
-        from offline_embft.generate.scale.replicas import visible_gpus
+        from offline_embft.core.gpu_compat import visible_gpus
 
         visible = len(visible_gpus())
     return max(1, visible)

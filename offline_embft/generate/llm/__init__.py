@@ -1,7 +1,9 @@
 """Question-generation backends, each a LlamaIndex ``CustomLLM`` with a batched ``complete_batch``.
 
-``create_llm(backend=..., model=..., ...)`` (or ``create_llm(cfg)``) builds one; heavy libraries (vLLM,
-transformers, openai) are imported only by the backend that needs them. Every backend answers ``complete`` with
+``create_llm(backend=..., model=..., ...)`` (or ``create_llm(cfg)``) builds one: the backend class registered under
+that name (:mod:`offline_embft.generate.llm.registry`, one :func:`register_backend` line each, below) builds itself
+from the config and states its facts (needs a GPU, needs local weights, runs replicas). Heavy libraries (vLLM,
+transformers, openai) are imported only by the backend that is built. Every backend answers ``complete`` with
 clean questions, one per line (``raw=True``: the model's text)::
 
     from offline_embft.generate.llm import create_llm
@@ -24,11 +26,23 @@ from typing import Any
 from offline_embft.core.config import GenerateConfig
 from offline_embft.core.errors import UserError
 from offline_embft.generate.llm.base import PROMPT_TOO_LONG, AnsweredBatch, BatchLLM, Refused, Sampling
+from offline_embft.generate.llm.ict_backend import IctLLM
+from offline_embft.generate.llm.openai_backend import OpenAILLM
 from offline_embft.generate.llm.presets import PRESETS, Preset, ResolvedModel, find_preset, resolve_model
+from offline_embft.generate.llm.registry import BACKENDS, backend_class, register_backend
+from offline_embft.generate.llm.transformers_backend import TransformersLLM
+from offline_embft.generate.llm.vllm_backend import VllmLLM
 from offline_embft.generate.prompt import builtin_template, load_template
 from offline_embft.generate.questions import NoQuestionError, QuestionCleaner
 
+# The backends, one line each (the first is the config's default); each class states its facts and builds itself.
+register_backend(VllmLLM)
+register_backend(TransformersLLM)
+register_backend(OpenAILLM)
+register_backend(IctLLM)
+
 __all__ = [
+    "BACKENDS",
     "PRESETS",
     "PROMPT_TOO_LONG",
     "AnsweredBatch",
@@ -39,9 +53,11 @@ __all__ = [
     "Refused",
     "ResolvedModel",
     "Sampling",
+    "backend_class",
     "create_llm",
     "find_preset",
     "prepare",
+    "register_backend",
     "resolve_model",
 ]
 
@@ -72,7 +88,7 @@ def create_llm(
     """
     cfg = _with_settings(cfg or GenerateConfig(), settings)
     template = template if template is not None else load_template(cfg.prompt_file)
-    return prepare(_build(cfg, template), cfg, template, raw=raw)
+    return prepare(backend_class(cfg.backend).from_config(cfg, template), cfg, template, raw=raw)
 
 
 def prepare(llm: BatchLLM, cfg: GenerateConfig, template: str, *, raw: bool = False) -> BatchLLM:
@@ -99,71 +115,3 @@ def _with_settings(cfg: GenerateConfig, settings: dict[str, Any]) -> GenerateCon
             "backend, model, base_url, temperature, max_new_tokens (see `offline-embft config --help`)"
         )
     return dataclasses.replace(cfg, **settings) if settings else cfg
-
-
-def _build(cfg: GenerateConfig, template: str) -> BatchLLM:
-    sampling = Sampling.from_config(cfg)
-    if cfg.backend == "ict":
-        from offline_embft.generate.llm.ict_backend import IctLLM
-
-        return IctLLM(
-            template,
-            sampling,
-            questions_per_chunk=cfg.questions_per_chunk,
-            min_chars=cfg.min_question_chars,
-            max_chars=cfg.max_question_chars,
-        )
-    if cfg.backend == "openai":
-        from offline_embft.generate.llm.openai_backend import OpenAILLM, OpenAIServers
-
-        urls = [url.strip() for url in cfg.base_url.split(",") if url.strip()]
-        if not urls:
-            raise UserError("backend openai needs --base-url, e.g. http://gpu-server:8000/v1 where `vllm serve` runs")
-        servers = [
-            OpenAILLM(
-                url,
-                cfg.model,
-                sampling,
-                api_key=cfg.api_key,
-                concurrency=cfg.concurrency,
-                timeout=cfg.timeout,
-                request_retries=cfg.request_retries,
-                tokenizer_dir=_local_tokenizer(cfg),
-                max_model_len=cfg.max_model_len,
-            )
-            for url in urls
-        ]
-        return servers[0] if len(servers) == 1 else OpenAIServers(servers)
-    if cfg.backend == "vllm":
-        from offline_embft.generate.llm.vllm_backend import VllmLLM, import_vllm
-
-        import_vllm()  # before the model lookup: on a machine without vLLM, that is the problem to report
-        return VllmLLM(
-            resolve_model(cfg.model, cfg.models_dir),
-            sampling,
-            tensor_parallel_size=cfg.tensor_parallel_size,
-            gpu_memory_utilization=cfg.gpu_memory_utilization,
-            max_model_len=cfg.max_model_len,
-            dtype=cfg.dtype,
-            quantization=cfg.quantization,
-            seed=cfg.seed,
-        )
-    if cfg.backend == "transformers":
-        from offline_embft.generate.llm.transformers_backend import TransformersLLM
-
-        return TransformersLLM(
-            resolve_model(cfg.model, cfg.models_dir),
-            sampling,
-            device=cfg.device,
-            dtype=cfg.dtype,
-            max_model_len=cfg.max_model_len,
-        )
-    raise UserError(f"unknown backend {cfg.backend!r}; use vllm, transformers, openai or ict")
-
-
-def _local_tokenizer(cfg: GenerateConfig) -> str | None:
-    """The served model's directory on this machine, if it is here: its tokenizer counts the prompts' tokens."""
-    try:
-        return str(resolve_model(cfg.model, cfg.models_dir).path) if cfg.model else None
-    except UserError:
-        return None

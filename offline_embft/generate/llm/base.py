@@ -115,6 +115,18 @@ class BatchLLM(CustomLLM):
     # True for generators whose "questions" are pseudo-queries (sentences), not real questions (backend ict).
     pseudo_queries: ClassVar[bool] = False
     backend: ClassVar[str] = "base"
+    # The backend's facts, which doctor, download, replica planning and Ray read instead of testing its name
+    # (a backend is registered in offline_embft.generate.llm.registry under its ``backend`` name).
+    needs_gpu: ClassVar[bool] = False  # its engine runs on CUDA GPUs only: doctor FAILs the GPU lines without one
+    needs_local_weights: ClassVar[bool] = False  # it loads generate.model from Models/: download fetches it
+    needs_base_url: ClassVar[bool] = False  # it talks to servers at generate.base_url instead
+    # Several engines of it may run side by side (generate.data_parallel_size, generate.ray_address); when not,
+    # ``spreads_work`` says how the backend spreads its work instead ("backend NAME <spreads_work>").
+    runs_replicas: ClassVar[bool] = True
+    spreads_work: ClassVar[str] = ""
+    engine_package: ClassVar[str] = ""  # the package its engine imports beyond the base install (doctor checks it)
+    extra: ClassVar[str] = ""  # the pip extra that installs that package: pip install 'offline-embft[EXTRA]'
+    compiles_kernels: ClassVar[bool] = False  # its engine compiles kernels at run time (a C compiler, Python.h)
 
     _sampling: Sampling = PrivateAttr(default_factory=Sampling)
     _engine_calls: int = PrivateAttr(default=0)
@@ -133,6 +145,21 @@ class BatchLLM(CustomLLM):
     @classmethod
     def class_name(cls) -> str:
         return f"offline_embft_{cls.backend}"
+
+    @classmethod
+    def from_config(cls, cfg: Any, template: str) -> BatchLLM:
+        """Build the backend from a :class:`~offline_embft.core.config.GenerateConfig` (``template``: the prompt
+        template the prompts are rendered from).
+
+        Raises:
+            UserError: a setting the backend needs is missing or wrong, its engine cannot start.
+        """
+        raise NotImplementedError
+
+    @classmethod
+    def gpus_per_engine(cls, cfg: Any) -> int:
+        """GPUs one engine of this backend occupies under ``cfg`` (0: it runs on CPU or elsewhere)."""
+        return 0
 
     @classmethod
     def default_filter_settings(cls, **thresholds: Any) -> FilterSettings:

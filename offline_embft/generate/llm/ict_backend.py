@@ -82,6 +82,16 @@ class IctLLM(BatchLLM):
     backend = "ict"
     pseudo_queries = True
 
+    @classmethod
+    def from_config(cls, cfg: Any, template: str) -> IctLLM:
+        return cls(
+            template,
+            Sampling.from_config(cfg),
+            questions_per_chunk=cfg.questions_per_chunk,
+            min_chars=cfg.min_question_chars,
+            max_chars=cfg.max_question_chars,
+        )
+
     _prefix: str = PrivateAttr(default="")
     _suffix: str = PrivateAttr(default="")
     _count: int = PrivateAttr(default=1)

@@ -19,6 +19,7 @@ from llama_index.core.bridge.pydantic import PrivateAttr
 
 from offline_embft.core.errors import UserError
 from offline_embft.generate.llm.base import CHAT_TEMPLATE_KWARGS, PROMPT_TOO_LONG, BatchLLM, Refused, Sampling
+from offline_embft.generate.llm.presets import resolve_model
 from offline_embft.generate.llm.prompt_budget import PromptBudget
 
 logger = logging.getLogger(__name__)
@@ -53,6 +54,35 @@ class OpenAILLM(BatchLLM):
     """Chat completions from an OpenAI-compatible server, a batch at a time over a bounded pool of requests."""
 
     backend = "openai"
+    needs_base_url = True
+    runs_replicas = False
+    spreads_work = (
+        "already spreads requests over its servers (list several in --base-url, comma-separated, or raise "
+        "generate.concurrency)"
+    )
+
+    @classmethod
+    def from_config(cls, cfg: Any, template: str) -> BatchLLM:
+        """One server, or :class:`OpenAIServers` sharing each batch when ``cfg.base_url`` lists several."""
+        urls = [url.strip() for url in cfg.base_url.split(",") if url.strip()]
+        if not urls:
+            raise UserError("backend openai needs --base-url, e.g. http://gpu-server:8000/v1 where `vllm serve` runs")
+        sampling = Sampling.from_config(cfg)
+        servers = [
+            cls(
+                url,
+                cfg.model,
+                sampling,
+                api_key=cfg.api_key,
+                concurrency=cfg.concurrency,
+                timeout=cfg.timeout,
+                request_retries=cfg.request_retries,
+                tokenizer_dir=_local_tokenizer(cfg),
+                max_model_len=cfg.max_model_len,
+            )
+            for url in urls
+        ]
+        return servers[0] if len(servers) == 1 else OpenAIServers(servers)
 
     _client: Any = PrivateAttr(default=None)
     _pool: Any = PrivateAttr(default=None)
@@ -285,3 +315,11 @@ class OpenAIServers(BatchLLM):
             self._pool = None
         for server in self._servers:
             server.close()
+
+
+def _local_tokenizer(cfg: Any) -> str | None:
+    """The served model's directory on this machine, if it is here: its tokenizer counts the prompts' tokens."""
+    try:
+        return str(resolve_model(cfg.model, cfg.models_dir).path) if cfg.model else None
+    except UserError:
+        return None

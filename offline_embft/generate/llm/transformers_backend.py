@@ -19,7 +19,7 @@ from llama_index.core.bridge.pydantic import PrivateAttr
 
 from offline_embft.core.errors import UserError
 from offline_embft.generate.llm.base import CHAT_TEMPLATE_KWARGS, BatchLLM, Sampling
-from offline_embft.generate.llm.presets import DEFAULT_MAX_MODEL_LEN, ResolvedModel
+from offline_embft.generate.llm.presets import DEFAULT_MAX_MODEL_LEN, ResolvedModel, resolve_model
 from offline_embft.generate.llm.prompt_budget import PromptBudget
 
 logger = logging.getLogger(__name__)
@@ -31,6 +31,21 @@ class TransformersLLM(BatchLLM):
     """A causal LM through ``AutoModelForCausalLM.generate``, one call per batch."""
 
     backend = "transformers"
+    needs_local_weights = True
+
+    @classmethod
+    def from_config(cls, cfg: Any, template: str) -> TransformersLLM:
+        return cls(
+            resolve_model(cfg.model, cfg.models_dir),
+            Sampling.from_config(cfg),
+            device=cfg.device,
+            dtype=cfg.dtype,
+            max_model_len=cfg.max_model_len,
+        )
+
+    @classmethod
+    def gpus_per_engine(cls, cfg: Any) -> int:
+        return 0 if cfg.device == "cpu" else 1
 
     _model: Any = PrivateAttr(default=None)
     _tokenizer: Any = PrivateAttr(default=None)

@@ -22,8 +22,15 @@ from typing import Any
 from llama_index.core.bridge.pydantic import PrivateAttr
 
 from offline_embft.core.errors import UserError
+from offline_embft.core.gpu_compat import visible_gpus
 from offline_embft.generate.llm.base import CHAT_TEMPLATE_KWARGS, PROMPT_TOO_LONG, BatchLLM, Refused, Sampling
-from offline_embft.generate.llm.presets import DEFAULT_GPU_MEMORY, DEFAULT_MAX_MODEL_LEN, ResolvedModel
+from offline_embft.generate.llm.presets import (
+    DEFAULT_GPU_MEMORY,
+    DEFAULT_MAX_MODEL_LEN,
+    ResolvedModel,
+    find_preset,
+    resolve_model,
+)
 from offline_embft.generate.llm.prompt_budget import PromptBudget, is_too_long_error
 
 logger = logging.getLogger(__name__)
@@ -174,19 +181,15 @@ def start_engine(vllm: Any, engine_args: dict[str, Any]) -> Any:
     return engine
 
 
-def _visible_gpus() -> int:
-    try:
-        import torch
-
-        return torch.cuda.device_count()
-    except Exception:  # a broken CUDA setup is vLLM's to report, with its own message
-        return 0
-
-
 class VllmLLM(BatchLLM):
     """Qwen3 (or any chat model) through ``vllm.LLM.chat`` with thinking disabled and max_tokens set."""
 
     backend = "vllm"
+    needs_gpu = True
+    needs_local_weights = True
+    engine_package = "vllm"
+    extra = "vllm"
+    compiles_kernels = True  # Triton builds its launcher at run time
 
     _engine: Any = PrivateAttr(default=None)
     _vllm: Any = PrivateAttr(default=None)
@@ -207,7 +210,7 @@ class VllmLLM(BatchLLM):
         vllm = import_vllm()
         preset = model.preset
         tp = tensor_parallel_size or (preset.tensor_parallel_size if preset else 1)
-        gpus = _visible_gpus()
+        gpus = len(visible_gpus())
         if gpus and tp > gpus:
             logger.warning("tensor_parallel_size %d > %d visible GPUs; using %d", tp, gpus, gpus)
             tp = gpus
@@ -234,6 +237,26 @@ class VllmLLM(BatchLLM):
         self._engine = start_engine(vllm, self._engine_args)
         tokenizer = self._engine.get_tokenizer()  # None with skip_tokenizer_init: vLLM's own check stays
         self._budget = PromptBudget(tokenizer, max_len, sampling.max_tokens) if tokenizer is not None else None
+
+    @classmethod
+    def from_config(cls, cfg: Any, template: str) -> VllmLLM:
+        import_vllm()  # before the model lookup: on a machine without vLLM, that is the problem to report
+        return cls(
+            resolve_model(cfg.model, cfg.models_dir),
+            Sampling.from_config(cfg),
+            tensor_parallel_size=cfg.tensor_parallel_size,
+            gpu_memory_utilization=cfg.gpu_memory_utilization,
+            max_model_len=cfg.max_model_len,
+            dtype=cfg.dtype,
+            quantization=cfg.quantization,
+            seed=cfg.seed,
+            enforce_eager=cfg.enforce_eager,
+        )
+
+    @classmethod
+    def gpus_per_engine(cls, cfg: Any) -> int:
+        preset = find_preset(cfg.model)
+        return cfg.tensor_parallel_size or (preset.tensor_parallel_size if preset else 1)
 
     def settings(self) -> dict[str, Any]:
         return {"backend": self.backend, "model": self.model_name, **self._engine_args}

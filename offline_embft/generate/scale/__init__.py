@@ -16,11 +16,11 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
+from offline_embft.generate.llm import BatchLLM, backend_class, prepare
 from offline_embft.generate.scale.replicas import ReplicaPool, ReplicaUsage, plan_replicas
 
 if TYPE_CHECKING:
     from offline_embft.core.config import GenerateConfig
-    from offline_embft.generate.llm import BatchLLM
 
 __all__ = ["ReplicaPool", "ReplicaUsage", "create_engine", "plan_replicas"]
 
@@ -30,18 +30,21 @@ logger = logging.getLogger(__name__)
 def create_engine(cfg: GenerateConfig, *, template: str = "{context}") -> BatchLLM:
     """The question generator ``cfg`` asks for: one backend in this process, N replicas, or Ray Data actors.
 
+    Reads top-down, each module visited once: the backend's class (its facts, from
+    :mod:`offline_embft.generate.llm.registry`), where its engines run (Ray actors, or the replica plan made from
+    those facts and the visible GPUs), the engine itself, then how it answers (:func:`prepare`).
+
     Raises:
         UserError: as :func:`offline_embft.generate.llm.create_llm`; also Ray missing or unreachable, or a replica
-        that fails
-            to start.
+            that fails to start.
     """
-    from offline_embft.generate.llm import create_llm, prepare
-
+    backend = backend_class(cfg.backend)
     if cfg.ray_address:
         from offline_embft.generate.scale.ray_generate import RayEngine
 
-        return prepare(RayEngine(cfg, template=template), cfg, template)
-    plan = plan_replicas(cfg)
-    if plan.size == 1:
-        return create_llm(cfg, template=template)
-    return prepare(ReplicaPool(cfg, template=template, plan=plan), cfg, template)
+        engine: BatchLLM = RayEngine(cfg, template=template)
+    else:
+        plan = plan_replicas(cfg, backend)
+        one = plan.size == 1
+        engine = backend.from_config(cfg, template) if one else ReplicaPool(cfg, template=template, plan=plan)
+    return prepare(engine, cfg, template)

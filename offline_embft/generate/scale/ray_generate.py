@@ -26,8 +26,9 @@ from typing import TYPE_CHECKING, Any
 from llama_index.core.bridge.pydantic import PrivateAttr
 
 from offline_embft.core.errors import UserError
+from offline_embft.generate.llm import BACKENDS, backend_class, create_llm, resolve_model
 from offline_embft.generate.llm.base import AnsweredBatch, Sampling
-from offline_embft.generate.scale.replicas import Factory, FrontLLM, build_backend, gpus_per_replica
+from offline_embft.generate.scale.replicas import Factory, FrontLLM, build_backend
 
 if TYPE_CHECKING:
     from offline_embft.core.config import GenerateConfig
@@ -111,23 +112,18 @@ def _local_view(cfg: GenerateConfig, template: str) -> dict[str, Any]:
     Raises:
         UserError: the backend cannot run as Ray actors, or the model is not at its path on this node.
     """
-    if cfg.backend == "openai":
+    backend = backend_class(cfg.backend)
+    if not backend.runs_replicas:
+        local = ", ".join(name for name, cls in BACKENDS.items() if cls.runs_replicas and cls.needs_local_weights)
         raise UserError(
-            "backend openai already spreads requests over its servers (list them in --base-url); "
-            "generate.ray_address runs local engines (vllm, transformers) as Ray actors"
+            f"backend {cfg.backend} {backend.spreads_work}; generate.ray_address runs local engines ({local}) as "
+            "Ray actors"
         )
-    if cfg.backend == "ict":  # no model: building it here is free
-        from offline_embft.generate.llm import create_llm
-
+    if not backend.needs_local_weights:  # no model: building it here is free
         llm = create_llm(cfg, template=template)
-        return {"identity": llm.identity, "model_name": llm.model_name, "pseudo": True, "settings": llm.settings()}
-    from offline_embft.generate.llm import resolve_model
-
+        pseudo = llm.pseudo_queries
+        return {"identity": llm.identity, "model_name": llm.model_name, "pseudo": pseudo, "settings": llm.settings()}
     model = resolve_model(cfg.model, cfg.models_dir)
-    if cfg.backend == "vllm":
-        from offline_embft.generate.llm.vllm_backend import VllmLLM as backend
-    else:
-        from offline_embft.generate.llm.transformers_backend import TransformersLLM as backend  # type: ignore[assignment]
     return {
         "identity": f"{backend.backend}:{model.fingerprint()}",
         "model_name": model.name,
@@ -162,7 +158,7 @@ class RayEngine(FrontLLM):
         view = _local_view(cfg, template)
         owns = connect(cfg.ray_address)
         ray = import_ray()
-        gpus = gpus_per_replica(cfg)
+        gpus = backend_class(cfg.backend).gpus_per_engine(cfg)
         cluster_gpus = int(ray.cluster_resources().get("GPU", 0))
         if cfg.data_parallel_size == "auto":
             actors = max(1, cluster_gpus // gpus) if gpus and cluster_gpus else 1

@@ -36,6 +36,8 @@ from llama_index.core.bridge.pydantic import PrivateAttr
 
 from offline_embft.core import offline
 from offline_embft.core.errors import UserError
+from offline_embft.core.gpu_compat import visible_gpus
+from offline_embft.generate.llm import backend_class, create_llm
 from offline_embft.generate.llm.base import AnsweredBatch, BatchLLM, Sampling
 from offline_embft.generate.questions import FilterSettings
 
@@ -54,38 +56,11 @@ Factory = Callable[["GenerateConfig", str], BatchLLM]
 
 def build_backend(cfg: GenerateConfig, template: str) -> BatchLLM:
     """The default replica engine: the backend ``cfg`` names, built inside the replica's own process."""
-    from offline_embft.generate.llm import create_llm
-
     return create_llm(cfg, template=template)
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # How many replicas, and what each one gets
-
-
-def visible_gpus() -> list[str]:
-    """The CUDA device ids this process may use (as ``CUDA_VISIBLE_DEVICES`` would list them); none without CUDA."""
-    try:
-        import torch
-
-        count = torch.cuda.device_count()
-    except Exception:  # no torch, or a broken driver: the backend reports that itself, with its own message
-        return []
-    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
-    ids = [part.strip() for part in listed.split(",") if part.strip()] if listed else []
-    return ids[:count] if ids else [str(index) for index in range(count)]
-
-
-def gpus_per_replica(cfg: GenerateConfig) -> int:
-    """GPUs one engine of ``cfg.backend`` occupies (0: it runs on CPU or elsewhere)."""
-    if cfg.backend == "vllm":
-        from offline_embft.generate.llm import find_preset
-
-        preset = find_preset(cfg.model)
-        return cfg.tensor_parallel_size or (preset.tensor_parallel_size if preset else 1)
-    if cfg.backend == "transformers":
-        return 0 if cfg.device == "cpu" else 1
-    return 0
 
 
 @dataclass(frozen=True)
@@ -114,21 +89,22 @@ class ReplicaPlan:
         return env
 
 
-def plan_replicas(cfg: GenerateConfig) -> ReplicaPlan:
-    """Resolve ``generate.data_parallel_size`` (auto: visible GPUs ÷ GPUs per engine, 1 without GPUs).
+def plan_replicas(cfg: GenerateConfig, backend: type[BatchLLM] | None = None) -> ReplicaPlan:
+    """Resolve ``generate.data_parallel_size`` (auto: visible GPUs ÷ GPUs per engine, 1 without GPUs) from the
+    facts of ``backend`` (default: the class registered as ``cfg.backend``).
 
     Raises:
         UserError: more replicas were asked for than there are GPU groups.
     """
     wanted = cfg.data_parallel_size
-    if cfg.backend == "openai":
+    backend = backend or backend_class(cfg.backend)
+    if not backend.runs_replicas:
         if wanted not in ("auto", "1"):
             logger.warning(
-                "generate.data_parallel_size is ignored by backend openai: list several servers in --base-url "
-                "(comma-separated) or raise generate.concurrency"
+                "generate.data_parallel_size is ignored by backend %s, which %s", cfg.backend, backend.spreads_work
             )
         return ReplicaPlan(1)
-    per = gpus_per_replica(cfg)
+    per = backend.gpus_per_engine(cfg)
     gpus = visible_gpus() if per else []
     auto = max(1, len(gpus) // per) if gpus else 1
     size = auto if wanted == "auto" else int(wanted)
