@@ -5,6 +5,7 @@ resumes, the best checkpoint by validation, the output loading in CrossEncoder /
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -101,11 +102,23 @@ def test_examples_have_the_positives_and_clean_unique_negatives(data, models, so
     assert tuples.column_names == ["query", "positive", "negative_1", "negative_2", "negative_3"]
 
 
-def test_mining_with_a_model_needs_the_retriever(data, models, tmp_path):
-    cfg = _config(data, models, tmp_path / "out", retriever="", val_file="")
-    with pytest.raises(UserError, match="retriever"):
-        train_reranker.run(cfg)
-    assert not (tmp_path / "out").exists()
+def test_without_a_retriever_the_negatives_come_from_bm25_as_its_help_says(data, models, tmp_path, caplog):
+    """train_reranker.retriever's help: "empty: BM25 only". The run says so in the log and in its saved config."""
+    import yaml
+
+    from offline_embft.core.config.help import field_help
+
+    assert "empty: BM25 only" in field_help(TrainRerankerConfig, "retriever")
+    cfg = _config(data, models, tmp_path / "out", retriever="", epochs=1, negative_source="model")
+    with caplog.at_level(logging.WARNING, logger="offline_embft.train.reranker"):
+        out = train_reranker.run(cfg)
+    assert "negatives and validation candidates come from BM25 only, not from model" in caplog.text
+    assert yaml.safe_load((out / "train_config.yaml").read_text(encoding="utf-8"))["negative_source"] == "bm25"
+    assert cfg.negative_source == "model", "the caller's config is left as it was"
+    summary = json.loads((out / "train_metrics.json").read_text(encoding="utf-8"))
+    assert summary["train_questions"] == len(data["train_set"].queries) and "blend" in summary  # BM25's candidates
+    with pytest.raises(UserError, match="needs the fine-tuned embedding model"):  # called directly, no fallback
+        train_reranker.build_examples(data["train_set"], cfg, retriever=None)
 
 
 class _Crash(RuntimeError):

@@ -27,7 +27,7 @@ import gc
 import json
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -280,6 +280,14 @@ class RerankerRun(TrainRun):
         from offline_embft.retrieval import rerank
 
         rerank.check_reranker_dir(self.cfg.model)
+        if not self.cfg.retriever and self.cfg.negative_source != "bm25":
+            # What train_reranker.retriever's help promises: no retriever, BM25 only. The saved config says so too.
+            logger.warning(
+                "no retriever (train_reranker.retriever is empty): negatives and validation candidates come from "
+                "BM25 only, not from %s; pass --retriever MODEL_DIR (the fine-tuned embedding model) for the model's",
+                self.cfg.negative_source,
+            )
+            self.cfg = replace(self.cfg, negative_source="bm25")
 
     def check_datasets(self) -> None:
         cfg, corpus = self.cfg, self.train_data.corpus
@@ -378,16 +386,10 @@ def run(cfg: TrainRerankerConfig, callbacks: list[Any] | None = None) -> Path:
 
 
 def _load_retriever(cfg: TrainRerankerConfig, validating: bool) -> Any:
-    """The embedding model that mines negatives and validation candidates (None when only BM25 is asked for)."""
-    if cfg.negative_source == "bm25" and not validating:
+    """The embedding model that mines negatives and validation candidates (None when only BM25 is asked for, or
+    there is no retriever: :meth:`RerankerRun.check_settings` has then set the negatives' source to BM25)."""
+    if not cfg.retriever or (cfg.negative_source == "bm25" and not validating):
         return None
-    if not cfg.retriever:
-        if cfg.negative_source == "bm25":
-            return None
-        raise UserError(
-            "no retriever to mine negatives with; pass --retriever MODEL_DIR (the fine-tuned embedding model) "
-            "or --set train_reranker.negative_source=bm25"
-        )
     from offline_embft.core.model_files import load_sentence_transformer
 
     return load_sentence_transformer(cfg.retriever)
