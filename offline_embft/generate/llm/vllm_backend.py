@@ -250,7 +250,6 @@ class VllmLLM(BatchLLM):
             dtype=cfg.dtype,
             quantization=cfg.quantization,
             seed=cfg.seed,
-            enforce_eager=cfg.enforce_eager,
         )
 
     @classmethod
