@@ -27,7 +27,6 @@ from offline_embft.core.chunks import read as read_chunks
 from offline_embft.core.dataset import QADataset
 from offline_embft.core.errors import UserError
 
-QUESTION_COLUMNS = ("question",)
 _SPACE = re.compile(r"\s+", re.UNICODE)
 SHINGLE = 6
 MIN_PART = 0.5  # a snippet cut by a chunk border: the chunk must hold at least this share of it, in one piece

@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 from difflib import SequenceMatcher
 from string import Formatter
 
+from offline_embft.core.han import HAN_RE
+
 logger = logging.getLogger(__name__)
 
 # How much of an unusable answer is kept for the stats file.
@@ -40,7 +42,6 @@ QUESTIONS_BY_CORPUS = ((1000, 3), (5000, 2))
 REASONS = ("empty", "not_question", "too_short", "too_long", "language", "near_copy", "duplicate")
 
 _THINK_BLOCK = re.compile(r"<think>.*?</think>", re.DOTALL | re.IGNORECASE)
-_CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
 _LATIN_WORD = re.compile(r"[A-Za-z]+")
 _QUESTION = re.compile(r"[^？?]*[？?]")
 _CN_NUM = "一二三四五六七八九十"
@@ -205,7 +206,7 @@ def extract_questions(raw: str, *, require_question: bool = True) -> Extraction:
 
 def language(text: str) -> str | None:
     """``zh`` when Chinese characters outnumber Latin words, ``other`` when not, None for too little text."""
-    cjk = len(_CJK.findall(text))
+    cjk = len(HAN_RE.findall(text))
     words = len(_LATIN_WORD.findall(text))
     if cjk + words < 3:
         return None

@@ -26,11 +26,10 @@ import numpy as np
 
 from offline_embft.core.dataset import QADataset
 from offline_embft.core.errors import UserError
+from offline_embft.retrieval.ranking import RRF_K
 
 logger = logging.getLogger(__name__)
 
-MODES = ("off", "bm25", "model", "both")
-RRF_K = 60
 # Query × chunk scores held at once per retriever (64 MB of float32).
 SCORE_BLOCK = 1 << 24
 

@@ -27,15 +27,14 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-# Han ideographs (BMP blocks and the supplementary planes).
-_HAN = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0003134f"
+from offline_embft.core.han import HAN_IDEOGRAPHS
+
 # CJK punctuation: ideographic symbols, full-width forms (their letters/digits are normalised away before this is
 # used), and the curly quotes, dashes and ellipsis Chinese text uses.
 _CJK_PUNCT = (
     "\u3001-\u303f\uff01-\uff0f\uff1a-\uff20\uff3b-\uff40\uff5b-\uff65\u2018\u2019\u201c\u201d\u2014\u2026\u00b7"
 )
-_CJK = f"{_HAN}{_CJK_PUNCT}"
-HAN_RE = re.compile(f"[{_HAN}]")
+_CJK = f"{HAN_IDEOGRAPHS}{_CJK_PUNCT}"
 CJK_RE = re.compile(f"[{_CJK}]")
 
 # Spaces between two CJK characters are extraction artefacts; a lookahead keeps runs like `分 类 号` in one pass.

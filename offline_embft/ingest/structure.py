@@ -22,6 +22,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from itertools import pairwise
 
+from offline_embft.core.han import HAN_IDEOGRAPHS
+
 _NUM = "一二三四五六七八九十百千零〇两0-9"
 # A title is short and has no sentence or clause punctuation (a line that has some is body text, e.g. a list item).
 _TITLE = r"[^。；，,;！？!?：:]{0,40}"
@@ -36,7 +38,7 @@ _CHINESE_HEADINGS: tuple[tuple[re.Pattern[str], float], ...] = (
 # 4 / 4.1 / 4.1.2 then a space and a short title with at least one letter or ideograph (not "2 000 元"). "1. …"
 # (one number and a dot) is how list items are numbered, in Word's lists and in text: not a heading.
 _NUMBERED = re.compile(rf"^(\d{{1,2}}(?:\.\d{{1,2}}){{1,4}}\.?|\d{{1,2}})[ \t]+(?=\D)({_TITLE})$")
-_LETTER = re.compile(r"[A-Za-z\u3400-\u9fff]")
+_LETTER = re.compile(f"[A-Za-z{HAN_IDEOGRAPHS}]")
 # An article number opening a paragraph: then a space, a colon or the text itself, but not a reference that happens
 # to open one ("第十条规定的…", "第十条至第十二条…").
 ARTICLE_RE = re.compile(rf"^第[{_NUM}]+条(?:之[{_NUM}]+)?(?:[ \t：:]|$|(?![规的至和、或及所中第]))")
