@@ -367,3 +367,17 @@ def test_readme_says_what_each_stage_entry_takes():
     assert "generate's `run(cfg, chunks, out)`" in developers and "`run_many(cfg, jobs)`" in developers
     assert params("generate.run") == ["cfg", "chunks_path", "out_path"]
     assert params("generate.run", "run_many") == ["cfg", "jobs"]
+
+
+def test_every_make_target_the_docs_name_exists():
+    """`make serve`, `make install-offline` ...: every target README and the docs tell users to run is in Makefile."""
+    makefile = (REPO / "Makefile").read_text(encoding="utf-8")
+    targets = set(re.findall(r"^([a-z][a-z-]*):", makefile, flags=re.M))
+    targets |= set(re.search(r"^STAGES := (.*)$", makefile, flags=re.M).group(1).split())
+    code = re.compile(r"`([^`\n]+)`|^```.*?^```", flags=re.S | re.M)  # inline code and fenced blocks
+    named = set()
+    for page in [REPO / "README.md", *sorted(DOCS.glob("*.md"))]:
+        for match in code.finditer(page.read_text(encoding="utf-8")):
+            named |= set(re.findall(r"(?:^|[\s;&(])make ([a-z][a-z-]*)", match.group(0), flags=re.M))
+    assert {"demo", "test", "install", "all"} <= named
+    assert named <= targets, f"the docs name make targets the Makefile lacks: {sorted(named - targets)}"
