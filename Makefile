@@ -97,3 +97,11 @@ report: evaluate
 
 summary: ## Print the latest report's verdict and table
 	@$(CLI) -q summary $(ARGS)
+
+# ---- Serving ----------------------------------------------------------------------------------------------------
+# vLLM's OpenAI-compatible servers for the fine-tuned models (docs/serve.md): /v1/embeddings on serve.port (8000),
+# /v1/rerank on serve.reranker_port (8001) when a reranker was trained. `make serve CONFIG=configs/cpu.yaml` after
+# `make demo`; SETS="--set serve.api_key=KEY --set serve.host=0.0.0.0" to open it to the network.
+.PHONY: serve
+serve: ## Serve the fine-tuned embedder (and reranker) on vLLM's OpenAI API after a parity check; Ctrl-C stops
+	$(CLI) serve $(ARGS)
