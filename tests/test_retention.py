@@ -2,8 +2,9 @@
 beyond the margin; the merge (train.weight_ensemble) chooses its α to stay within the margin and says the trade-off.
 
 The "fine-tuned" model is a deliberately damaged copy of MiniLM (noise on its weight matrices, seeded): on the
-everyday English set below it measurably loses (ndcg@10 1.000 → ~0.40), and the straight line between it and MiniLM
-loses gradually (α 0.6 → ~0.975), which is what the merge has to navigate. Real models only, on the CPU.
+everyday English set (data/general/everyday_en) it measurably loses (ndcg@10 1.000 → ~0.40), and the straight line
+between it and MiniLM loses gradually (α 0.6 → ~0.975), which is what the merge has to navigate. Real models only,
+on the CPU.
 """
 
 from __future__ import annotations
@@ -18,47 +19,14 @@ import pytest
 from offline_embft.core import beir
 from offline_embft.core.dataset import QADataset
 
-# Everyday questions with one right passage each, and passages about something else: a "general" set MiniLM
-# (English) answers perfectly, unlike the statutes (Chinese) of the domain.
-PAIRS = [
-    ("How long should I boil an egg for a soft yolk?", "For a soft, runny yolk, cook the egg for about six minutes."),
-    ("What causes the seasons on Earth?", "Seasons happen because the Earth's axis is tilted toward the Sun."),
-    ("How do I reset a forgotten email password?", "Click 'Forgot password' on the sign-in page to get a reset link."),
-    ("Why do cats purr?", "Cats purr when content, and also when stressed; the vibration may help them calm down."),
-    ("When was the printing press invented?", "Johannes Gutenberg built his movable-type printing press around 1440."),
-    ("How much water should an adult drink per day?", "Adults need roughly two to three litres of fluids a day."),
-    ("What is the capital of Australia?", "Canberra, not Sydney, is Australia's capital city."),
-    ("How do vaccines train the immune system?", "A vaccine shows the immune system a harmless copy of a germ."),
-    ("Which planet is the largest in the solar system?", "Jupiter is the largest planet of the solar system."),
-    ("How do I remove a red wine stain from a carpet?", "Blot the wine, cover it with salt, then clean it with soap."),
-    ("What does a router do in a home network?", "A router connects your devices and forwards their traffic."),
-    ("Why is the sky blue?", "Air molecules scatter blue sunlight more than red light, so the sky looks blue."),
-    ("How many players are on a football team on the pitch?", "Each side fields eleven players, one a goalkeeper."),
-    ("What is photosynthesis?", "Plants use sunlight, water and carbon dioxide to make sugar and oxygen."),
-    ("How can I fall asleep faster?", "Keep a regular bedtime and avoid screens and caffeine in the evening."),
-    ("Who painted the Mona Lisa?", "Leonardo da Vinci painted the Mona Lisa; it hangs in the Louvre."),
-    ("How do I change a flat bicycle tyre?", "Remove the wheel, lever the tyre off and replace the inner tube."),
-    ("What is inflation?", "Inflation is the general rise in prices, so money buys less over time."),
-    ("How do bees make honey?", "Bees collect nectar and fan it in the comb until the water evaporates."),
-    ("What is the boiling point of water at sea level?", "At sea level water boils at 100 degrees Celsius."),
-]
-DISTRACTORS = [
-    "The train to the airport leaves every fifteen minutes from platform four.",
-    "Our office is closed on public holidays; tickets are answered the next working day.",
-    "Mountain gorillas live in the forests of central Africa.",
-    "A haiku is a short poem of three lines.",
-    "Chess is played on a board of sixty-four squares.",
-    "Regular oil changes keep a car engine running smoothly.",
-]
+# Everyday English questions with one right passage each, and passages about something else (data/general): a
+# "general" set MiniLM (English) answers perfectly, unlike the statutes (Chinese) of the domain.
+EVERYDAY = Path(__file__).resolve().parents[1] / "data" / "general" / "everyday_en"
 DAMAGE = 0.6  # noise, in units of each weight matrix's own spread
 
 
 def everyday() -> QADataset:
-    return QADataset(
-        queries={f"g{i}": q for i, (q, _) in enumerate(PAIRS)},
-        corpus={**{f"p{i}": p for i, (_, p) in enumerate(PAIRS)}, **{f"x{i}": t for i, t in enumerate(DISTRACTORS)}},
-        relevant_docs={f"g{i}": [f"p{i}"] for i in range(len(PAIRS))},
-    )
+    return beir.load_set(EVERYDAY)
 
 
 def damage(model, scale: float = DAMAGE, seed: int = 0):
@@ -95,10 +63,14 @@ def test_evaluate_shows_retention_rows_and_flags_the_loss(tmp_path, laws_dir, mi
 
     from offline_embft.cli import app
 
-    domain = QADataset.load(laws_dir / "qa" / "futures_law.json")
-    domain = domain.subset(list(domain.queries)[:8]).save(tmp_path / "domain.json")
+    futures = QADataset.load(laws_dir / "qa" / "futures_law.json")
+    domain = futures.subset(list(futures.queries)[:8]).save(tmp_path / "domain.json")
+    chunks = tmp_path / "chunks.jsonl"  # other articles as distractors: the report's full-corpus section too
+    lines = [{"id": i, "text": t, "source": "futures", "pages": [1]} for i, t in list(futures.corpus.items())[8:20]]
+    chunks.write_text("".join(json.dumps(line, ensure_ascii=False) + "\n" for line in lines), encoding="utf-8")
     out = tmp_path / "results"
     args = ["evaluate", str(domain), "--model", str(minilm_path), "--model", str(damaged_dir), "--no-bm25"]
+    args += ["--distractors", str(chunks)]
     args += ["--general", str(sets["beir"]), "--general", str(sets["json"]), "--out", str(out)]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
@@ -115,10 +87,12 @@ def test_evaluate_shows_retention_rows_and_flags_the_loss(tmp_path, laws_dir, mi
 
     report = (out / "report.md").read_text(encoding="utf-8")
     main_table = report.split("## Main metrics")[1].split("\n\n")[1]
-    assert "@ everyday" not in main_table  # not compared with the domain reference
+    corpus_table = report.split("## Full corpus vs validation chunks only")[1].split("##")[0]
+    assert "@ everyday" not in main_table + corpus_table  # not compared with the domain reference
     section = report.split("## Retention on general sets")[1].split("## How to read this")[0]
     loss = tuned["ndcg@10"] - base["ndcg@10"]
-    assert f"| everyday_json | `narrow` | {len(PAIRS)} | {len(PAIRS) + len(DISTRACTORS)} |" in section
+    n = everyday()
+    assert f"| everyday_json | `narrow` | {len(n.queries)} | {len(n.corpus)} |" in section
     assert f"{tuned['ndcg@10']:.3f} ({loss:+.3f})" in section
     verdict = report.split("## Main metrics")[0]
     assert re.search(r"Retention: `narrow` lost general ability on `everyday`: ndcg@10 1\.000 → 0\.\d+", verdict)
@@ -159,7 +133,7 @@ def test_merge_keeps_the_general_loss_within_the_margin(minilm_model, sets):
         data.queries, data.corpus, {q: set(d) for q, d in data.relevant_docs.items()}, name="g", write_csv=False
     )
     tuned = damage(copy.deepcopy(minilm_model))
-    texts = [q for q, _ in PAIRS[:4]]
+    texts = list(data.queries.values())[:4]
     target = tuned.encode(texts, convert_to_tensor=True)
 
     def closeness(model) -> float:

@@ -201,7 +201,13 @@ def run(cfg: EvaluateConfig) -> Path:
     sections = []
     if full is not dataset:
         sections.append(
-            report_sections.corpus_section(rows[0], rows[1], len(full.corpus), len(dataset.corpus), SMALL_CORPUS_DIR)
+            report_sections.corpus_section(
+                [r for r in rows[0] if r.kind.section is None],  # not the retention rows: measured elsewhere
+                rows[1],
+                len(full.corpus),
+                len(dataset.corpus),
+                SMALL_CORPUS_DIR,
+            )
         )
     if real is not None:
         real_rows = rows[-1] if real.matched else []
