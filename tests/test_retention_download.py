@@ -287,3 +287,13 @@ def test_doctor_names_each_configured_set_and_a_missing_one(tmp_path):
     assert "run `offline-embft download` on a connected machine" in missing.detail
     none = line([])
     assert none.verdict == doctor.OK and "T2Retrieval in" in none.detail and "unused" in none.detail
+
+
+def test_download_of_a_config_fetches_its_general_sets(tmp_path, hub, minilm_path):
+    from offline_embft.convert import download
+    from offline_embft.core.config import load_config
+
+    sets = ["general.sets=[T2Retrieval]", "general.queries=6", "general.corpus=30", f"dataset_dir={tmp_path / 'D'}"]
+    cfg = load_config(None, [f"embedding_model={minilm_path}", "llm=", "generate.backend=ict", *sets])
+    assert download.download(cfg) == [minilm_path, tmp_path / "D" / "general" / "T2Retrieval"]
+    assert len(beir.load_set(tmp_path / "D" / "general" / "T2Retrieval").corpus) == 30
