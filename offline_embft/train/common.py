@@ -77,6 +77,7 @@ class TrainRun:
         from offline_embft.train.vocab import extend_vocabulary
 
         started = time.time()
+        log = logging.getLogger(type(self).__module__)  # the stage's lines under the stage's name, as users know them
         self.load_inputs()
         precision = resolve_precision(self.cfg.precision)
         out_dir = Path(self.cfg.out_dir)
@@ -93,7 +94,7 @@ class TrainRun:
         self.rows = self.training_rows(ckpt_dir, resume_from)
         trainer = quiet_progress(self.build_trainer(ckpt_dir, precision))
         resuming = f"; resuming from {resume_from}" if resume_from else ""
-        logger.info("%s%s", self.describe(precision), resuming)
+        log.info("%s%s", self.describe(precision), resuming)
         result = trainer.train(resume_from_checkpoint=resume_from)
         state = trainer.state
         base = run_summary(self.cfg, state, result.metrics, precision, resume_from, started)
@@ -111,7 +112,7 @@ class TrainRun:
             write_json(tmp / "vocab_extension.json", self.vocab.to_dict())
         if not self.cfg.keep_checkpoints:
             shutil.rmtree(ckpt_dir, ignore_errors=True)
-        logger.info("saved %s (%s) in %.0fs", out_dir, self.saved_note(summary), summary["wall_seconds"])
+        log.info("saved %s (%s) in %.0fs", out_dir, self.saved_note(summary), summary["wall_seconds"])
         return out_dir
 
     def load_inputs(self) -> None:
