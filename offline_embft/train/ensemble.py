@@ -88,7 +88,13 @@ class MergeChoice:
         text = (
             f"weight ensemble α={self.alpha:g}: domain validation ndcg@10 {d[self.alpha]:.4f} (base {d[0.0]:.4f}, "
             f"fine-tuned {d[1.0]:.4f}"
-            + (f"; {kept:.0%} of the gain kept)" if kept is not None else "; fine-tuning gained nothing here)")
+            + (
+                "; fine-tuning gained nothing here)"
+                if kept is None
+                else f"; {d[self.alpha] - d[1.0]:+.4f} over the fine-tuned model itself)"
+                if kept > 1
+                else f"; {kept:.0%} of the gain kept)"
+            )
         )
         if not self.general:
             return text
