@@ -66,8 +66,8 @@ def _verdict(report: Report) -> list[str]:
             )
         else:
             lines.append(
-                f"**Retention: `{model}` kept its general ability on `{set_name}`** ({numbers}, within the margin "
-                f"against `{base_model}`)."
+                f"**Retention: `{model}` kept its general ability on `{set_name}`:** {numbers}, within the margin "
+                f"against `{base_model}`."
             )
     return lines
 
@@ -109,13 +109,14 @@ def _panel(ax: Any, rows: list[Row]) -> None:
     sets = list(dict.fromkeys(r.info[SET_KEY] for r in rows))
     models = list(dict.fromkeys(r.info["model"] for r in rows))
     by_key = {(r.info[SET_KEY], r.info["model"]): r for r in rows}
-    width = 0.8 / len(models)
+    width = min(0.8 / len(models), 0.18)  # one or two sets: bars as wide as the main chart's, not the whole panel
     x = np.arange(len(sets))
     colors = ["#4C72B0", "#DD8452", "#55A868", "#C44E52", "#8172B3", "#937860"]
     for i, model in enumerate(models):
         values = [by_key[(s, model)].metrics["ndcg@10"] if (s, model) in by_key else 0.0 for s in sets]
-        bars = ax.bar(x + (i - (len(models) - 1) / 2) * width, values, width * 0.92, label=model,
-                      color=colors[i % len(colors)])
+        bars = ax.bar(
+            x + (i - (len(models) - 1) / 2) * width, values, width * 0.92, label=model, color=colors[i % len(colors)]
+        )
         texts = []
         for s, value in zip(sets, values, strict=True):
             base = by_key.get((s, models[0]))
