@@ -297,3 +297,12 @@ def test_download_of_a_config_fetches_its_general_sets(tmp_path, hub, minilm_pat
     cfg = load_config(None, [f"embedding_model={minilm_path}", "llm=", "generate.backend=ict", *sets])
     assert download.download(cfg) == [minilm_path, tmp_path / "D" / "general" / "T2Retrieval"]
     assert len(beir.load_set(tmp_path / "D" / "general" / "T2Retrieval").corpus) == 30
+
+
+def test_a_present_set_is_kept_when_the_hub_is_out_of_reach(tmp_path, hub):
+    """On the air-gapped server `all` runs download too: a set carried across is used even if its size differs."""
+    dataset_dir = tmp_path / "Dataset"
+    path = general_sets.fetch_general("T2Retrieval", dataset_dir, queries=5, corpus=20)
+    hub.missing_repo = True  # any hub failure
+    assert general_sets.fetch_general("T2Retrieval", dataset_dir, queries=300, corpus=3000) == path
+    assert len(beir.load_set(path).queries) == 5

@@ -12,7 +12,9 @@ and a seeded subsample — ``queries`` questions, and a corpus of their positive
 ``corpus`` — is written atomically to ``Dataset/general/<name>/`` in BEIR layout (:mod:`offline_embft.core.beir`)
 with a ``general_set.json`` manifest. The staging folder is deleted once the subsample is written.
 
-A mirror (``HF_ENDPOINT=https://hf-mirror.com``) is honoured. A set that is already a path on disk is not fetched.
+A mirror (``HF_ENDPOINT=https://hf-mirror.com``) is honoured. A set that is already a path on disk is not fetched, and
+a set already under ``Dataset/general/`` is kept as it is when the hub is out of reach (the air-gapped server, where
+``all`` runs ``download`` too, with a config that may size it differently).
 """
 
 from __future__ import annotations
@@ -195,6 +197,9 @@ def fetch_general(name: str, dataset_dir: str | Path, queries: int, corpus: int,
     try:
         _hub_download(spec, staging)
     except Exception as exc:  # the hub client raises many types; the user needs one line and a retry
+        if (target / MANIFEST).is_file():  # e.g. the air-gapped server, whose config sizes the set differently
+            logger.warning("general set %s: the hub is out of reach (%s); keeping %s as it is", name, exc, target)
+            return target
         if any(cls.__name__ in ("RepositoryNotFoundError", "RevisionNotFoundError") for cls in type(exc).__mro__):
             raise UserError(
                 f"{spec.repo_id}@{spec.revision[:8]} is not on the hub (or the mirror in HF_ENDPOINT lacks it); "
