@@ -3,9 +3,10 @@ a missing or broken one named with the fix."""
 
 from __future__ import annotations
 
-from offline_embft.core.beir import list_general, load_set, resolve_general, set_name
+from offline_embft.core.beir import MANIFEST, list_general, load_set, resolve_general, set_name
 from offline_embft.core.config import PipelineConfig
 from offline_embft.core.errors import UserError
+from offline_embft.core.io import read_json
 from offline_embft.doctor.lines import FAIL, OK, Check
 
 
@@ -27,7 +28,9 @@ def check_general(cfg: PipelineConfig) -> Check:
         except UserError as exc:
             missing.append(f"{ref}: {exc}")
             continue
-        listed.append(f"{set_name(path)} ({len(data.queries)} questions, {len(data.corpus)} passages, your own)")
+        manifest = path / MANIFEST if path.is_dir() else None
+        source = read_json(manifest).get("source", "your own") if manifest and manifest.is_file() else "your own"
+        listed.append(f"{set_name(path)} ({len(data.queries)} questions, {len(data.corpus)} passages, {source})")
     if missing:
         return Check(
             "general sets",
