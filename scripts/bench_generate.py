@@ -8,7 +8,9 @@ Runs the generate stage on N real chunks (statute articles from data/laws) three
 
 By default the backend is transformers on CPU with a tiny random Qwen3 built on the spot (its answers are garbage,
 so every chunk "fails" the filters: the timing covers generation, extraction and caching, with retries off so every
-mode does the same work). On a GPU server pass a real model, e.g.
+mode does the same work). ``--backend vllm`` without ``--model`` runs the same tiny model through vLLM (its CPU build
+on a machine without a GPU; heads of 32 dims, the smallest vLLM's CPU attention runs, for both backends) and also
+reports the engine's start-up time. On a GPU server pass a real model, e.g.
 ``python scripts/bench_generate.py --backend vllm --model Models/Qwen/Qwen3-0.6B --chunks 1024 --batch-size 512``.
 """
 
@@ -67,6 +69,8 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--hidden-size", type=int, default=64, help="tiny model width")
     parser.add_argument("--layers", type=int, default=2, help="tiny model depth")
+    parser.add_argument("--head-dim", type=int, default=32, help="tiny model head width (vLLM's CPU build: >= 32)")
+    parser.add_argument("--eager", action="store_true", help="vllm: enforce_eager (no torch.compile)")
     parser.add_argument("--skip-llamaindex", action="store_true")
     parser.add_argument("--repeat", type=int, default=2, help="rounds over all modes; each mode reports its best")
     parser.add_argument(
@@ -94,7 +98,7 @@ def main() -> None:
         encoding="utf-8",
     )
     model = args.model
-    if not model and args.backend == "transformers":
+    if not model and args.backend in ("transformers", "vllm"):
         from tiny_qwen import build_tiny_qwen
 
         model = str(
@@ -103,6 +107,7 @@ def main() -> None:
                 [r["text"] for r in rows] + [load_template()],
                 hidden_size=args.hidden_size,
                 num_layers=args.layers,
+                head_dim=args.head_dim,
             )
         )
     base = dict(
@@ -113,7 +118,11 @@ def main() -> None:
         max_new_tokens=args.max_new_tokens,
         max_retries=0,
     )
+    if args.backend == "vllm":
+        base["enforce_eager"] = args.eager
+    began = time.perf_counter()
     llm = create_llm(GenerateConfig(**base))
+    startup = time.perf_counter() - began
     llm.complete_batch(["预热？"] * 2, raw=True)  # first-call overheads (kernels, allocator) are not what we measure
     if not args.skip_llamaindex:
         handlers = list(logging.root.handlers)
@@ -147,10 +156,14 @@ def main() -> None:
     llm.close()
 
     reference = len(rows) / results[1][2]
+    engine = ""
+    if args.backend == "vllm":
+        kv_mib = llm.settings().get("kv_cache_memory_bytes", 0) >> 20
+        engine = f" ({'eager' if args.eager else 'compiled'}" + (f", KV cache {kv_mib} MiB)" if kv_mib else ")")
     print(
         f"\nGenerate: {len(rows)} chunks (statute articles), backend {args.backend}, model "
         f"{Path(model).name if model else llm.model_name}, max_new_tokens {args.max_new_tokens}, "
-        f"best of {args.repeat} interleaved rounds\n"
+        f"best of {args.repeat} interleaved rounds; engine start-up {startup:.1f} s{engine}\n"
     )
     print("| mode | engine calls | seconds | chunks/s | speed-up vs one call per chunk |")
     print("|---|---:|---:|---:|---:|")
@@ -164,8 +177,18 @@ def main() -> None:
         f"\nMachine: {device}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads); "
         f"load average {load_before[0]:.2f} before, {load_after[0]:.2f} after."
     )
-    if args.backend == "transformers" and not args.model:
-        print(f"Tiny random Qwen3: hidden {args.hidden_size}, {args.layers} layers, character vocabulary.")
+    if args.backend in ("transformers", "vllm") and not args.model:
+        print(
+            f"Tiny random Qwen3: hidden {args.hidden_size}, {args.layers} layers, heads of {args.head_dim}, character "
+            "vocabulary."
+        )
+    if args.backend == "vllm":
+        import vllm
+
+        print(
+            f"vLLM {vllm.__version__}"
+            + (" (CPU build)" if llm.settings().get("enable_chunked_prefill") is False else "")
+        )
 
 
 if __name__ == "__main__":

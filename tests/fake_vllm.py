@@ -299,7 +299,8 @@ class FakeLLM:
         outputs = []
         for number, (prompt, ids, user) in enumerate(requests):
             text = qwen3_answer(prompt, user)
-            room = min(params.max_tokens or 16, self.max_model_len - len(ids))
+            request_params = params[number] if isinstance(params, list) else params  # one per request, or shared
+            room = min(request_params.max_tokens or 16, self.max_model_len - len(ids))
             cut = text[:room]  # one character per token, as with the character-level tiny Qwen
             finish = "length" if len(cut) < len(text) else "stop"
             outputs.append(

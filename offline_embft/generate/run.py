@@ -36,6 +36,7 @@ from offline_embft.generate import roundtrip
 from offline_embft.generate.answer_cache import AnswerCache
 from offline_embft.generate.llamaindex_engine import run_llamaindex
 from offline_embft.generate.llm import BatchLLM
+from offline_embft.generate.llm.base import EngineDied
 from offline_embft.generate.prompt import MAX_CONTEXT_CHARS, load_template, render
 from offline_embft.generate.questions import (
     FAILED_ANSWER_CHARS,
@@ -289,16 +290,31 @@ def _answer_round(
     # One bar for the whole round, whichever replica answers; each batch is on disk before the next is awaited.
     with tqdm(total=len(missing), desc=desc, unit="chunk", disable=not missing) as bar:
         items = [(c.id, prompts[c.id]) for c in missing]
-        for batch in llm.answer_stream(items, seed=seed, batch_size=cfg.batch_size, raw=True):
-            refused.update(batch.refused)
-            done = [(chunk_id, out) for chunk_id, out in batch.answers if out is not None]
-            cache.put_many(
-                {"key": keys[chunk_id], "chunk_id": chunk_id, "attempt": attempt, "model": llm.identity, "answer": out}
-                for chunk_id, out in done
-            )
-            answers.update(done)
-            usage.add(batch)
-            bar.update(len(batch.answers))
+        fresh = 0
+        try:
+            for batch in llm.answer_stream(items, seed=seed, batch_size=cfg.batch_size, raw=True):
+                refused.update(batch.refused)
+                done = [(chunk_id, out) for chunk_id, out in batch.answers if out is not None]
+                cache.put_many(
+                    {
+                        "key": keys[chunk_id],
+                        "chunk_id": chunk_id,
+                        "attempt": attempt,
+                        "model": llm.identity,
+                        "answer": out,
+                    }
+                    for chunk_id, out in done
+                )
+                answers.update(done)
+                fresh += len(done)
+                usage.add(batch)
+                bar.update(len(batch.answers))
+        except EngineDied as exc:
+            # Every batch that came back is on disk already: say so, and what a rerun will cost.
+            raise EngineDied(
+                f"{exc}; {fresh} of the {len(missing)} answers this run asked for came back and are in the answer "
+                f"cache {cache.path}: run the same command again to generate only the missing {len(missing) - fresh}"
+            ) from None
     return _Round(answers, len(missing), refused, shortened)
 
 

