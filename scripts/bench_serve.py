@@ -116,13 +116,14 @@ async def _load(url: str, batches: list[list[str]], clients: int, max_tokens: in
     }
 
 
-def _st_rows(model_dir: Path, texts: list[str], single: int) -> list[tuple[str, dict]]:
+def _st_rows(model_dir: Path, texts: list[str], single: int, batched_texts: int) -> list[tuple[str, dict]]:
     import torch
 
     from offline_embft.core.model_files import load_sentence_transformer
 
     model = load_sentence_transformer(model_dir, device="cpu")
     model.encode(texts[:32], batch_size=32)  # warm-up
+    texts = texts[:batched_texts]
     start = time.perf_counter()
     model.encode(texts, batch_size=32)
     batched = {"texts_per_s": len(texts) / (time.perf_counter() - start), "errors": 0, "texts": len(texts)}
@@ -152,6 +153,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=512, help="requests per served row (bounded load)")
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--batch", type=int, default=16, help="texts per request in the indexing row")
+    parser.add_argument("--st-texts", type=int, default=1024, help="texts sentence-transformers encodes batched")
     parser.add_argument("--dtypes", default="auto,float32", help="serve.dtype values to measure")
     args = parser.parse_args()
     if args.model is None:
@@ -180,7 +182,7 @@ def main() -> None:
             finally:
                 process.send_signal(signal.SIGINT)
                 process.wait(timeout=120)
-    rows += _st_rows(args.model, texts, single=min(256, len(texts)))
+    rows += _st_rows(args.model, texts, single=min(args.requests, len(texts)), batched_texts=args.st_texts)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO)
     print()
     print(f"model {args.model} ({spec.pooling}, max {spec.max_seq_length} tokens); texts from {source}")

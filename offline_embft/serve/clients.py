@@ -36,7 +36,8 @@ def instructions(
         lines += [
             "",
             f"Texts longer than {embedder.max_tokens} tokens are refused (400); sentence-transformers would cut them. "
-            f'To cut them the same way, send extra_body={{"truncate_prompt_tokens": {embedder.max_tokens}}}.',
+            'To cut them the same way, send "truncate_prompt_tokens": -1 (openai client: extra_body=...), '
+            "in rerank requests too.",
         ]
     q = f'"{query_prompt}" + ' if query_prompt else ""
     lines += [

@@ -182,7 +182,7 @@ def _fit_pairs(tokenizer: Any, query: str, passages: list[str], max_length: int)
     while CrossEncoder truncates them, so only pairs both see whole are compared."""
     fitted = []
     for passage in passages:
-        while passage and len(tokenizer(query, passage)["input_ids"]) > max_length:
+        while passage and len(tokenizer(query, passage, verbose=False)["input_ids"]) > max_length:
             passage = passage[: int(len(passage) * 0.85)]
         fitted.append(passage)
     return fitted

@@ -159,12 +159,13 @@ def build_servers(
 
 @contextlib.contextmanager
 def _stop_signals_interrupt() -> Iterator[None]:
-    """SIGTERM and SIGHUP end serve like Ctrl-C does (servers stopped), instead of killing it on the spot."""
+    """SIGTERM and SIGHUP end serve like Ctrl-C does (servers stopped), instead of killing it on the spot; and Ctrl-C
+    does even where serve was started with SIGINT ignored (a shell's background job: Python then leaves it ignored)."""
 
     def interrupt(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt
 
-    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     try:
         yield
     finally:
