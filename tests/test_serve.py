@@ -343,3 +343,18 @@ def test_parity_texts_come_from_the_validation_set(tmp_path):
     assert texts.rerank[0] == ("问题一", ["段落乙", "段落甲", "段落丙"])
     fallback = parity.sample(tmp_path / "missing.json", tmp_path / "missing.jsonl")
     assert fallback.source.startswith("built-in sample") and fallback.queries and fallback.passages
+
+
+def test_ctrl_c_reaches_serve_even_when_it_started_with_sigint_ignored():
+    # A shell's background job (`make serve &`) starts with SIGINT ignored, and Python leaves it so.
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with pytest.raises(KeyboardInterrupt), serve_run._stop_signals_interrupt():
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(5)  # the handler interrupts this
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN  # restored on the way out
+        with pytest.raises(KeyboardInterrupt), serve_run._stop_signals_interrupt():
+            os.kill(os.getpid(), signal.SIGTERM)  # `kill PID`, systemd's stop: the same clean stop
+            time.sleep(5)
+    finally:
+        signal.signal(signal.SIGINT, before)
