@@ -196,6 +196,9 @@ def test_each_check_runs_only_for_the_stages_that_need_it(tmp_path, minilm_path,
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # the same verdicts on a GPU CI machine
     monkeypatch.setattr(doctor.gpu, "_import_vllm", lambda: (None, "not installed"))
+    from offline_embft.generate.llm.vllm_backend import VllmLLM
+
+    monkeypatch.setattr(VllmLLM, "needs_gpu", True)  # not vLLM's CPU build (which `make install` puts here)
     cfg = healthy_config(tmp_path, minilm_path, [ENGLISH] * 3)
     cfg.llm, cfg.reranker_model = "Qwen/Qwen3-8B", "maidalun1020/bce-reranker-base_v1"  # neither on disk
     cfg.generate.backend = "vllm"
@@ -246,6 +249,9 @@ def test_cli_stage_option(tmp_path, minilm_path, monkeypatch, no_caches):
     from offline_embft.cli import app
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    from offline_embft.generate.llm.vllm_backend import VllmLLM
+
+    monkeypatch.setattr(VllmLLM, "needs_gpu", True)  # a GPU server's vLLM, not the CPU build installed here
     healthy = healthy_config(tmp_path, minilm_path, [ENGLISH] * 3)
     config = tmp_path / "gpu.yaml"
     keys = ("embedding_model", "models_dir", "dataset_dir", "results_dir")

