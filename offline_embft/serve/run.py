@@ -105,9 +105,17 @@ def _embedder_dir(serve: ServeConfig, default: Path) -> Path:
     return path
 
 
+def dtype(serve: ServeConfig, gpu: bool) -> str:
+    """The weights' precision vLLM runs: ``auto`` is vLLM's own choice on a GPU (float16 for pooling models), float32
+    on a CPU, where float16 is emulated (8.5x slower in scripts/bench_serve.py on the dev box, docs/benchmarks.md)."""
+    if serve.dtype != "auto":
+        return serve.dtype
+    return "auto" if gpu else "float32"
+
+
 def _server_args(name: str, weights: Path, serve: ServeConfig, port: int, gpu: bool, shares_gpu: bool) -> list[str]:
     args = ["--model", str(weights), "--served-model-name", name, "--host", serve.host, "--port", str(port)]
-    args += ["--runner", "pooling", "--dtype", serve.dtype, "--middleware", GATE, "--disable-uvicorn-access-log"]
+    args += ["--runner", "pooling", "--dtype", dtype(serve, gpu), "--middleware", GATE, "--disable-uvicorn-access-log"]
     if gpu:
         utilization = serve.gpu_memory_utilization or (0.45 if shares_gpu else 0.9)
         args += ["--gpu-memory-utilization", str(utilization)]
@@ -250,7 +258,7 @@ def run(cfg: PipelineConfig, echo: Callable[[str], None] = logger.info) -> dict[
                 seconds = server.wait_ready(serve.startup_timeout, [s for s in servers if s is not server])
                 echo(f"{server.name} server up at {server.url} ({seconds:.0f} s); checking parity")
             result = _parity(
-                cfg, servers, embedder, reranker, vllm=version, device="gpu" if gpu else "cpu", dtype=serve.dtype
+                cfg, servers, embedder, reranker, vllm=version, device="gpu" if gpu else "cpu", dtype=dtype(serve, gpu)
             )
             if not result["passed"]:
                 where = check_file(embedder.path, Path(cfg.models_dir), Path(serve.log_dir))

@@ -34,7 +34,9 @@ class ServeConfig:
     served_name: str = documented("Model name clients send for the embedder (empty: run_name).", "")
     reranker_served_name: str = documented("Model name clients send for the reranker (empty: run_name-reranker).", "")
     dtype: str = documented(
-        f"Weights' precision in vLLM: {', '.join(DTYPES)} (auto: vLLM's choice, float16 for pooling models).", "auto"
+        f"Weights' precision in vLLM: {', '.join(DTYPES)} (auto: vLLM's float16 on a GPU; float32 on a CPU, where "
+        "float16 is emulated and 8.5x slower).",
+        "auto",
     )
     max_model_len: int = documented(
         "Longest text in tokens the embedder accepts (0: the model's max_seq_length, where sentence-transformers "
