@@ -361,3 +361,20 @@ def test_ctrl_c_reaches_serve_even_when_it_started_with_sigint_ignored():
             time.sleep(5)
     finally:
         signal.signal(signal.SIGINT, before)
+
+
+def test_a_port_a_stopped_server_just_left_is_free_again():
+    import socket
+
+    # The server side closes first, as a stopped vLLM does: its end of the connection waits in TIME_WAIT.
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    port = listener.getsockname()[1]
+    client = socket.create_connection(("127.0.0.1", port))
+    accepted, _ = listener.accept()
+    accepted.close()
+    client.close()
+    listener.close()
+    serve_run._check_port("127.0.0.1", port, "embedder")  # a restarted serve binds it (uvicorn: SO_REUSEADDR)

@@ -69,6 +69,8 @@ def _on_gpu() -> bool:
 def _check_port(host: str, port: int, what: str) -> None:
     """Fail before loading anything when the port is taken (another serve still running?)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        # As uvicorn binds: connections of a server just stopped (TIME_WAIT) do not block, a listening socket does.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError as exc:
