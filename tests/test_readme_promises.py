@@ -30,11 +30,12 @@ GUARDS: dict[str, list[str]] = {
         "test_readme_promises.py::test_nothing_imports_llamaindex_finetuning_but_its_own_engine",
     ],
     "all prompts of a batch in one vLLM call": [
-        "test_llm_backends.py::test_vllm_backend_one_chat_call_per_batch_thinking_off_max_tokens_set",
+        "test_vllm_real.py::test_a_seeded_batch_longer_than_a_scheduler_step_is_one_chat_call_thinking_off",
         "test_generate.py::test_batches_group_prompts_of_similar_length",
     ],
     "Chinese prompt, thinking disabled": [
         "test_readme_promises.py::test_the_default_prompt_is_chinese",
+        "test_vllm_real.py::test_a_seeded_batch_longer_than_a_scheduler_step_is_one_chat_call_thinking_off",
         "test_llm_backends.py::test_transformers_backend_batches_with_left_padding_and_thinking_off",
         "test_generate.py::test_native_run_writes_a_clean_loadable_dataset_with_stats",
         "test_questions.py::test_each_filter_counts_its_reason",
