@@ -1,23 +1,24 @@
-"""A fake ``vllm`` package that fails where, how and with what the real one fails (vLLM needs a GPU: not here).
+"""A fake ``vllm`` that plays a GPU server's vLLM where the real engine cannot go here: GPU start-up failures.
 
-Every failure below is copied from the released vllm 0.33.0 wheel, with the condition that triggers it:
+Everything vLLM does on any machine runs against vLLM itself now (its CPU build, tests/test_vllm_real.py): one chat
+call per batch, thinking off, seeds, the over-long prompt's ``VLLMValidationError``, the split, the stage, replicas,
+the server. What stays here needs a GPU, or a GPU server's engine arguments (presets, tensor parallelism):
 
-- ``vllm.exceptions``: ``VLLMError(Exception)`` → ``VLLMClientError`` → ``VLLMValidationError`` (exceptions.py;
-  NOT a ValueError), whose ``__str__`` appends ``(parameter=..., value=...)``.
-- ``SamplingParams._verify_args`` (sampling_params.py:636-693): the ranges of temperature, top_p, top_k, min_p,
-  presence_penalty and max_tokens, raised as VLLMValidationError when the params are built.
-- ``LLM.chat``: renders each conversation with the tokenizer's chat template, tokenizes it without adding special
-  tokens, and while adding the requests raises VLLMValidationError("The decoder prompt (length N) is longer than the
-  maximum model length of M. ...") when N > max_model_len, or the "plus the number of requested output tokens"
-  variant when N == max_model_len (v1/engine/input_processor.py:565-601); the requests added so far are aborted and
-  nothing is generated (entrypoints/common/offline.py:548-564): the WHOLE call fails.
-- ``LLM(...)``: the quantization check runs in the parent inside pydantic's ModelConfig (config/model.py:1385-1470),
-  so a mismatch arrives as ``pydantic.ValidationError`` holding vLLM's message; an awq checkpoint with no setting or
-  "awq" resolves to ``awq_marlin`` kernels (quantization/auto_awq.py:263-286). Memory failures happen in the engine
-  core child process: it logs the root cause to stdout ("EngineCore failed to start." + the traceback:
-  v1/core/kv_cache_planning.py:50-82 for the KV cache, torch's OutOfMemoryError for weights) and the parent raises
-  RuntimeError("Engine core initialization failed. See root cause above. Failed core proc(s): {...}")
-  (v1/engine/utils.py:1473).
+- GPU memory at start-up (tests/test_gpu_servers.py): the engine core child logs the root cause ("EngineCore failed
+  to start.", vllm 0.32 v1/engine/core.py:1510) and the parent raises RuntimeError("Engine core initialization
+  failed. See root cause above. ...", v1/engine/utils.py:1432); the causes copied are "No available memory for the
+  cache blocks. ..." (v1/core/kv_cache_utils.py:1011), "... KV cache is needed, which is larger than the available
+  KV cache memory ..." (v1/core/kv_cache_utils.py:1033) and torch's ``OutOfMemoryError`` while loading weights.
+- Quantized checkpoints (AWQ/FP8 kernels are GPU-only): the check runs in the parent inside pydantic's ModelConfig,
+  so a mismatch arrives as ``pydantic.ValidationError`` holding "Quantization method specified in the model config
+  (...) does not match the quantization method specified in the `quantization` argument (...)"
+  (config/model.py:1446); an awq checkpoint with no setting resolves to ``awq_marlin`` (quantization/auto_awq.py).
+- scripts/gpu_smoke.py's vLLM rows on a "GPU" (its CPU-build rows run for real: docs/benchmarks.md), for which
+  ``LLM.chat`` renders the chat template and refuses a prompt of ``max_model_len`` tokens or more for the whole call,
+  as vLLM's input processor does (the real engine's refusal is checked in tests/test_vllm_real.py).
+
+The exception classes mirror ``vllm.exceptions`` (``VLLMValidationError(VLLMClientError(VLLMError(Exception)))``,
+not a ValueError) so that code under test sees the module and names it would see on a GPU server.
 
 The fake "GPU" has :attr:`FakeLLM.gpu_bytes` of memory; weights cost their size on disk times
 :attr:`FakeLLM.weight_scale` (so a tiny test model can play an 8B one), the KV cache costs what the model's config

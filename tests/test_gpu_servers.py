@@ -26,8 +26,7 @@ from offline_embft.core import gpu_compat
 from offline_embft.core.config import GenerateConfig, PipelineConfig, load_config
 from offline_embft.core.errors import UserError
 from offline_embft.generate.llm import create_llm
-from offline_embft.generate.llm.prompt_budget import PromptBudget, is_too_long_error
-from offline_embft.generate.prompt import load_template, render
+from offline_embft.generate.prompt import load_template
 from offline_embft.generate.run import stats_path
 from offline_embft.train.embedder import resolve_precision
 
@@ -70,81 +69,8 @@ def _generate_cli(chunks: Path, out: Path, model: Path, *sets: str) -> int:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Defect 4: one over-long prompt must not kill generation
-
-
-def test_the_fake_engine_refuses_exactly_what_vllm_refuses(tiny_qwen, vllm):
-    engine = vllm.LLM(str(tiny_qwen), max_model_len=300)
-    tokenizer = engine.get_tokenizer()
-    budget = PromptBudget(tokenizer, 300, 1)
-
-    def prompt_of(tokens: int) -> str:
-        # The chat template adds a fixed number of tokens; one character is one token in the tiny Qwen.
-        overhead = budget.count("")
-        return "公" * (tokens - overhead)
-
-    assert budget.count(prompt_of(299)) == 299
-    engine.chat([[{"role": "user", "content": prompt_of(299)}]], chat_template_kwargs={"enable_thinking": False})
-    for tokens, words in ((300, "plus the number of requested output tokens"), (301, "(length 301) is longer")):
-        with pytest.raises(fake_vllm.VLLMValidationError, match=r"maximum model length of 300") as info:
-            engine.chat(
-                [[{"role": "user", "content": "短"}], [{"role": "user", "content": prompt_of(tokens)}]],
-                chat_template_kwargs={"enable_thinking": False},
-            )
-        assert words in str(info.value) and is_too_long_error(info.value)
-        assert not isinstance(info.value, ValueError)  # 0.33: VLLMClientError, not ValueError
-        assert type(info.value).__module__ == "vllm.exceptions"
-    assert engine.generated == 1  # the failing calls generated nothing, not even for the short prompt
-    assert not is_too_long_error(ValueError("temperature must be in [0, 2]"))
-
-
-def test_64_chunks_with_one_over_long_prompt_all_answered_and_rerun_from_cache(tiny_qwen, vllm, tmp_path):
-    texts = _chunk_texts()
-    chunks = _write_chunks(tmp_path / "train.jsonl", texts)
-    out = tmp_path / "train_dataset.json"
-    # Without the guard, the rendered long prompt is over max_model_len 600 and vLLM would refuse the whole batch.
-    long_prompt = render(load_template(), texts[17], 1)
-    assert (
-        PromptBudget(fake_vllm.FakeLLM(str(tiny_qwen), max_model_len=600).tokenizer, 600, 64).count(long_prompt) > 600
-    )
-
-    assert _generate_cli(chunks, out, tiny_qwen) == 0
-    stats = json.loads(stats_path(out).read_text(encoding="utf-8"))
-    dataset = json.loads(out.read_text(encoding="utf-8"))
-    assert stats["chunks"] == 64 and stats["chunks_with_questions"] == 64 and stats["chunks_failed"] == 0
-    assert stats["chunks_shortened_in_prompt"] == 1 and stats["prompts_refused"] == 0
-    assert len(dataset["queries"]) == 64
-    engine = vllm.LLM.instances[-1]
-    assert len(engine.chat_calls) == 1 and engine.chat_calls[0]["n"] == 64  # one call, nothing refused
-
-    assert _generate_cli(chunks, out, tiny_qwen) == 0  # the rerun: every answer from the cache
-    again = json.loads(stats_path(out).read_text(encoding="utf-8"))
-    assert again["cache_hits"] == 64 and again["prompts_generated"] == 0
-    assert vllm.LLM.instances[-1].chat_calls == []
-
-
-def test_when_the_count_is_wrong_the_batch_is_split_and_the_long_prompt_fails_alone(
-    tiny_qwen, vllm, tmp_path, monkeypatch
-):
-    """The last defence: a tokenizer that counts fewer tokens than the engine (here: none at all)."""
-    monkeypatch.setattr(PromptBudget, "count_many", lambda self, prompts: [1] * len(prompts))
-    chunks = _write_chunks(tmp_path / "train.jsonl", _chunk_texts())
-    out = tmp_path / "train_dataset.json"
-
-    assert _generate_cli(chunks, out, tiny_qwen) == 0
-    stats = json.loads(stats_path(out).read_text(encoding="utf-8"))
-    assert stats["chunks_with_questions"] == 63 and stats["chunks_failed"] == 1 and stats["prompts_refused"] == 1
-    (failed,) = stats["failed"]
-    assert failed["id"] == "c17" and failed["reasons"] == {"prompt_too_long": 1}
-    assert "is longer than the maximum model length of 600" in failed["refused"]
-    engine = vllm.LLM.instances[-1]
-    assert engine.generated == 63  # split until the long prompt stood alone; nobody was generated twice
-    assert 1 < len(engine.chat_calls) <= 2 * 7 + 1  # about two calls per halving
-
-    assert _generate_cli(chunks, out, tiny_qwen) == 0
-    again = json.loads(stats_path(out).read_text(encoding="utf-8"))
-    assert again["cache_hits"] == 63 and again["chunks_failed"] == 1 and again["attempts"] == 1
-    assert vllm.LLM.instances[-1].generated == 0
+# Defect 4: one over-long prompt must not kill generation (vLLM's side runs on the real engine since the CPU build:
+# tests/test_vllm_real.py)
 
 
 def test_transformers_backend_keeps_over_long_prompts_from_the_model(tiny_qwen, monkeypatch):
@@ -158,16 +84,6 @@ def test_transformers_backend_keeps_over_long_prompts_from_the_model(tiny_qwen, 
     answers = llm.complete_batch(["短问题？", "公" * 400], raw=True)
     assert answers[0] is not None and answers[1] is None
     assert llm.last_refusals[1].startswith("prompt_too_long: ") and calls[0][0] == 1  # only the short one ran
-
-
-def test_a_template_too_long_for_the_context_is_a_counted_refusal(tiny_qwen, vllm, tmp_path):
-    chunks = _write_chunks(tmp_path / "c.jsonl", [LAW] * 3)
-    out = tmp_path / "d.json"
-    code = _generate_cli(chunks, out, tiny_qwen, "generate.max_model_len=120", "generate.max_new_tokens=8")
-    assert code != 0  # no question at all: the stage's own one-line error, not a traceback
-    stats = json.loads(stats_path(out).read_text(encoding="utf-8"))
-    assert stats["prompts_refused"] == 3 and "shorten the prompt template" in stats["failed"][0]["refused"]
-    assert vllm.LLM.instances[-1].chat_calls == []
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -248,8 +164,10 @@ def test_sampling_settings_vllm_rejects_fail_at_config_load(key, value):
         load_config(None, [f"generate.{key}={value}"])
     # ... and they are exactly what vLLM's SamplingParams refuses.
     fields = {**Sampling().as_dict(), key: value}
-    with pytest.raises(fake_vllm.VLLMValidationError):
-        fake_vllm.SamplingParams(
+    # The real ones: vLLM's CPU build is installed wherever the suite runs.
+    exceptions, sampling_params = pytest.importorskip("vllm.exceptions"), pytest.importorskip("vllm.sampling_params")
+    with pytest.raises(exceptions.VLLMValidationError):
+        sampling_params.SamplingParams(
             max_tokens=fields["max_tokens"],
             temperature=fields["temperature"],
             top_p=fields["top_p"],
@@ -262,7 +180,8 @@ def test_sampling_settings_vllm_rejects_fail_at_config_load(key, value):
 def test_boundary_sampling_settings_pass_both_checks():
     cfg = load_config(None, ["generate.temperature=2", "generate.top_p=1", "generate.top_k=-1", "generate.min_p=1"])
     assert cfg.generate.temperature == 2.0
-    fake_vllm.SamplingParams(temperature=2.0, top_p=1.0, top_k=-1, min_p=1.0, presence_penalty=-2.0)
+    sampling_params = pytest.importorskip("vllm.sampling_params")
+    sampling_params.SamplingParams(temperature=2.0, top_p=1.0, top_k=-1, min_p=1.0, presence_penalty=-2.0)
     with pytest.raises(UserError, match="max_model_len"):
         load_config(None, ["generate.max_model_len=200", "generate.max_new_tokens=256"])
 
@@ -678,13 +597,3 @@ def test_openai_backend_shortens_with_a_local_tokenizer_else_counts_the_servers_
     else:  # the server refuses it: one failure with the server's reason, not retried, the stage goes on
         assert stats["chunks_with_questions"] == 63 and stats["prompts_refused"] == 1
         assert server.too_long == 1 and "maximum context length is 600" in stats["failed"][0]["refused"]
-
-
-def test_llamaindex_engine_shortens_the_over_long_chunk_too(tiny_qwen, vllm, tmp_path):
-    chunks = _write_chunks(tmp_path / "train.jsonl", _chunk_texts())
-    out = tmp_path / "train_dataset.json"
-    assert _generate_cli(chunks, out, tiny_qwen, "generate.engine=llamaindex") == 0
-    stats = json.loads(stats_path(out).read_text(encoding="utf-8"))
-    assert stats["chunks_with_questions"] == 64 and stats["engine_errors"] == 0
-    engine = vllm.LLM.instances[-1]
-    assert engine.generated == 64  # one call per chunk (LlamaIndex's loop), none refused by the engine

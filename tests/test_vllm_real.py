@@ -34,6 +34,7 @@ from offline_embft.core.errors import UserError
 from offline_embft.generate.llm import create_llm
 from offline_embft.generate.llm.base import PROMPT_TOO_LONG, EngineDied, Sampling
 from offline_embft.generate.llm.openai_backend import OpenAILLM
+from offline_embft.generate.llm.prompt_budget import is_too_long_error
 from offline_embft.generate.llm.transformers_backend import prompt_seed
 from offline_embft.generate.run import cache_path, load_template, run, stats_path
 from offline_embft.generate.scale.replicas import REPLICA_ENV
@@ -444,3 +445,58 @@ def test_the_server_gone_mid_run_is_one_line_with_the_cause_and_answers_are_kept
     assert "the last: " in message and "Connect" in message  # the cause: nobody listens any more
     assert "run the same command again" in message
     assert 12 <= len(_answers(cache)) < len(statute)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Where the budget's numbers meet vLLM's own check (these ran on tests/fake_vllm.py before the CPU build)
+
+
+def test_the_budget_limit_is_exactly_where_vllm_starts_refusing(engine):
+    tokenizer = engine._engine.get_tokenizer()
+    budget = engine.prompt_budget
+    overhead = budget.count("")
+
+    def ask(tokens: int) -> Any:
+        prompt = "公" * (tokens - overhead)  # one character, one token (the character-level tokenizer)
+        assert budget.count(prompt) == tokens
+        return engine._engine.chat(
+            [[{"role": "user", "content": "短"}], [{"role": "user", "content": prompt}]],
+            sampling_params=vllm.SamplingParams(max_tokens=1),
+            use_tqdm=False,
+            chat_template_kwargs={"enable_thinking": False},
+        )
+
+    assert len(ask(MAX_MODEL_LEN - 1)) == 2  # a prompt of max_model_len - 1 tokens leaves room for one answer token
+    # vLLM 0.32's two messages: a prompt of exactly max_model_len leaves no room for the answer; a longer one is over.
+    for tokens, words in (
+        (MAX_MODEL_LEN, f"(length {MAX_MODEL_LEN}) plus the number of requested output tokens"),
+        (MAX_MODEL_LEN + 1, f"maximum context length is {MAX_MODEL_LEN} tokens"),
+    ):
+        with pytest.raises(vllm.exceptions.VLLMValidationError) as info:
+            ask(tokens)
+        assert is_too_long_error(info.value) and not isinstance(info.value, ValueError)
+        assert words in str(info.value)
+    assert tokenizer is not None and not is_too_long_error(ValueError("temperature must be in [0, 2]"))
+
+
+def test_a_template_too_long_for_the_context_is_a_counted_refusal(engine, statute, tmp_path, chat_calls):
+    template = tmp_path / "long_prompt.txt"
+    template.write_text("请根据资料提出问题。" * 120 + "\n{context}\n问题：", encoding="utf-8")
+    cfg = GenerateConfig(**ENGINE_SETTINGS, model=engine.model_name, prompt_file=str(template))
+    out = tmp_path / "ds.json"
+    with pytest.raises(UserError, match="no valid question"):
+        run(cfg, _write_chunks(tmp_path / "chunks.jsonl", statute[:3]), out, llm=engine)
+    stats = json.loads(stats_path(out).read_text("utf-8"))
+    assert stats["prompts_refused"] == 3 and "shorten the prompt template" in stats["failed"][0]["refused"]
+    assert chat_calls == []  # nothing was sent: vLLM would have refused the whole call
+
+
+def test_the_llamaindex_engine_shortens_an_over_long_chunk_too(engine, statute, tmp_path, chat_calls):
+    rows = [dict(row) for row in statute[:4]]
+    rows[2]["text"] = "".join(row["text"] for row in statute[:20])  # far past max_model_len 1024 in tokens
+    cfg = GenerateConfig(**{**ENGINE_SETTINGS, "engine": "llamaindex"}, model=engine.model_name)
+    out = tmp_path / "li.json"
+    run(cfg, _write_chunks(tmp_path / "chunks.jsonl", rows), out, llm=engine)
+    stats = json.loads(stats_path(out).read_text("utf-8"))
+    assert stats["chunks_with_questions"] == 4 and stats["engine_errors"] == 0
+    assert all("error" not in call for call in chat_calls)  # vLLM refused nothing: the chunk was cut to fit

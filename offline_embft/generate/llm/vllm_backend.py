@@ -278,9 +278,11 @@ def _wake_on_engine_death(engine: Any, poll_s: float = 1.0) -> Any:
 
 def on_cpu(vllm: Any) -> bool:
     """Whether this vLLM runs on its CPU platform (the CPU build, or no accelerator it knows)."""
+    if not hasattr(vllm, "__path__"):  # a stand-in module (tests/fake_vllm.py plays a GPU server's vLLM)
+        return False
     try:
         from vllm.platforms import current_platform
-    except ImportError:  # a vLLM without platforms (or a fake): not the CPU build
+    except ImportError:  # a vLLM without platforms: not the CPU build
         return False
     return bool(current_platform.is_cpu())
 
