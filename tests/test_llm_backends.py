@@ -561,3 +561,21 @@ def test_llm_in_the_modelscope_cache_is_found_by_generate_and_doctor(tmp_path, n
     cfg.generate.backend = "vllm"
     llm_line = check_llm(cfg.resolve())
     assert llm_line.verdict == "OK" and str(cached) in llm_line.detail
+
+
+def test_a_dead_engines_cause_is_read_from_its_log():
+    from offline_embft.generate.llm.vllm_backend import death_cause
+
+    # The lines vLLM 0.32's CPU build logged when a seeded batch killed it (before chunked prefill was turned off).
+    log = (
+        "(Worker pid=14162) ERROR 12-08 00:26:05 [multiproc_executor.py:1063] RuntimeError: CPU Generator does not "
+        "use offset\n"
+        "(EngineCore pid=13564) ERROR 12-08 00:26:05 [core.py:1512] RuntimeError: Worker failed with error 'CPU "
+        "Generator does not use offset', please check the stack trace above for the root cause\n"
+        "vllm.v1.engine.exceptions.EngineDeadError: EngineCore encountered an issue. See stack trace (above) for the "
+        "root cause.\n"
+    )
+    assert death_cause(log) == "CPU Generator does not use offset"
+    assert death_cause(log.splitlines()[0]) == "RuntimeError: CPU Generator does not use offset"
+    assert death_cause(log.splitlines()[2]) is None  # EngineDeadError itself is no cause
+    assert death_cause("INFO all is well\n") is None  # a SIGKILL leaves nothing to read
