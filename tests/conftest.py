@@ -6,6 +6,7 @@ Nothing here touches the network: models are local (a PyPI-packaged MiniLM, or t
 
 from __future__ import annotations
 
+import importlib
 import os
 import socket
 import subprocess
@@ -42,7 +43,7 @@ def require(module: str, package: str):
     """
     if in_ci():
         try:
-            return __import__(module)
+            return importlib.import_module(module)  # the submodule itself, as importorskip returns
         except ImportError as exc:
             pytest.fail(f"{package} is required in CI ({exc}); install it with `pip install -e '.[dev]'`", False)
     return pytest.importorskip(module, reason=f"{package} is not installed (`pip install -e '.[dev]'`)")
