@@ -2,9 +2,9 @@
 
 Each answer wraps known questions (the server's ground truth, recorded per chunk) in what Qwen3 and its relatives
 write around them: think blocks (closed, empty, unclosed), lead-ins ("以下是生成的问题："), role prefixes (问题：,
-生成的问题：, Q1:), numbering, markdown, quotes, and explanations after the question. The first attempt (the request's
-seed equals ``first_seed``) of some chunks gives nothing usable (empty text, only thinking, a refusal, an English
-question); another seed answers properly, as a real model does with other sampling.
+生成的问题：, Q1:), numbering, markdown, quotes, and explanations after the question. The first attempt (a request
+seeded under ``first_seed``, see ``run_seed``) of some chunks gives nothing usable (empty text, only thinking, a
+refusal, an English question); another seed answers properly, as a real model does with other sampling.
 
 A dataset question is clean exactly when it is one of the ground-truth questions of its chunk, so tests and the
 benchmark measure cleanliness without trusting the extraction they test. Used by tests/test_clean_llm.py and
@@ -20,6 +20,8 @@ import threading
 from collections import defaultdict
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+from offline_embft.generate.llm.transformers_backend import prompt_seed
 
 DELIMITER = "---------------------"  # both our built-in prompt and LlamaIndex's default put the chunk between these
 _WANTED = re.compile(r"(\d+)\s*(?:个问题|questions)")
@@ -83,6 +85,10 @@ def true_questions(chunk: str, count: int, seed: int | None) -> list[str]:
     return questions
 
 
+# Tries a request's seed is traced back over (first try and retries): far more than any test's retry limit.
+MAX_TRIES = 32
+
+
 class Qwen3LikeServer:
     """The server; ``truth[chunk]`` holds every question it meant for that chunk, ``requests`` every request body."""
 
@@ -127,9 +133,10 @@ class Qwen3LikeServer:
                 if self.path != "/v1/chat/completions":
                     self._send(404, {"error": {"message": "not found"}})
                     return
-                text = server.answer(body["messages"][-1]["content"], body.get("seed"))
+                prompt = body["messages"][-1]["content"]
+                text = server.answer(prompt, body.get("seed"))
                 with server.lock:
-                    server.requests.append(body)
+                    server.requests.append({**body, "run_seed": server.run_seed(prompt, body.get("seed"))})
                     server.answers.append(text)
                 self._send(
                     200,
@@ -150,8 +157,20 @@ class Qwen3LikeServer:
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
         self.thread.start()
 
+    def run_seed(self, prompt: str, seed: int | None) -> int | None:
+        """The run's seed behind a request's seed: the backends send ``prompt_seed(run seed, prompt)`` (the first try
+        under the run's seed, each retry under the next), so the server reads the try back from it; a seed that is no
+        such hash is taken as it is."""
+        if seed is None:
+            return None
+        for run_seed in range(self.first_seed, self.first_seed + MAX_TRIES):
+            if prompt_seed(run_seed, prompt) == seed:
+                return run_seed
+        return seed
+
     def answer(self, prompt: str, seed: int | None) -> str:
         """The raw answer to one prompt with one seed (deterministic)."""
+        seed = self.run_seed(prompt, seed)
         chunk, count = chunk_of(prompt), wanted_of(prompt)
         if chunk in self.hopeless:
             return "抱歉，我无法根据这段内容提出问题。"

@@ -103,7 +103,7 @@ def test_engine_llamaindex_gives_clean_questions_and_native_stats(tmp_path, arti
     assert stats["unusable_answers"] >= 5 and stats["retried_chunks"] == stats["unusable_answers"]
     assert stats["filtered"]["empty"] >= 1 and stats["filtered"]["not_question"] >= 1
     assert stats["prompts_generated"] == len(server.requests) == len(articles) + stats["retried_chunks"]
-    assert sorted({r["seed"] for r in server.requests}) == [42, 43]
+    assert sorted({r["run_seed"] for r in server.requests}) == [42, 43]
 
     native = CliRunner().invoke(app, [*args, "--engine", "native", "--out", str(tmp_path / "native.json")])
     assert native.exit_code == 0, native.output
@@ -193,7 +193,7 @@ def test_nothing_usable_raises_what_the_llamaindex_loop_catches_and_counts_it(
                 output_path=str(tmp_path / "qa.json"),
                 verbose=False,
             )
-        asked = [(chunk_of(r["messages"][-1]["content"]), r["seed"]) for r in server.requests[before:]]
+        asked = [(chunk_of(r["messages"][-1]["content"]), r["run_seed"]) for r in server.requests[before:]]
         assert [seed for chunk, seed in asked if chunk == hopeless] == [44, 45, 46]  # after the 2 failures above
         assert len(result.queries) == 5 and articles[3]["id"] not in {d[0] for d in result.relevant_docs.values()}
         assert llm.cleaner.failures == 5

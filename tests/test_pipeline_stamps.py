@@ -229,4 +229,10 @@ def test_gpu_config_until_ingest_checks_only_what_its_stages_need(tmp_path, mini
     with pytest.raises(pipeline.UserError, match="stage `doctor` failed"):
         pipeline.run(cfg, config_path=config, overrides=overrides, until="generate", runner=runner)
     assert [args[0] for args in calls] == ["doctor"], "generate must not start on a machine doctor fails"
-    assert "FAIL  gpu / cuda" in screens[-1] and "FAIL  llm" in screens[-1], screens[-1]
+    assert "FAIL  llm" in screens[-1], screens[-1]
+    # The GPU line fails only for a vLLM that needs one: vLLM's CPU build (what `make install` puts on a machine
+    # without a GPU) generates on this workstation's CPU, so there doctor only warns.
+    from offline_embft.generate.llm.vllm_backend import VllmLLM
+
+    gpu_line = "FAIL  gpu / cuda" if VllmLLM.needs_gpu else "WARN  gpu / cuda"
+    assert gpu_line in screens[-1], screens[-1]
