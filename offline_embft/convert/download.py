@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from offline_embft.core import offline
-from offline_embft.core.errors import UserError
+from offline_embft.core.errors import UserError, first_line, raised_as
 from offline_embft.core.io import atomic_dir
 from offline_embft.core.model_files import (
     MODELSCOPE_IDS,
@@ -110,12 +110,12 @@ def fetch(ref: str, models_dir: str | Path = "Models") -> Path:
     try:
         _modelscope_download(remote, staging)
     except Exception as exc:  # the hub client raises many types; the user needs one line and a retry
-        if any(cls.__name__ == "NotExistError" for cls in type(exc).__mro__):  # modelscope's 404
+        if raised_as(exc, "NotExistError"):  # modelscope's 404
             raise UserError(
                 f"{remote} does not exist on ModelScope (or is private); check the model id (org/name as shown on "
                 "modelscope.cn), or point the config at a local directory"
             ) from None
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        first = first_line(exc)
         raise UserError(
             f"download of {remote} from ModelScope failed ({first}); check the network and the model id, then run "
             "`offline-embft download` again (finished files are kept)"

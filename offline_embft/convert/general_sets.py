@@ -32,7 +32,7 @@ from typing import Any
 from offline_embft.core import offline
 from offline_embft.core.beir import MANIFEST, general_dir, load_set, resolve_general, write_beir
 from offline_embft.core.dataset import QADataset
-from offline_embft.core.errors import UserError
+from offline_embft.core.errors import UserError, first_line, raised_as
 from offline_embft.core.io import read_json
 
 logger = logging.getLogger(__name__)
@@ -200,12 +200,12 @@ def fetch_general(name: str, dataset_dir: str | Path, queries: int, corpus: int,
         if (target / MANIFEST).is_file():  # e.g. the air-gapped server, whose config sizes the set differently
             logger.warning("general set %s: the hub is out of reach (%s); keeping %s as it is", name, exc, target)
             return target
-        if any(cls.__name__ in ("RepositoryNotFoundError", "RevisionNotFoundError") for cls in type(exc).__mro__):
+        if raised_as(exc, "RepositoryNotFoundError", "RevisionNotFoundError"):
             raise UserError(
                 f"{spec.repo_id}@{spec.revision[:8]} is not on the hub (or the mirror in HF_ENDPOINT lacks it); "
                 "bring the set as a BEIR directory instead"
             ) from None
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        first = first_line(exc)
         raise UserError(
             f"download of general set {name} ({spec.repo_id}) failed ({first}); check the network (or set "
             f"HF_ENDPOINT to a mirror), then run `offline-embft download` again (finished files are kept in {staging})"

@@ -32,7 +32,7 @@ from typing import Any
 
 from llama_index.core.bridge.pydantic import PrivateAttr
 
-from offline_embft.core.errors import UserError
+from offline_embft.core.errors import UserError, raised_as
 from offline_embft.core.gpu_compat import visible_gpus
 from offline_embft.generate.llm.base import (
     CHAT_TEMPLATE_KWARGS,
@@ -228,7 +228,7 @@ def death_cause(log: str) -> str | None:
 
 def is_engine_dead(exc: BaseException) -> bool:
     """True for vLLM's ``EngineDeadError`` (vllm.v1.engine.exceptions): the engine core process is gone."""
-    return any(cls.__name__ == "EngineDeadError" for cls in type(exc).__mro__)
+    return raised_as(exc, "EngineDeadError")
 
 
 @contextlib.contextmanager

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from offline_embft.core.errors import first_line
 from offline_embft.ingest.loaders.raw_document import LoadError, RawDocument, SkipReason
 
 logger = logging.getLogger(__name__)
@@ -445,14 +446,14 @@ def load_docx(path: Path) -> RawDocument:
     try:
         document = docx.Document(str(path))
     except (PackageNotFoundError, zipfile.BadZipFile, KeyError) as exc:
-        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        detail = first_line(exc)
         raise LoadError(
             SkipReason.corrupt, f"corrupt DOCX ({detail}); re-save it from Word or WPS, or re-download it"
         ) from None
     except ValueError as exc:  # python-docx: a package whose main part is not a Word document (an .xlsx renamed)
         raise LoadError(SkipReason.misnamed, f"misnamed: not a Word document ({exc})") from None
     except Exception as exc:  # damaged XML inside the package, and whatever else a broken file raises
-        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        detail = first_line(exc)
         raise LoadError(SkipReason.corrupt, f"corrupt DOCX ({detail}); re-save it from Word or WPS") from None
 
     body = _Body(document)

@@ -8,6 +8,7 @@ import logging
 from collections.abc import Iterator
 from pathlib import Path
 
+from offline_embft.core.errors import first_line
 from offline_embft.ingest.loaders.raw_document import LoadError, RawDocument, SkipReason, as_text, sniff
 
 
@@ -87,7 +88,7 @@ def load_pdf(path: Path) -> RawDocument:
         except LoadError:
             raise
         except Exception as exc:  # pypdf on a damaged file can raise almost anything; one bad file must not stop all
-            detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            detail = first_line(exc)
             raise LoadError(SkipReason.corrupt, f"corrupt PDF ({detail}); re-export or re-download it") from None
 
         if not pages:
